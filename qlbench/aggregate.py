@@ -1,0 +1,34 @@
+"""Cells -> one table each: `cells.parquet` (a row per cell) and `curves.parquet` (a row per training step).
+
+Reads parquet only, and only the cells of the study's grid, so stale folders of an older grid never leak in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from qlbench import grid
+from qlbench.study import Study
+
+
+def cell_files(study: Study, results: str, name: str) -> tuple[list[Path], list[str]]:
+    """The study's existing `name` files, and the cell paths that lack one."""
+    found, missing = [], []
+    for cell in grid.cells(study):
+        path = Path(grid.cell_dir(results, study.name, cell)) / name
+        (found if path.exists() else missing).append(path if path.exists() else cell.path)
+    return found, missing
+
+
+def read_all(paths: list[Path]) -> pl.DataFrame:
+    if not paths:
+        return pl.DataFrame()
+    return pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed")
+
+
+def aggregate(study: Study, results: str) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
+    rows, missing = cell_files(study, results, "row.parquet")
+    curves, _ = cell_files(study, results, "curve.parquet")
+    return read_all(rows), read_all(curves), missing

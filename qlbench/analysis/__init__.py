@@ -1,0 +1,1 @@
+"""Analyses over the aggregated tables (polars only, never a model)."""

@@ -1,0 +1,179 @@
+"""One cell, start to finish: load, quantize, measure, attach LoRA, train, evaluate, write.
+
+The cell knows nothing of Snakemake or SLURM: it takes its coordinates and writes files into its folder —
+`row.parquet` last, so a folder with a row is a finished cell and one without is not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from qlbench.errors import QlbenchError
+from qlbench.grid import Cell
+from qlbench.study import Study
+
+ROW, CURVE, ADAPTER, LOG, CHECKPOINT = "row.parquet", "curve.parquet", "adapter.safetensors", "log.txt", "checkpoint.pt"
+FAILED_ONCE = ".failed-once"  # marker of the planted first-attempt failure (tests of retries)
+
+
+def cell_logger(out: Path) -> logging.Logger:
+    log = logging.getLogger(f"qlbench.cell.{out}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if not log.handlers:
+        fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+        for handler in (logging.FileHandler(out / LOG), logging.StreamHandler()):
+            handler.setFormatter(fmt)
+            log.addHandler(handler)
+    return log
+
+
+def check_cell(study: Study, cell: Cell) -> None:
+    """Coordinates outside the grid are allowed, but must be valid."""
+    if cell.model not in study.config["models"]:
+        raise QlbenchError(f"unknown model {cell.model!r}; models: {', '.join(study.config['models'])}")
+    if not (2 <= cell.bits <= 8 or cell.bits == 16):
+        raise QlbenchError(f"{cell.bits} bits is not a supported width (use 2-8 or 16)")
+    if cell.rank < 1:
+        raise QlbenchError(f"rank {cell.rank}: must be at least 1")
+
+
+def _plant_failure(mode: str | None, out: Path) -> None:
+    if mode == "always":
+        raise RuntimeError("planted failure (setting fail=always)")
+    if mode == "first" and not (out / FAILED_ONCE).exists():
+        (out / FAILED_ONCE).touch()
+        raise RuntimeError("planted failure on the first attempt (setting fail=first)")
+
+
+class StopFlag:
+    """SIGTERM and SIGUSR1 (SLURM's warning before a time limit) ask the loop to checkpoint and stop."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+
+def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -> dict:
+    import torch
+
+    from qlbench import data, models, masks, quant, results, lora, measure
+    from qlbench.evaluate import eval_loss, perplexity
+    from qlbench.study import config_hash
+    from qlbench.train import LoopSettings, train
+
+    t_start = time.perf_counter()
+    check_cell(study, cell)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ROW).unlink(missing_ok=True)  # a re-run must not leave the old row looking current
+    log = cell_logger(out)
+    stop = StopFlag()
+    spec = study.model(cell.model)
+    lay = study.layout(cell.model)
+    masked = masks.resolve(cell.mask, lay)
+    settings = {**settings, "targets": settings["targets"] or None}
+    if settings["targets"] is None:
+        from qlbench.study import DEFAULT_TARGETS
+
+        settings["targets"] = DEFAULT_TARGETS[spec["arch"]]
+    dataset_spec = study.config["datasets"][settings["dataset"]]
+    chash = config_hash({"model": spec, "dataset": dataset_spec, "settings": settings, "cell": cell.coords()})
+    log.info(f"cell {study.name}/{cell.path}  config {chash}")
+    _plant_failure(settings["fail"], out)
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(cell.seed)
+    device = measure.pick_device(settings["device"])
+    autocast = None if settings["compute_dtype"] == "float32" else getattr(torch, settings["compute_dtype"])
+    resources = study.config.get("resources", "resources")
+    model, tokenizer = models.load(spec, cell.model, resources)
+    train_ex, eval_ex = data.load_examples(dataset_spec, settings["dataset"])
+    if cell.n_train is not None:
+        train_ex = train_ex[: cell.n_train]
+    train_blocks = data.blocks(tokenizer, [e.text for e in train_ex], settings["seq_len"])
+    eval_blocks = data.blocks(tokenizer, [e.text for e in eval_ex], settings["seq_len"])
+    if settings["eval_batches"]:
+        eval_blocks = eval_blocks[: settings["eval_batches"] * settings["batch_size"]]
+    log.info(f"data: {len(train_ex)} train examples ({train_blocks.shape[0]} blocks), "
+             f"{len(eval_ex)} eval examples ({eval_blocks.shape[0]} blocks)")
+
+    model.to(device)
+    model.requires_grad_(False)
+    plan = quant.plan(lay.all_names(), masked, cell.bits, settings["high_bits"]) if cell.bits < 16 else {}
+    qstats = quant.backend(settings["backend"]).apply(model, plan, settings)
+    log.info(f"quantized {len(plan)} modules ({settings['backend']} {settings['format']}), mask {cell.mask!r}")
+    measure.reset_peak(device)
+    loss_before = eval_loss(model, eval_blocks, settings["batch_size"], device, autocast)
+    log.info(f"eval loss before training: {loss_before:.4f}")
+
+    torch.manual_seed(cell.seed)  # the same LoRA init for every bit width of a seed
+    model = lora.attach(model, cell.rank, settings, spec["arch"])
+    loop = LoopSettings(steps=settings["steps"], lr=settings["lr"], warmup=settings["warmup"],
+                        weight_decay=settings["weight_decay"], grad_clip=settings["grad_clip"],
+                        checkpoint_every=settings["checkpoint_every"], autocast_dtype=autocast)
+    sampler = data.batch_sampler(train_blocks, settings["batch_size"], cell.seed)
+    trained = train(model, sampler, loop, device=device, checkpoint=out / CHECKPOINT,
+                    stop_requested=lambda: stop.requested, log=log.info)
+    final = eval_loss(model, eval_blocks, settings["batch_size"], device, autocast)
+    log.info(f"eval loss after training: {final:.4f} ({trained.status})")
+
+    step_time = measure.step_time_s(trained.curve)
+    coords = {"study": study.name, **cell.coords()}
+    row = {
+        **coords,
+        "dataset": settings["dataset"], "format": settings["format"], "backend": settings["backend"],
+        "high_bits": settings["high_bits"], "adapter_bits": settings["adapter_bits"],
+        "targets": ",".join(settings["targets"]), "lora_alpha": lora.alpha_for(settings["lora_alpha"], cell.rank),
+        "steps": settings["steps"], "lr": settings["lr"], "batch_size": settings["batch_size"],
+        "seq_len": settings["seq_len"], "settings_json": _json(settings),
+        "status": trained.status,
+        "eval_loss_before": loss_before,
+        "eval_loss": final,
+        "eval_ppl": perplexity(final),
+        "train_loss_final": trained.curve[-1]["loss"] if trained.curve else float("nan"),
+        "step_time_s": step_time,
+        "tokens_per_s": settings["batch_size"] * settings["seq_len"] / step_time,
+        "peak_mem_mb": measure.peak_mem_mb(device),
+        "trainable_params": measure.trainable_params(model),
+        "n_quantized": len(plan),
+        "quant_mse": _mean(s["quant_mse"] for s in qstats),
+        "quant_rel_err": _mean(s["quant_rel_err"] for s in qstats),
+        "steps_done": len(trained.curve),
+        "resumed_from": trained.resumed_from,
+        "wall_s": time.perf_counter() - t_start,
+        **results.provenance(chash, measure.device_name(device), threads),
+    }
+    _write_outputs(out, row, coords, trained.curve, lora.adapter_state(model))
+    (out / CHECKPOINT).unlink(missing_ok=True)
+    log.info(f"done in {row['wall_s']:.1f}s: eval_loss {final:.4f}, {step_time * 1000:.0f} ms/step")
+    return row
+
+
+def _write_outputs(out: Path, row: dict, coords: dict, curve: list[dict], adapter: dict) -> None:
+    from safetensors.torch import save_file
+
+    from qlbench import results
+
+    with results.atomic_path(out / ADAPTER) as tmp:
+        save_file(adapter, str(tmp))
+    results.write_parquet(results.curve_frame(coords, curve), out / CURVE)
+    results.write_parquet(results.row_frame(row), out / ROW)  # last: its presence marks the cell complete
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _json(settings: dict) -> str:
+    import json
+
+    return json.dumps(settings, sort_keys=True, default=str)

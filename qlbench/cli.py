@@ -1,0 +1,200 @@
+"""The `qlbench` command. Thin: parse, call, exit with one clear line. Heavy imports happen inside commands."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from qlbench.errors import QlbenchError
+
+CONFIG_HELP = "config file(s); later ones override earlier ones"
+
+
+def _config_option(f):
+    return click.option("--config", "-c", "config_files", multiple=True, default=["config.yaml"],
+                        show_default=True, type=click.Path(dir_okay=False), help=CONFIG_HELP)(f)
+
+
+def _load(config_files, study_name):
+    from qlbench import study
+
+    return study.load(study.read_config(config_files), study_name)
+
+
+class _Group(click.Group):
+    """Turns a QlbenchError anywhere into one line and exit code 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except QlbenchError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="qlbench")
+def main():
+    """qlbench: does quantizing the model during LoRA fine-tuning cost quality, where, and how many bits are enough?
+
+    A study (config.yaml) is a grid of cells over model x bits x rank x layer-mask x seed. Snakemake runs the grid
+    (`snakemake --profile profiles/local`); these commands run one cell, prepare a base, and aggregate results.
+    """
+
+
+@main.command()
+@_config_option
+@click.option("--study", default=None, help="study name in the config (default: the config's `study`)")
+@click.option("--model", required=True, help="model name in the config")
+@click.option("--bits", required=True, type=int, help="bit width of the masked layers: 2-8, or 16 for none")
+@click.option("--rank", required=True, type=int, help="LoRA rank")
+@click.option("--mask", default="all", show_default=True, help="which layers get --bits (see `qlbench masks`)")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--n-train", type=int, default=None, help="use the first N training examples")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="the cell's folder")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a fixed setting of the study")
+@click.option("--threads", default=1, show_default=True, type=int, help="torch CPU threads")
+def run(config_files, study, model, bits, rank, mask, seed, n_train, out, overrides, threads):
+    """Run one cell: quantize, attach LoRA, train, evaluate, write row/curve/adapter/log into OUT."""
+    from qlbench import study as studylib
+    from qlbench.cell import run as run_cell
+    from qlbench.grid import Cell
+
+    st = _load(config_files, study)
+    settings = studylib.cell_settings(st, dict(studylib.parse_override(o) for o in overrides))
+    cell = Cell(model, bits, rank, mask, seed, n_train)
+    out_dir = Path(out)
+    try:
+        row = run_cell(st, cell, out_dir, settings, threads)
+    except QlbenchError:
+        raise
+    except BaseException as e:  # a cell that cannot run: one line here, the traceback in its log
+        _fail(out_dir, e)
+    click.echo(f"{cell.path}: {row['status']} eval_loss={row['eval_loss']:.4f} "
+               f"(before training {row['eval_loss_before']:.4f})")
+
+
+def _fail(out_dir: Path, e: BaseException):
+    import traceback
+
+    reason = _reason(e)
+    if out_dir.exists():
+        with open(out_dir / "log.txt", "a") as log:
+            traceback.print_exception(e, file=log)
+            log.write(f"error: {reason}\n")
+    click.echo(f"qlbench run: {reason}", err=True)
+    sys.exit(130 if isinstance(e, KeyboardInterrupt) else 1)
+
+
+def _reason(e: BaseException) -> str:
+    name = type(e).__name__
+    if name == "OutOfMemoryError" or isinstance(e, MemoryError):
+        return f"out of memory ({name})"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{name}: {first}" if first else name
+
+
+@main.command()
+@_config_option
+@click.argument("model")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="where to save it (default: resources/models/MODEL)")
+@click.option("--threads", default=2, show_default=True, type=int)
+def prepare(config_files, model, out, threads):
+    """Pretrain a base model the config builds itself (source: pretrain), with its tokenizer."""
+    from qlbench import models, study
+    from qlbench.prepare import pretrain
+
+    config = study.read_config(config_files)
+    study.check_schema(config)
+    target = Path(out) if out else models.base_dir(config.get("resources", "resources"), model)
+    pretrain(config, model, target, threads=threads, log=click.echo)
+
+
+@main.command()
+@_config_option
+@click.argument("model")
+@click.option("--resolve", "mask", default=None, help="print the module names this mask selects")
+def masks(config_files, model, mask):
+    """List the module names of MODEL that masks select from (or resolve one mask)."""
+    from qlbench import masks as masklang, study
+
+    config = study.read_config(config_files)
+    study.check_schema(config)
+    if model not in config["models"]:
+        raise QlbenchError(f"unknown model {model!r}; models: {', '.join(config['models'])}")
+    spec = config["models"][model]
+    lay = masklang.layout(spec["arch"], spec["n_layer"])
+    if mask:
+        click.echo("\n".join(masklang.resolve(mask, lay)))
+        return
+    click.echo(f"{model}: {spec['arch']}, blocks b0-{lay.n_layer - 1}")
+    click.echo(f"groups:  {', '.join(masklang.GROUPS)}")
+    click.echo(f"modules: {', '.join(lay.modules)}")
+    click.echo(f"e.g.     all | none | attn | b0-{lay.n_layer - 1}.mlp | b0.{lay.modules[-1]}+b{lay.n_layer - 1}")
+
+
+@main.command()
+@_config_option
+@click.argument("study", required=False)
+@click.option("--count", is_flag=True, help="print only the number of cells")
+def grid(config_files, study, count):
+    """Validate the config and list a study's cells (their folders under results/STUDY/cells/)."""
+    from qlbench import grid as gridlib
+
+    cells = gridlib.cells(_load(config_files, study))
+    click.echo(str(len(cells)) if count else "\n".join(c.path for c in cells))
+
+
+@main.command()
+@_config_option
+@click.argument("study", required=False)
+@click.option("--results", default=None, help="results folder (default: the config's, or results/)")
+@click.option("--allow-missing", is_flag=True, help="aggregate whatever cells are complete")
+def aggregate(config_files, study, results, allow_missing):
+    """Gather a study's cells into results/STUDY/cells.parquet and curves.parquet."""
+    from qlbench.aggregate import aggregate as run_aggregate
+    from qlbench.results import write_parquet
+
+    st = _load(config_files, study)
+    root = results or st.config.get("results", "results")
+    cells, curves, missing = run_aggregate(st, root)
+    if missing and not allow_missing:
+        raise QlbenchError(f"{len(missing)} cells have no row yet (first: {missing[0]}); use --allow-missing")
+    if cells.is_empty():
+        raise QlbenchError(f"no finished cells under {root}/{st.name}/cells")
+    write_parquet(cells, Path(root) / st.name / "cells.parquet")
+    write_parquet(curves, Path(root) / st.name / "curves.parquet")
+    click.echo(f"{st.name}: {cells.height} cells, {curves.height} curve rows" +
+               (f", {len(missing)} missing" if missing else ""))
+
+
+@main.command()
+@click.argument("cells_parquet", type=click.Path(exists=True, dir_okay=False))
+@click.option("--table", "table_path", required=True, type=click.Path(dir_okay=False), help="summary .md")
+@click.option("--csv", "csv_path", required=True, type=click.Path(dir_okay=False), help="summary .csv")
+@click.option("--figure", "figure_path", required=True, type=click.Path(dir_okay=False), help="eval loss vs bits .png")
+def summarize(cells_parquet, table_path, csv_path, figure_path):
+    """The summary table (Markdown, CSV) and the eval-loss-against-bits figure of an aggregated study."""
+    import polars as pl
+
+    from qlbench.analysis import summary
+    from qlbench.analysis.figures import eval_loss_vs_bits
+    from qlbench.results import atomic_path
+
+    cells = pl.read_parquet(cells_parquet)
+    study = cells["study"][0]
+    table = summary.by_config(cells)
+    with atomic_path(Path(table_path)) as tmp:
+        tmp.write_text(summary.markdown(table, f"{study}: eval loss after LoRA (mean and sd over seeds)"))
+    with atomic_path(Path(csv_path)) as tmp:
+        table.write_csv(tmp)
+    with atomic_path(Path(figure_path)) as tmp:
+        eval_loss_vs_bits(table, tmp.with_suffix(".png"), f"{study}: eval loss against bits")
+        tmp.with_suffix(".png").replace(tmp)
+    click.echo(f"{study}: {table.height} configurations -> {table_path}")
+
+
+if __name__ == "__main__":
+    main()

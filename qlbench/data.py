@@ -1,0 +1,108 @@
+"""Text for pretraining and fine-tuning: offline corpora, datasets by name, and token blocks for the loop.
+
+Offline sources need no download: `pydoc` (the standard library's help topics, 465 KB of English) and
+`chatterbot` (the chatterbot-corpus wheel: 2,393 English prompt -> reply pairs).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from qlbench.errors import QlbenchError
+
+SPLIT_SEED = 1234  # the train/eval split is a property of the dataset, not of a cell's seed
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    response: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.prompt}\n{self.response}"
+
+
+def pydoc_text() -> str:
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k] for k in sorted(topics))
+
+
+def _package_dir(module: str, wheel: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise QlbenchError(f"the {wheel!r} package is not installed: pip install --no-deps {wheel}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def chatterbot_pairs() -> list[Example]:
+    """Consecutive (utterance, reply) pairs of every English chatterbot-corpus conversation."""
+    import yaml
+
+    folder = _package_dir("chatterbot_corpus", "chatterbot-corpus") / "data" / "english"
+    pairs = []
+    for path in sorted(folder.glob("*.yml")):
+        for conv in yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations", []):
+            turns = [str(t).strip() for t in conv]
+            pairs += [Example(a, b) for a, b in zip(turns, turns[1:])]
+    return pairs
+
+
+def split(examples: list[Example], eval_fraction: float) -> tuple[list[Example], list[Example]]:
+    order = list(range(len(examples)))
+    random.Random(SPLIT_SEED).shuffle(order)
+    n_eval = max(1, round(len(examples) * eval_fraction))
+    return [examples[i] for i in order[n_eval:]], [examples[i] for i in order[:n_eval]]
+
+
+def load_examples(spec: dict, name: str) -> tuple[list[Example], list[Example]]:
+    """A dataset from config.yaml -> (train, eval) examples."""
+    if spec["source"] == "chatterbot":
+        examples = chatterbot_pairs()
+    else:
+        raise QlbenchError(f"dataset {name!r}: source {spec['source']!r} is not supported yet")
+    train, held_out = split(examples, spec.get("eval_fraction", 0.1))
+    if spec.get("max_eval"):
+        held_out = held_out[: spec["max_eval"]]
+    return train, held_out
+
+
+def corpus_text(sources: list[str], dataset_spec: dict | None = None) -> str:
+    """Pretraining text: the named corpora; chatterbot contributes only its training split."""
+    parts = []
+    for source in sources:
+        if source == "pydoc":
+            parts.append(pydoc_text())
+        elif source == "chatterbot":
+            train, _ = split(chatterbot_pairs(), (dataset_spec or {}).get("eval_fraction", 0.1))
+            parts.append("\n\n".join(e.text for e in train))
+    return "\n\n".join(parts)
+
+
+def blocks(tokenizer, texts: list[str], seq_len: int):
+    """Texts -> one EOS-separated token stream cut into [n, seq_len] blocks (the tail that does not fill one is dropped)."""
+    import torch
+
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        stream += ids + [eos]
+    n = len(stream) // seq_len
+    if n == 0:
+        raise QlbenchError(f"only {len(stream)} tokens of text: not one block of {seq_len}")
+    return torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
+
+
+def batch_sampler(data, batch_size: int, seed: int):
+    """step -> a batch of random blocks; a pure function of (seed, step), so a resumed run sees the same batches."""
+    import torch
+
+    def sample(step: int):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        return data[torch.randint(0, data.shape[0], (batch_size,), generator=g)]
+
+    return sample

@@ -1,0 +1,71 @@
+"""A study -> its cells and their output folders: the one source of truth for the Snakefile, `qlbench sweep`,
+`qlbench status` and the aggregates.
+
+A cell's folder is `<model>[/n<n_train>]/b<bits>/r<rank>/<mask>/s<seed>` under `results/<study>/cells/`.
+A 16-bit cell quantizes nothing, so it does not depend on the mask: it runs once, as mask `none`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, asdict
+
+from qlbench.errors import QlbenchError
+from qlbench.study import Study
+
+_PATH = re.compile(
+    r"^(?P<model>[^/]+)(?:/n(?P<n_train>\d+))?/b(?P<bits>\d+)/r(?P<rank>\d+)/(?P<mask>[^/]+)/s(?P<seed>\d+)$"
+)
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    model: str
+    bits: int
+    rank: int
+    mask: str
+    seed: int
+    n_train: int | None = None
+
+    @property
+    def path(self) -> str:
+        n = f"/n{self.n_train}" if self.n_train is not None else ""
+        return f"{self.model}{n}/b{self.bits}/r{self.rank}/{self.mask}/s{self.seed}"
+
+    def args(self) -> list[str]:
+        """The coordinates as `qlbench run` options."""
+        out = ["--model", self.model, "--bits", str(self.bits), "--rank", str(self.rank),
+               "--mask", self.mask, "--seed", str(self.seed)]
+        if self.n_train is not None:
+            out += ["--n-train", str(self.n_train)]
+        return out
+
+    def coords(self) -> dict:
+        return asdict(self)
+
+
+def cells(study: Study) -> list[Cell]:
+    out: list[Cell] = []
+    for model in study.models:
+        for n_train in study.n_train:
+            for bits in study.bits:
+                masks = ["none"] if bits == 16 else study.masks[model]
+                for rank in study.ranks:
+                    for mask in masks:
+                        for seed in study.seeds:
+                            out.append(Cell(model, bits, rank, mask, seed, n_train))
+    return list(dict.fromkeys(out))
+
+
+def parse(path: str) -> Cell:
+    """A cell folder (relative to `cells/`) -> its coordinates."""
+    m = _PATH.match(path.strip("/"))
+    if not m:
+        raise QlbenchError(f"{path!r} is not a cell path (<model>[/n<N>]/b<bits>/r<rank>/<mask>/s<seed>)")
+    n = m.group("n_train")
+    return Cell(m.group("model"), int(m.group("bits")), int(m.group("rank")), m.group("mask"),
+                int(m.group("seed")), int(n) if n is not None else None)
+
+
+def cell_dir(results: str, study: str, cell: Cell) -> str:
+    return f"{results}/{study}/cells/{cell.path}"

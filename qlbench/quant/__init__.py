@@ -1,0 +1,24 @@
+"""Quantization backends, one file each: `fake` (simulated quantize-dequantize, any width) and `bnb` (bitsandbytes).
+
+A backend module exposes `apply(model, plan, settings) -> list[dict]`: it quantizes, in place, the modules the
+plan names at the widths it gives, and returns one statistics row per quantized module.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+BACKENDS = ("fake", "bnb")
+
+
+def backend(name: str):
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}")
+    return importlib.import_module(f"qlbench.quant.{name}")
+
+
+def plan(all_modules: list[str], masked: list[str], bits: int, high_bits: int) -> dict[str, int]:
+    """module -> bit width: the mask's modules at `bits`, the rest at `high_bits`; 16 means left alone."""
+    chosen = set(masked)
+    widths = {m: (bits if m in chosen else high_bits) for m in all_modules}
+    return {m: b for m, b in widths.items() if b < 16}

@@ -1,0 +1,30 @@
+"""Simulated quantization: each planned weight is replaced, in place, by its quantize-dequantize image.
+
+The base stays in float, so any width (2-8) and format can be studied on any device; the LoRA loop then trains
+against exactly the rounded weights a real low-bit kernel would use.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qlbench.quant.formats import quantize
+from qlbench.quant.stats import error_stats
+
+
+def _is_conv1d(module) -> bool:
+    return type(module).__name__ == "Conv1D"  # GPT-2 stores (in, out); quantize as (out, in) like nn.Linear
+
+
+@torch.no_grad()
+def apply(model, plan: dict[str, int], settings: dict) -> list[dict]:
+    modules = dict(model.named_modules())
+    stats = []
+    for name, bits in plan.items():
+        module = modules[name]
+        w = module.weight.data
+        w_rows = w.t() if _is_conv1d(module) else w
+        wq = quantize(w_rows, bits, settings["format"], settings["symmetric"], settings["group_size"])
+        stats.append(error_stats(name, bits, w_rows, wq))
+        w.copy_(wq.t() if _is_conv1d(module) else wq)
+    return stats

@@ -1,0 +1,111 @@
+"""The parquet schemas of a cell's outputs, their atomic writes, and the provenance every row carries."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import polars as pl
+
+COORDS = {
+    "study": pl.String, "model": pl.String, "bits": pl.Int64, "rank": pl.Int64, "mask": pl.String,
+    "seed": pl.Int64, "n_train": pl.Int64,
+}
+SETTINGS = {
+    "dataset": pl.String, "format": pl.String, "backend": pl.String, "high_bits": pl.Int64,
+    "adapter_bits": pl.Int64, "targets": pl.String, "lora_alpha": pl.Float64, "steps": pl.Int64,
+    "lr": pl.Float64, "batch_size": pl.Int64, "seq_len": pl.Int64, "settings_json": pl.String,
+}
+METRICS = {
+    "status": pl.String,  # ok | diverged
+    "eval_loss_before": pl.Float64,  # after quantization, before any training
+    "eval_loss": pl.Float64,
+    "eval_ppl": pl.Float64,
+    "train_loss_final": pl.Float64,
+    "step_time_s": pl.Float64,
+    "tokens_per_s": pl.Float64,
+    "peak_mem_mb": pl.Float64,
+    "trainable_params": pl.Int64,
+    "n_quantized": pl.Int64,  # modules below 16 bits
+    "quant_mse": pl.Float64,  # mean over quantized modules
+    "quant_rel_err": pl.Float64,
+    "steps_done": pl.Int64,
+    "resumed_from": pl.Int64,
+    "wall_s": pl.Float64,
+}
+PROVENANCE = {
+    "config_hash": pl.String, "qlbench_version": pl.String, "torch_version": pl.String,
+    "transformers_version": pl.String, "peft_version": pl.String, "python_version": pl.String,
+    "host": pl.String, "device": pl.String, "threads": pl.Int64, "finished_at": pl.String,
+}
+ROW_SCHEMA = pl.Schema({**COORDS, **SETTINGS, **METRICS, **PROVENANCE})
+CURVE_SCHEMA = pl.Schema({
+    **COORDS, "step": pl.Int64, "loss": pl.Float64, "lr": pl.Float64, "grad_norm": pl.Float64,
+    "step_time_s": pl.Float64,
+})
+TIMING_COLUMNS = ("step_time_s", "tokens_per_s", "peak_mem_mb", "wall_s")  # differ run to run
+
+
+def row_frame(row: dict) -> pl.DataFrame:
+    """One cell's row with the schema's types; extra measurements (per-layer, gradient) keep their own columns."""
+    missing = [k for k in ROW_SCHEMA if k not in row]
+    if missing:
+        raise ValueError(f"row lacks columns {missing}")
+    core = pl.DataFrame([{k: row[k] for k in ROW_SCHEMA}], schema=ROW_SCHEMA)
+    extra = {k: v for k, v in row.items() if k not in ROW_SCHEMA}
+    if not extra:
+        return core
+    return pl.concat([core, pl.DataFrame([extra])], how="horizontal")
+
+
+def curve_frame(coords: dict, curve: list[dict]) -> pl.DataFrame:
+    rows = [{**coords, **{k: r[k] for k in ("step", "loss", "lr", "grad_norm", "step_time_s")}} for r in curve]
+    return pl.DataFrame(rows, schema=CURVE_SCHEMA)
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary name beside `path`; rename it into place only if the block finishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_parquet(df: pl.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.write_parquet(tmp)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(config_hash: str, device: str, threads: int) -> dict:
+    return {
+        "config_hash": config_hash,
+        "qlbench_version": _version("qlbench"),
+        "torch_version": _version("torch"),
+        "transformers_version": _version("transformers"),
+        "peft_version": _version("peft"),
+        "python_version": platform.python_version(),
+        "host": socket.gethostname(),
+        "device": device,
+        "threads": threads,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

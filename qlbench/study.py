@@ -1,0 +1,208 @@
+"""config.yaml -> validated studies: the schema, the checks no schema can express, and each study's fixed settings.
+
+Every check runs before any job is submitted (the Snakefile and `qlbench sweep` both call `load`), and every
+failure is one QlbenchError line that names the problem.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qlbench.errors import QlbenchError
+from qlbench import masks as masklang
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+AXES = ("models", "bits", "ranks", "masks", "seeds", "n_train")
+
+# Settings a study may leave out; `qlbench run --set KEY=VALUE` may override any of them.
+DEFAULTS: dict = {
+    "format": "int",
+    "backend": "fake",
+    "symmetric": True,
+    "group_size": None,  # None: per output channel for int, 64 for nf/fp
+    "double_quant": False,
+    "high_bits": 16,
+    "adapter_bits": 16,
+    "targets": None,  # None: the architecture's attention input projection(s)
+    "lora_alpha": "2r",
+    "lora_dropout": 0.0,
+    "steps": 40,
+    "lr": 2e-3,
+    "warmup": 0.1,
+    "weight_decay": 0.0,
+    "grad_clip": 1.0,
+    "batch_size": 16,
+    "seq_len": 128,
+    "eval_batches": None,
+    "grad_var_points": 0,
+    "checkpoint_every": 0,
+    "compute_dtype": "float32",
+    "device": "auto",
+    "gpus": 0,
+    "fail": None,
+    "n_train": None,
+}
+DEFAULT_TARGETS = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
+# Which (format, bits) each backend can do; `fake` simulates anything from 2 to 8 bits.
+BACKEND_BITS = {
+    "fake": {"int": range(2, 9), "nf": range(2, 9), "fp": (4,)},
+    "bnb": {"int": (8,), "nf": (4,), "fp": (4,)},
+}
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    models: list[str]
+    bits: list[int]
+    ranks: list[int]
+    masks: dict[str, list[str]]  # model -> expanded mask strings
+    seeds: list[int]
+    n_train: list[int | None]
+    settings: dict  # fixed settings, defaults filled in
+    config: dict = field(repr=False)  # the whole validated config
+
+    def model(self, name: str) -> dict:
+        return self.config["models"][name]
+
+    def layout(self, model: str) -> masklang.Layout:
+        spec = self.model(model)
+        return masklang.layout(spec["arch"], spec["n_layer"])
+
+
+def read_config(paths: list[str | Path]) -> dict:
+    """Read and merge config files (later ones win, nested mappings merged), as Snakemake does."""
+    import yaml
+
+    merged: dict = {}
+    for path in paths:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise QlbenchError(f"config file {str(path)!r}: {e.strerror}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise QlbenchError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        _merge(merged, data)
+    return merged
+
+
+def _merge(into: dict, new: dict) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def check_schema(config: dict) -> None:
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.path), list(map(str, e.path))))
+    if errors:
+        err = jsonschema.exceptions.best_match(errors)
+        where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise QlbenchError(f"config {where}: {_schema_message(err)}")
+
+
+def _schema_message(err) -> str:
+    if err.validator == "additionalProperties":
+        return err.message.replace("Additional properties are not allowed", "unknown key")
+    if err.validator == "not" and isinstance(err.instance, int):
+        return f"{err.instance} bits is not a supported width (use 2-8 or 16)"
+    if err.validator in ("minimum", "maximum") and "bits" in [str(p) for p in err.absolute_path]:
+        return f"{err.instance} bits is not a supported width (use 2-8 or 16)"
+    return err.message.splitlines()[0]
+
+
+def load(config: dict, study: str | None = None) -> Study:
+    """Validate the whole config and return one study, ready for grid expansion."""
+    check_schema(config)
+    name = study or config.get("study") or "demo"
+    if name not in config["studies"]:
+        raise QlbenchError(f"study {name!r} is not in the config; studies: {', '.join(config['studies'])}")
+    raw = copy.deepcopy(config["studies"][name])
+    where = f"studies.{name}"
+    for model in raw["models"]:
+        if model not in config["models"]:
+            raise QlbenchError(f"{where}.models: unknown model {model!r}; models: {', '.join(config['models'])}")
+    if raw["dataset"] not in config["datasets"]:
+        raise QlbenchError(
+            f"{where}.dataset: unknown dataset {raw['dataset']!r}; datasets: {', '.join(config['datasets'])}"
+        )
+    settings = {**DEFAULTS, **{k: v for k, v in raw.items() if k not in AXES}}
+    n_train = raw.get("n_train")
+    n_train_axis = n_train if isinstance(n_train, list) else [n_train]
+    settings.pop("n_train", None)
+    check_settings(settings, raw["bits"], where)
+    study_masks = {}
+    for model in raw["models"]:
+        spec = config["models"][model]
+        lay = masklang.layout(spec["arch"], spec["n_layer"])
+        expanded = [m for entry in raw["masks"] for m in masklang.expand(entry, lay)]
+        for mask in expanded:
+            masklang.resolve(mask, lay)
+        study_masks[model] = list(dict.fromkeys(expanded))
+    return Study(
+        name=name,
+        models=raw["models"],
+        bits=sorted(raw["bits"], reverse=True),
+        ranks=raw["ranks"],
+        masks=study_masks,
+        seeds=raw["seeds"],
+        n_train=n_train_axis,
+        settings=settings,
+        config=config,
+    )
+
+
+def check_settings(settings: dict, bits: list[int], where: str) -> None:
+    """The checks between settings that a schema cannot say: can this backend do these bit widths?"""
+    backend, fmt = settings["backend"], settings["format"]
+    allowed = BACKEND_BITS[backend][fmt]
+    for b in sorted(set(bits) | {settings["high_bits"]}):
+        if b != 16 and b not in allowed:
+            raise QlbenchError(
+                f"{where}: backend {backend!r} cannot quantize {fmt!r} at {b} bits "
+                f"(it can do {', '.join(map(str, allowed))}; the 'fake' backend simulates 2-8)"
+            )
+    if settings["adapter_bits"] != 16 and not 2 <= settings["adapter_bits"] <= 8:
+        raise QlbenchError(f"{where}.adapter_bits: {settings['adapter_bits']} (use 2-8, or 16 for none)")
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """`KEY=VALUE` from `--set`, VALUE read as YAML (so 8 is an int, [c_attn] a list, true a bool)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise QlbenchError(f"--set {text!r}: use KEY=VALUE")
+    if key not in DEFAULTS or key == "n_train":
+        names = ", ".join(sorted(k for k in DEFAULTS if k != "n_train"))
+        raise QlbenchError(f"--set {key}: unknown setting (n_train is --n-train); settings: {names}")
+    return key, yaml.safe_load(value)
+
+
+def cell_settings(study: Study, overrides: dict | None = None) -> dict:
+    """The study's fixed settings with `--set` overrides, re-validated against the schema."""
+    settings = {**study.settings, **(overrides or {})}
+    if overrides:
+        probe = copy.deepcopy(study.config)
+        probe["studies"][study.name].update({k: v for k, v in overrides.items() if v is not None})
+        check_schema(probe)
+        check_settings(settings, study.bits, f"--set")
+    return settings
+
+
+def config_hash(payload: dict) -> str:
+    """A short, stable hash of what determines a cell's numbers (its model, data, settings, coordinates)."""
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,144 @@
+"""The training loop: plain PyTorch, read top to bottom — batch, forward, backward, clip, step, log, checkpoint.
+
+Used for both the base pretraining and the LoRA cells. Resumable: every `checkpoint_every` steps (and when the
+process is told to stop) it saves the trainable weights, the optimizer, the RNG state and the curve so far;
+batches are a pure function of (seed, step), so a resumed run continues exactly where it left off.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+DIVERGED_FACTOR = 4.0  # a loss this many times the first step's loss counts as exploded
+
+
+@dataclass
+class LoopSettings:
+    steps: int
+    lr: float
+    warmup: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    final_lr: float = 0.1  # cosine decays to this fraction of lr
+    checkpoint_every: int = 0
+    autocast_dtype: torch.dtype | None = None
+
+
+@dataclass
+class TrainResult:
+    curve: list[dict] = field(default_factory=list)
+    status: str = "ok"  # ok | diverged
+    resumed_from: int = 0
+
+
+class Interrupted(Exception):
+    """The process was asked to stop (SIGTERM, SIGUSR1); a checkpoint was saved first."""
+
+
+def lr_at(step: int, s: LoopSettings) -> float:
+    warm = max(1, int(s.warmup * s.steps))
+    if step < warm:
+        return s.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, s.steps - warm)
+    return s.lr * (s.final_lr + (1 - s.final_lr) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _trainable(model) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(path: Path, model, opt, step: int, curve: list[dict]) -> None:
+    state = {
+        "step": step,
+        "params": {n: p.detach().cpu() for n, p in _trainable(model).items()},
+        "optimizer": opt.state_dict(),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "curve": curve,
+    }
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model, opt) -> tuple[int, list[dict]]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    params = _trainable(model)
+    with torch.no_grad():
+        for n, t in state["params"].items():
+            params[n].copy_(t)
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state["step"], state["curve"]
+
+
+def train(
+    model,
+    sample: Callable[[int], torch.Tensor],
+    s: LoopSettings,
+    *,
+    device: torch.device,
+    checkpoint: Path | None = None,
+    stop_requested: Callable[[], bool] = lambda: False,
+    on_step: Callable[[int], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    params = list(_trainable(model).values())
+    opt = torch.optim.AdamW(params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+    result = TrainResult()
+    start = 0
+    if checkpoint is not None and checkpoint.exists():
+        start, result.curve = load_checkpoint(checkpoint, model, opt)
+        result.resumed_from = start
+        log(f"resumed from checkpoint at step {start}")
+    model.train()
+    first_loss = result.curve[0]["loss"] if result.curve else None
+    t_start = time.perf_counter()
+    for step in range(start, s.steps):
+        t0 = time.perf_counter()
+        lr = lr_at(step, s)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x = sample(step).to(device)
+        with torch.autocast(device.type, dtype=s.autocast_dtype, enabled=s.autocast_dtype is not None):
+            loss = model(input_ids=x, labels=x).loss
+        loss_value = loss.item()
+        first_loss = first_loss if first_loss is not None else loss_value
+        if not math.isfinite(loss_value) or loss_value > DIVERGED_FACTOR * first_loss:
+            result.curve.append({"step": step, "loss": loss_value, "lr": lr, "grad_norm": float("nan"),
+                                 "step_time_s": time.perf_counter() - t0})
+            result.status = "diverged"
+            log(f"step {step}: loss {loss_value} diverged; stopping")
+            break
+        loss.backward()
+        clip = s.grad_clip if s.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item()
+        if on_step is not None:
+            on_step(step)  # probes that need this step's gradients (gradient variance) run here
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        result.curve.append({"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+                             "step_time_s": time.perf_counter() - t0})
+        done = step + 1
+        if step % max(1, s.steps // 10) == 0 or done == s.steps:
+            log(f"step {step:5d}  loss {loss_value:.4f}  lr {lr:.2e}  |g| {grad_norm:.3f}  "
+                f"{time.perf_counter() - t_start:.1f}s")
+        if checkpoint is not None and done < s.steps:
+            if stop_requested():
+                save_checkpoint(checkpoint, model, opt, done, result.curve)
+                raise Interrupted(f"stopped at step {done}; checkpoint saved")
+            if s.checkpoint_every and done % s.checkpoint_every == 0:
+                save_checkpoint(checkpoint, model, opt, done, result.curve)
+    return result

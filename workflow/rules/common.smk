@@ -1,0 +1,58 @@
+# The grid comes from qlbench (one source of truth for Snakemake, `qlbench sweep` and the tests).
+# The config is validated here, before any job is submitted; a problem is one line naming it.
+import shlex
+
+from snakemake.exceptions import WorkflowError
+
+from qlbench import grid as gridlib
+from qlbench import models as modellib
+from qlbench import study as studylib
+from qlbench.errors import QlbenchError
+
+RESULTS = config.get("results", "results")
+RESOURCES = config.get("resources", "resources")
+_extra = set(workflow.config_settings.overwrite_config or {}) - {"study", "results", "resources"}
+if _extra:
+    raise WorkflowError(
+        f"--config {', '.join(sorted(_extra))}: cells read studies from config files; "
+        "put changes in a file and pass it with --configfile"
+    )
+try:
+    STUDY = studylib.load(config, config.get("study"))
+except QlbenchError as e:
+    raise WorkflowError(f"config: {e}") from None
+CELLS = gridlib.cells(STUDY)
+# every qlbench command reads the same config files Snakemake read
+CONFIG_ARGS = " ".join(f"--config {shlex.quote(str(f))}" for f in workflow.configfiles)
+CELL_FILES = ("row.parquet", "curve.parquet", "adapter.safetensors")
+
+
+wildcard_constraints:
+    study=r"[^/]+",
+    model=r"[^/]+",
+    cell=r"[^/]+(/n\d+)?/b\d+/r\d+/[^/]+/s\d+",
+
+
+def cell_dir(cell):
+    return gridlib.cell_dir(RESULTS, STUDY.name, cell)
+
+
+def cell_rows(wildcards):
+    return [f"{cell_dir(c)}/row.parquet" for c in CELLS]
+
+
+def cell_args(wildcards):
+    return shlex.join(gridlib.parse(wildcards.cell).args())
+
+
+def base_input(wildcards):
+    """A base the workflow pretrains itself is an input of its cells; a hub or path model is not."""
+    model = gridlib.parse(wildcards.cell).model
+    if STUDY.model(model)["source"] == "pretrain":
+        return {"base": str(modellib.base_dir(RESOURCES, model))}
+    return {}
+
+
+def final_targets():
+    base = f"{RESULTS}/{STUDY.name}"
+    return [f"{base}/summary.md", f"{base}/summary.csv", f"{base}/figures/eval_loss_vs_bits.png"]
