@@ -7,17 +7,20 @@ The cell knows nothing of Snakemake or SLURM: it takes its coordinates and write
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import time
 from pathlib import Path
 
+from qlbench import plant
 from qlbench.errors import QlbenchError
 from qlbench.grid import Cell
 from qlbench.study import Study
 
 ROW, CURVE, ADAPTER, LOG, CHECKPOINT = "row.parquet", "curve.parquet", "adapter.safetensors", "log.txt", "checkpoint.pt"
-FAILED_ONCE = ".failed-once"  # marker of the planted first-attempt failure (tests of retries)
+LAYERS, GENERATIONS = "layers.parquet", "generations.parquet"
+FAILED_ONCE = plant.FAILED_ONCE  # marker of a planted first-attempt failure (tests of retries)
 
 
 def cell_logger(out: Path) -> logging.Logger:
@@ -42,20 +45,13 @@ def check_cell(study: Study, cell: Cell) -> None:
         raise QlbenchError(f"rank {cell.rank}: must be at least 1")
 
 
-def _plant_failure(mode: str | None, out: Path) -> None:
-    if mode == "always":
-        raise RuntimeError("planted failure (setting fail=always)")
-    if mode == "first" and not (out / FAILED_ONCE).exists():
-        (out / FAILED_ONCE).touch()
-        raise RuntimeError("planted failure on the first attempt (setting fail=first)")
-
-
 class StopFlag:
-    """SIGTERM and SIGUSR1 (SLURM's warning before a time limit) ask the loop to checkpoint and stop."""
+    """SIGTERM, SIGUSR1 (SLURM's warning before a time limit) and SIGUSR2 (submitit's) ask the loop to checkpoint
+    and stop."""
 
     def __init__(self):
         self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
@@ -65,7 +61,8 @@ class StopFlag:
 def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -> dict:
     import torch
 
-    from qlbench import data, models, masks, quant, results, lora, measure
+    from qlbench import data, models, masks, quant, results, lora, measure, generate, gradstats
+    from qlbench.quant import adapters, memory as quant_memory
     from qlbench.evaluate import eval_loss, perplexity
     from qlbench.study import config_hash
     from qlbench.train import LoopSettings, train
@@ -85,9 +82,11 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
 
         settings["targets"] = DEFAULT_TARGETS[spec["arch"]]
     dataset_spec = study.config["datasets"][settings["dataset"]]
-    chash = config_hash({"model": spec, "dataset": dataset_spec, "settings": settings, "cell": cell.coords()})
+    identity = {k: v for k, v in settings.items() if k != "fail"}  # planted trouble changes no number
+    chash = config_hash({"model": spec, "dataset": dataset_spec, "settings": identity, "cell": cell.coords()})
     log.info(f"cell {study.name}/{cell.path}  config {chash}")
-    _plant_failure(settings["fail"], out)
+    plants = plant.for_cell(settings["fail"], cell.path)  # testing only
+    plant.before_training(plants, out)
 
     torch.set_num_threads(threads)
     torch.manual_seed(cell.seed)
@@ -109,6 +108,7 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
     model.requires_grad_(False)
     plan = quant.plan(lay.all_names(), masked, cell.bits, settings["high_bits"]) if cell.bits < 16 else {}
     qstats = quant.backend(settings["backend"]).apply(model, plan, settings)
+    weight_mem_mb = quant_memory.weight_mem_mb(model, qstats)
     log.info(f"quantized {len(plan)} modules ({settings['backend']} {settings['format']}), mask {cell.mask!r}")
     measure.reset_peak(device)
     loss_before = eval_loss(model, eval_blocks, settings["batch_size"], device, autocast)
@@ -116,14 +116,22 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
 
     torch.manual_seed(cell.seed)  # the same LoRA init for every bit width of a seed
     model = lora.attach(model, cell.rank, settings, spec["arch"])
+    adapters.apply(model, settings["adapter_bits"])  # 16: off
     loop = LoopSettings(steps=settings["steps"], lr=settings["lr"], warmup=settings["warmup"],
                         weight_decay=settings["weight_decay"], grad_clip=settings["grad_clip"],
                         checkpoint_every=settings["checkpoint_every"], autocast_dtype=autocast)
     sampler = data.batch_sampler(train_blocks, settings["batch_size"], cell.seed)
+    grad_var = gradstats.GradVariance(model, sampler, gradstats.probe_steps(settings["steps"], settings["grad_var_points"]),
+                                      device, autocast)
     trained = train(model, sampler, loop, device=device, checkpoint=out / CHECKPOINT,
-                    stop_requested=lambda: stop.requested, log=log.info)
+                    stop_requested=lambda: stop.requested, on_step=plant.with_kill(grad_var, plants, out),
+                    log=log.info)
+    grad_var.merge_into(trained.curve)
     final = eval_loss(model, eval_blocks, settings["batch_size"], device, autocast)
     log.info(f"eval loss after training: {final:.4f} ({trained.status})")
+    peak_mem = measure.peak_mem_mb(device)  # before generation: the peak of training and evaluation
+    generations = generate.generate(model, tokenizer, generate.probe_examples(eval_ex), device, autocast)
+    log.info(f"generated {len(generations)} probe outputs")
 
     step_time = measure.step_time_s(trained.curve)
     coords = {"study": study.name, **cell.coords()}
@@ -131,9 +139,9 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
         **coords,
         "dataset": settings["dataset"], "format": settings["format"], "backend": settings["backend"],
         "high_bits": settings["high_bits"], "adapter_bits": settings["adapter_bits"],
-        "targets": ",".join(settings["targets"]), "lora_alpha": lora.alpha_for(settings["lora_alpha"], cell.rank),
+        "targets": lora.label(settings["targets"]), "lora_alpha": lora.alpha_for(settings["lora_alpha"], cell.rank),
         "steps": settings["steps"], "lr": settings["lr"], "batch_size": settings["batch_size"],
-        "seq_len": settings["seq_len"], "settings_json": _json(settings),
+        "seq_len": settings["seq_len"], "settings_json": _json(identity),
         "status": trained.status,
         "eval_loss_before": loss_before,
         "eval_loss": final,
@@ -141,16 +149,23 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
         "train_loss_final": trained.curve[-1]["loss"] if trained.curve else float("nan"),
         "step_time_s": step_time,
         "tokens_per_s": settings["batch_size"] * settings["seq_len"] / step_time,
-        "peak_mem_mb": measure.peak_mem_mb(device),
+        "peak_mem_mb": peak_mem,
         "trainable_params": measure.trainable_params(model),
         "n_quantized": len(plan),
         "quant_mse": _mean(s["quant_mse"] for s in qstats),
         "quant_rel_err": _mean(s["quant_rel_err"] for s in qstats),
+        "weight_mem_mb": weight_mem_mb,
+        "quant_snr_db": _mean(s["quant_snr_db"] for s in qstats if math.isfinite(s["quant_snr_db"])),
+        "quant_noise_ratio": _mean(s["quant_mse"] / s["noise_var_uniform"] for s in qstats if s.get("noise_var_uniform")),
+        **grad_var.row_columns(),
+        **generate.row_columns(generations),
         "steps_done": len(trained.curve),
         "resumed_from": trained.resumed_from,
         "wall_s": time.perf_counter() - t_start,
         **results.provenance(chash, measure.device_name(device), threads),
     }
+    results.write_parquet(results.layers_frame(coords, qstats), out / LAYERS)
+    results.write_parquet(generate.frame(coords, generations), out / GENERATIONS)
     _write_outputs(out, row, coords, trained.curve, lora.adapter_state(model))
     (out / CHECKPOINT).unlink(missing_ok=True)
     log.info(f"done in {row['wall_s']:.1f}s: eval_loss {final:.4f}, {step_time * 1000:.0f} ms/step")

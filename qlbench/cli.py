@@ -60,13 +60,15 @@ def run(config_files, study, model, bits, rank, mask, seed, n_train, out, overri
     from qlbench import study as studylib
     from qlbench.cell import run as run_cell
     from qlbench.grid import Cell
+    from qlbench.status import Heartbeat
 
     st = _load(config_files, study)
     settings = studylib.cell_settings(st, dict(studylib.parse_override(o) for o in overrides))
     cell = Cell(model, bits, rank, mask, seed, n_train)
     out_dir = Path(out)
     try:
-        row = run_cell(st, cell, out_dir, settings, threads)
+        with Heartbeat(out_dir):  # how `qlbench status` tells a running cell from a killed one
+            row = run_cell(st, cell, out_dir, settings, threads)
     except QlbenchError:
         raise
     except BaseException as e:  # a cell that cannot run: one line here, the traceback in its log
@@ -171,6 +173,27 @@ def aggregate(config_files, study, results, allow_missing):
 
 
 @main.command()
+@_config_option
+@click.argument("study", required=False)
+@click.option("--results", default=None, help="results folder (default: the config's, or results/)")
+def similarity(config_files, study, results):
+    """Quantized cells against their 16-bit references: token match, embedding cosine and per-layer ΔW similarity
+    (results/STUDY/similarity.parquet, similarity_layers.parquet) and r*, the smallest rank at similarity >= 0.95
+    (rstar.parquet). Reads stored outputs only."""
+    from qlbench.analysis import similarity as sim
+    from qlbench.results import write_parquet
+
+    st = _load(config_files, study)
+    root = Path(results or st.config.get("results", "results"))
+    pairs, layers, skipped = sim.pairs(st, str(root))
+    write_parquet(pairs, root / st.name / "similarity.parquet")
+    write_parquet(layers, root / st.name / "similarity_layers.parquet")
+    write_parquet(sim.r_star(pairs), root / st.name / "rstar.parquet")
+    click.echo(f"{st.name}: {pairs.height} quantized/16-bit pairs, {layers.height} layer rows"
+               + (f", {len(skipped)} skipped for missing outputs (first: {skipped[0]})" if skipped else ""))
+
+
+@main.command()
 @click.argument("cells_parquet", type=click.Path(exists=True, dir_okay=False))
 @click.option("--table", "table_path", required=True, type=click.Path(dir_okay=False), help="summary .md")
 @click.option("--csv", "csv_path", required=True, type=click.Path(dir_okay=False), help="summary .csv")
@@ -194,6 +217,55 @@ def summarize(cells_parquet, table_path, csv_path, figure_path):
         eval_loss_vs_bits(table, tmp.with_suffix(".png"), f"{study}: eval loss against bits")
         tmp.with_suffix(".png").replace(tmp)
     click.echo(f"{study}: {table.height} configurations -> {table_path}")
+
+
+@main.command()
+@_config_option
+@click.argument("study", required=False)
+@click.option("--results", default=None, help="results folder (default: the config's, or results/)")
+@click.option("--profile", default="profiles/slurm", show_default=True,
+              help="the Snakemake profile the resubmit command names")
+@click.option("--all", "show_all", is_flag=True, help="list every cell, not only those that are not done")
+def status(config_files, study, results, profile, show_all):
+    """Cells done, diverged, failed (with the reason from each log), running and missing, and the command that
+    resubmits the failed and missing ones. Reads files only: no scheduler, no model."""
+    from qlbench import status as statuslib
+
+    st = _load(config_files, study)
+    root = results or st.config.get("results", "results")
+    statuses = statuslib.study_status(st, root)
+    commands = statuslib.resubmit_commands(st.name, list(config_files), results, profile)
+    click.echo(statuslib.report(st, statuses, f"{root}/{st.name}/cells", commands, show_all))
+
+
+@main.command()
+@_config_option
+@click.argument("study", required=False)
+@click.option("--executor", type=click.Choice(["slurm", "local"]), default="slurm", show_default=True,
+              help="a SLURM job array, or processes on this machine")
+@click.option("--results", default=None, help="results folder (default: the config's, or results/)")
+@click.option("--partition", default=None, help="SLURM partition (default: the cluster's default)")
+@click.option("--account", default=None, help="SLURM account (default: none given)")
+@click.option("--mem-gb", default=4.0, show_default=True, type=float, help="memory per cell")
+@click.option("--time-min", default=60, show_default=True, type=int, help="time limit per cell, in minutes")
+@click.option("--parallel", default=None, type=int,
+              help="cells at once (default: all for slurm, the CPU count for local)")
+@click.option("--gpus", default=None, type=int, help="GPUs per cell (default: the study's `gpus`)")
+@click.option("--retries", default=1, show_default=True, type=int,
+              help="resubmit a failed cell this many times, each time with twice the memory and more time")
+@click.option("--logs", default=None, help="submitit's folder (default: RESULTS/STUDY/logs/sweep)")
+def sweep(config_files, study, executor, results, partition, account, mem_gb, time_min, parallel, gpus, retries,
+          logs):
+    """Run a study's grid with submitit (a SLURM job array, or local processes) into the same tree Snakemake
+    writes: prepares missing bases first, skips finished cells, then aggregates into cells.parquet and
+    curves.parquet. A job that dies without a result is reported as failed; see `qlbench status`."""
+    from qlbench.sweep import sweep as run_sweep
+
+    outcome = run_sweep(study, config_files=list(config_files), executor=executor, results=results,
+                        partition=partition, account=account, mem_gb=mem_gb, time_min=time_min,
+                        parallel=parallel, gpus=gpus, retries=retries, log_dir=logs, echo=click.echo)
+    if outcome.failed:
+        raise click.ClickException(f"{len(outcome.failed)} cells failed (see `qlbench status {outcome.study}`)")
 
 
 if __name__ == "__main__":

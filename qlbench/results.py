@@ -34,6 +34,7 @@ METRICS = {
     "n_quantized": pl.Int64,  # modules below 16 bits
     "quant_mse": pl.Float64,  # mean over quantized modules
     "quant_rel_err": pl.Float64,
+    "weight_mem_mb": pl.Float64,  # bytes the quantized base holds (fake: what its format would take), MiB
     "steps_done": pl.Int64,
     "resumed_from": pl.Int64,
     "wall_s": pl.Float64,
@@ -47,6 +48,13 @@ ROW_SCHEMA = pl.Schema({**COORDS, **SETTINGS, **METRICS, **PROVENANCE})
 CURVE_SCHEMA = pl.Schema({
     **COORDS, "step": pl.Int64, "loss": pl.Float64, "lr": pl.Float64, "grad_norm": pl.Float64,
     "step_time_s": pl.Float64,
+    "grad_var": pl.Float64,  # σ_g² across micro-batches at the probe steps (setting grad_var_points), else NaN
+})
+LAYERS_SCHEMA = pl.Schema({
+    **COORDS, "module": pl.String, "module_bits": pl.Int64, "numel": pl.Int64, "quant_mse": pl.Float64,
+    "quant_rel_err": pl.Float64, "quant_snr_db": pl.Float64,
+    "noise_var_uniform": pl.Float64,  # the uniform-noise model Δ²/12, Δ = 2^(1-b)·max|w|
+    "noise_ratio": pl.Float64,  # measured quant_mse / noise_var_uniform
 })
 TIMING_COLUMNS = ("step_time_s", "tokens_per_s", "peak_mem_mb", "wall_s")  # differ run to run
 
@@ -64,8 +72,20 @@ def row_frame(row: dict) -> pl.DataFrame:
 
 
 def curve_frame(coords: dict, curve: list[dict]) -> pl.DataFrame:
-    rows = [{**coords, **{k: r[k] for k in ("step", "loss", "lr", "grad_norm", "step_time_s")}} for r in curve]
+    rows = [{**coords, **{k: r[k] for k in ("step", "loss", "lr", "grad_norm", "step_time_s")},
+             "grad_var": r.get("grad_var", float("nan"))} for r in curve]
     return pl.DataFrame(rows, schema=CURVE_SCHEMA)
+
+
+def layers_frame(coords: dict, stats: list[dict]) -> pl.DataFrame:
+    """layers.parquet: the quantization error of each quantized module (no rows for a 16-bit cell)."""
+    nan = float("nan")
+    rows = [{**coords, "module": s["module"], "module_bits": s["bits"], "numel": s.get("numel"),
+             "quant_mse": s["quant_mse"], "quant_rel_err": s.get("quant_rel_err", nan),
+             "quant_snr_db": s.get("quant_snr_db", nan), "noise_var_uniform": s.get("noise_var_uniform", nan),
+             "noise_ratio": s["quant_mse"] / s["noise_var_uniform"] if s.get("noise_var_uniform") else nan}
+            for s in stats]
+    return pl.DataFrame(rows, schema=LAYERS_SCHEMA)
 
 
 @contextmanager

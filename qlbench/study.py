@@ -47,10 +47,11 @@ DEFAULTS: dict = {
     "n_train": None,
 }
 DEFAULT_TARGETS = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
-# Which (format, bits) each backend can do; `fake` simulates anything from 2 to 8 bits.
+# Which (format, bits) each backend can do; `fake` simulates anything from 2 to 8 bits. bitsandbytes' only 8-bit
+# weight format is LLM.int8, so with bnb, 8 bits (as bits or high_bits) is LLM.int8 whatever the format.
 BACKEND_BITS = {
     "fake": {"int": range(2, 9), "nf": range(2, 9), "fp": (4,)},
-    "bnb": {"int": (8,), "nf": (4,), "fp": (4,)},
+    "bnb": {"int": (8,), "nf": (4, 8), "fp": (4, 8)},
 }
 
 
@@ -176,6 +177,10 @@ def check_settings(settings: dict, bits: list[int], where: str) -> None:
             )
     if settings["adapter_bits"] != 16 and not 2 <= settings["adapter_bits"] <= 8:
         raise QlbenchError(f"{where}.adapter_bits: {settings['adapter_bits']} (use 2-8, or 16 for none)")
+    if settings.get("fail") is not None:
+        from qlbench import plant
+
+        plant.parse(settings["fail"])  # testing only; a typo must not pass silently
 
 
 def parse_override(text: str) -> tuple[str, object]:

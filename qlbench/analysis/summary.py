@@ -22,7 +22,8 @@ def by_config(cells: pl.DataFrame) -> pl.DataFrame:
             pl.col("step_time_s").median().alias("step_time_s"),
             pl.col("peak_mem_mb").max().alias("peak_mem_mb"),
         )
-        .sort(["model", "rank", "mask", "bits"], descending=[False, False, False, True])
+        .sort([k for k in ("model", "n_train", "rank", "bits", "mask") if k in keys],
+              descending=[k == "bits" for k in ("model", "n_train", "rank", "bits", "mask") if k in keys])
     )
 
 

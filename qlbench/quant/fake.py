@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from qlbench.quant.formats import quantize
+from qlbench.quant.memory import format_bytes
 from qlbench.quant.stats import error_stats
 
 
@@ -25,6 +26,9 @@ def apply(model, plan: dict[str, int], settings: dict) -> list[dict]:
         w = module.weight.data
         w_rows = w.t() if _is_conv1d(module) else w
         wq = quantize(w_rows, bits, settings["format"], settings["symmetric"], settings["group_size"])
-        stats.append(error_stats(name, bits, w_rows, wq))
+        row = error_stats(name, bits, w_rows, wq)
+        row["weight_bytes"] = format_bytes(tuple(w_rows.shape), bits, settings["format"], settings["symmetric"],
+                                           settings["group_size"], settings["double_quant"])
+        stats.append(row)
         w.copy_(wq.t() if _is_conv1d(module) else wq)
     return stats

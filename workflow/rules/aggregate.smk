@@ -8,7 +8,9 @@ rule aggregate:
         f"{RESULTS}/{{study}}/logs/aggregate.log",
     params:
         config=CONFIG_ARGS,
-        results=RESULTS,
+        results=lambda wildcards, output: os.path.dirname(os.path.dirname(output.cells)),
+    conda:
+        ENV
     shell:
         "qlbench aggregate {params.config} {wildcards.study} --results {params.results} > {log} 2>&1"
 
@@ -26,5 +28,31 @@ rule summarize:
         ),
     log:
         f"{RESULTS}/{{study}}/logs/summarize.log",
+    conda:
+        ENV
     shell:
         "qlbench summarize {input} --table {output.table} --csv {output.csv} --figure {output.figure} > {log} 2>&1"
+
+
+def similarity_inputs(wildcards):
+    """What the similarity aggregate reads of every cell: no model, only stored outputs."""
+    names = ("row.parquet", "generations.parquet", "adapter.safetensors")
+    return [f"{cell_dir(c)}/{name}" for c in CELLS for name in names]
+
+
+rule similarity:
+    input:
+        similarity_inputs,
+    output:
+        pairs=f"{RESULTS}/{{study}}/similarity.parquet",
+        layers=f"{RESULTS}/{{study}}/similarity_layers.parquet",
+        rstar=f"{RESULTS}/{{study}}/rstar.parquet",
+    log:
+        f"{RESULTS}/{{study}}/logs/similarity.log",
+    params:
+        config=CONFIG_ARGS,
+        results=lambda wildcards, output: os.path.dirname(os.path.dirname(output.pairs)),
+    conda:
+        ENV
+    shell:
+        "qlbench similarity {params.config} {wildcards.study} --results {params.results} > {log} 2>&1"

@@ -1,8 +1,7 @@
 # The grid comes from qlbench (one source of truth for Snakemake, `qlbench sweep` and the tests).
 # The config is validated here, before any job is submitted; a problem is one line naming it.
 import shlex
-
-from snakemake.exceptions import WorkflowError
+import sys
 
 from qlbench import grid as gridlib
 from qlbench import models as modellib
@@ -11,20 +10,20 @@ from qlbench.errors import QlbenchError
 
 RESULTS = config.get("results", "results")
 RESOURCES = config.get("resources", "resources")
-_extra = set(workflow.config_settings.overwrite_config or {}) - {"study", "results", "resources"}
+_extra = set(workflow.config_settings.config or {}) - {"study"}
 if _extra:
-    raise WorkflowError(
-        f"--config {', '.join(sorted(_extra))}: cells read studies from config files; "
+    sys.exit(
+        f"qlbench: --config {', '.join(sorted(_extra))}: cells read studies from config files; "
         "put changes in a file and pass it with --configfile"
     )
 try:
     STUDY = studylib.load(config, config.get("study"))
 except QlbenchError as e:
-    raise WorkflowError(f"config: {e}") from None
+    sys.exit(f"qlbench: {e}")  # one line, before any job; a WorkflowError would add a traceback
 CELLS = gridlib.cells(STUDY)
 # every qlbench command reads the same config files Snakemake read
+ENV = "../envs/qlbench.yaml"
 CONFIG_ARGS = " ".join(f"--config {shlex.quote(str(f))}" for f in workflow.configfiles)
-CELL_FILES = ("row.parquet", "curve.parquet", "adapter.safetensors")
 
 
 wildcard_constraints:
@@ -48,11 +47,14 @@ def cell_args(wildcards):
 def base_input(wildcards):
     """A base the workflow pretrains itself is an input of its cells; a hub or path model is not."""
     model = gridlib.parse(wildcards.cell).model
-    if STUDY.model(model)["source"] == "pretrain":
+    if STUDY.model(model)["source"] in modellib.PREPARED:  # pretrained or converted by `qlbench prepare`
         return {"base": str(modellib.base_dir(RESOURCES, model))}
     return {}
 
 
 def final_targets():
     base = f"{RESULTS}/{STUDY.name}"
-    return [f"{base}/summary.md", f"{base}/summary.csv", f"{base}/figures/eval_loss_vs_bits.png"]
+    targets = [f"{base}/summary.md", f"{base}/summary.csv", f"{base}/figures/eval_loss_vs_bits.png"]
+    if 16 in STUDY.bits and min(STUDY.bits) < 16:  # quantized cells and their 16-bit references
+        targets += [f"{base}/similarity.parquet", f"{base}/rstar.parquet"]
+    return targets

@@ -6,5 +6,7 @@ rule prepare_base:
     params:
         config=CONFIG_ARGS,
     threads: 2
+    conda:
+        ENV
     shell:
         "qlbench prepare {params.config} {wildcards.model} --out {output} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,106 @@
+"""Datasets by hub name or local JSON/JSONL/parquet file (through `datasets`) -> prompt/response Examples.
+
+Three formats, each read from the usual column names of its kind:
+- `dialogue` (DailyDialog-like): a list of turns (`dialog`, `utterances`, `turns`, `conversation`) -> consecutive
+  (turn, reply) pairs; or ready pairs in `prompt`/`response`.
+- `instruction` (Alpaca-like): `instruction`, optional `input`, `output` (or `response`).
+- `qa` (SQuAD-like): `context`, `question`, `answers` ({text: [...]}, a list, or one string; or `answer`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qlbench.errors import QlbenchError
+
+TURNS = ("dialog", "dialogue", "utterances", "turns", "conversation")
+LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def instruction_prompt(instruction: str, input_text: str = "") -> str:
+    text = f"Instruction: {instruction.strip()}"
+    return f"{text}\nInput: {input_text.strip()}\nResponse:" if input_text and input_text.strip() else f"{text}\nResponse:"
+
+
+def qa_prompt(context: str, question: str) -> str:
+    return f"Context: {context.strip()}\nQuestion: {question.strip()}\nAnswer:"
+
+
+def load_records(spec: dict, name: str, split: str):
+    """The rows of one split, as a `datasets.Dataset`; fails with one line when it cannot be had."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    ref = spec.get("name")
+    if not ref:
+        raise QlbenchError(f"dataset {name!r}: needs `name` (a hub id or a local file)")
+    try:
+        if spec["source"] == "path":
+            path = Path(ref)
+            if not path.exists():
+                raise QlbenchError(f"dataset {name!r}: no such file {ref!r}")
+            files = sorted(f for f in path.iterdir() if f.suffix in LOCAL_BUILDERS) if path.is_dir() else [path]
+            builder = LOCAL_BUILDERS.get(files[0].suffix if files else "")
+            if builder is None:
+                raise QlbenchError(f"dataset {name!r}: {ref!r} is not JSON, JSONL, CSV or parquet")
+            return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+        from qlbench import hub
+
+        where, _ = hub.resolve(ref, f"dataset {name!r}", repo_type="dataset")
+        return datasets.load_dataset(where, spec.get("config"), split=split)
+    except QlbenchError:
+        raise
+    except (OSError, ValueError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise QlbenchError(f"dataset {name!r}: cannot load {ref!r} split {split!r}: {first}") from None
+
+
+def to_examples(records, fmt: str, name: str) -> list:
+    """Rows of a dataset -> Examples in the dataset's format."""
+    from qlbench.data import Example
+
+    columns = set(records.column_names)
+    out = []
+    if fmt == "dialogue":
+        turns = next((c for c in TURNS if c in columns), None)
+        if turns is None and not {"prompt", "response"} <= columns:
+            raise QlbenchError(f"dataset {name!r}: a dialogue needs one of {', '.join(TURNS)} or prompt/response; "
+                               f"columns: {', '.join(sorted(columns))}")
+        for row in records:
+            if turns is None:
+                out.append(Example(str(row["prompt"]).strip(), str(row["response"]).strip()))
+                continue
+            said = [str(t).strip() for t in row[turns] if str(t).strip()]
+            out += [Example(a, b) for a, b in zip(said, said[1:])]
+    elif fmt == "instruction":
+        answer = "output" if "output" in columns else "response"
+        if not {"instruction", answer} <= columns:
+            raise QlbenchError(f"dataset {name!r}: an instruction dataset needs instruction and output; "
+                               f"columns: {', '.join(sorted(columns))}")
+        for row in records:
+            out.append(Example(instruction_prompt(row["instruction"], row.get("input") or ""),
+                               str(row[answer]).strip()))
+    elif fmt == "qa":
+        answer = "answers" if "answers" in columns else "answer"
+        if not {"context", "question", answer} <= columns:
+            raise QlbenchError(f"dataset {name!r}: a QA dataset needs context, question and answers; "
+                               f"columns: {', '.join(sorted(columns))}")
+        for row in records:
+            answers = _answers(row[answer])
+            if answers:
+                out.append(Example(qa_prompt(row["context"], row["question"]), answers[0], answers))
+    else:
+        raise QlbenchError(f"dataset {name!r}: unknown format {fmt!r}")
+    return out
+
+
+def _answers(value) -> tuple[str, ...]:
+    if isinstance(value, dict):
+        value = value.get("text", [])
+    if isinstance(value, str):
+        value = [value]
+    return tuple(dict.fromkeys(str(a).strip() for a in value if str(a).strip()))
+
+
+def examples(spec: dict, name: str, split: str) -> list:
+    return to_examples(load_records(spec, name, split), spec["format"], name)

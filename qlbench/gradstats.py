@@ -1,0 +1,100 @@
+"""Gradient variance across micro-batches (σ_g² of the bounds study), probed at a few steps of training.
+
+At a probe step the training batch is split into micro-batches of one sequence each; the LoRA gradient of each
+is computed on its own, and σ_g² is their variance: the trace of the covariance, E‖g_i − ḡ‖² with the unbiased
+1/(k−1), summed over every trainable coordinate (`grad_var`), and the same divided by the number of coordinates
+(`grad_var_per_param`). The probe runs in `train`'s `on_step` hook, after backward and clip and before the
+optimizer step; it saves and restores the gradients and the RNG state, so training takes the same path whether
+it probes or not.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+
+def probe_steps(steps: int, points: int) -> list[int]:
+    """`points` steps spread evenly over [0, steps − 1], first and last included."""
+    if points <= 0 or steps <= 0:
+        return []
+    if points == 1:
+        return [0]
+    return sorted({round(i * (steps - 1) / (points - 1)) for i in range(points)})
+
+
+def micro_batch_variance(grads: list[list[torch.Tensor]]) -> tuple[float, float]:
+    """Per-micro-batch gradients (each a list of tensors) -> (trace of their covariance, per coordinate)."""
+    k = len(grads)
+    if k < 2:
+        return float("nan"), float("nan")
+    total, numel = 0.0, 0
+    for parts in zip(*grads):
+        g = torch.stack([p.double() for p in parts])  # [k, ...]
+        total += ((g - g.mean(dim=0)) ** 2).sum().item() / (k - 1)
+        numel += parts[0].numel()
+    return total, total / numel
+
+
+class GradVariance:
+    """The `on_step` probe. `points` holds one dict per probe step: step, grad_var, grad_var_per_param, probe_s."""
+
+    def __init__(self, model, sample: Callable[[int], torch.Tensor], steps: list[int], device: torch.device,
+                 autocast_dtype=None):
+        self.model, self.sample, self.steps = model, sample, set(steps)
+        self.device, self.autocast_dtype = device, autocast_dtype
+        self.points: list[dict] = []
+
+    def __call__(self, step: int) -> None:
+        if step not in self.steps:
+            return
+        t0 = time.perf_counter()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        saved = [None if p.grad is None else p.grad.detach().clone() for p in params]
+        rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
+        batch = self.sample(step)
+        grads = []
+        for i in range(batch.shape[0]):
+            for p in params:
+                p.grad = None
+            x = batch[i : i + 1].to(self.device)
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                loss = self.model(input_ids=x, labels=x).loss
+            loss.backward()
+            grads.append([torch.zeros_like(p) if p.grad is None else p.grad.detach().float().cpu() for p in params])
+        for p, g in zip(params, saved):
+            p.grad = g
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        total, per_param = micro_batch_variance(grads)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.points.append({"step": step, "grad_var": total, "grad_var_per_param": per_param,
+                            "probe_s": time.perf_counter() - t0})
+
+    def merge_into(self, curve: list[dict]) -> None:
+        """Put each point's `grad_var` on its curve row, and take the probe's time out of that step's time."""
+        by_step = {p["step"]: p for p in self.points}
+        for row in curve:
+            point = by_step.get(row["step"])
+            row.setdefault("grad_var", float("nan"))
+            if point is not None:
+                row["grad_var"] = point["grad_var"]
+                row["step_time_s"] = max(0.0, row["step_time_s"] - point["probe_s"])
+
+    def row_columns(self) -> dict:
+        """The row's `grad_var*` columns: first, last and mean over the probe points (NaN when none ran)."""
+        values = [p["grad_var"] for p in sorted(self.points, key=lambda p: p["step"])]
+        per_param = [p["grad_var_per_param"] for p in self.points]
+        nan = float("nan")
+        return {
+            "grad_var_n": len(values),
+            "grad_var_first": values[0] if values else nan,
+            "grad_var_last": values[-1] if values else nan,
+            "grad_var_mean": sum(values) / len(values) if values else nan,
+            "grad_var_per_param_mean": sum(per_param) / len(per_param) if per_param else nan,
+        }

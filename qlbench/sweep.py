@@ -1,0 +1,271 @@
+"""`qlbench sweep` / `qlbench.sweep()`: a study's grid through submitit — a SLURM job array, or local processes —
+writing the same tree as the Snakemake workflow (the folders come from `qlbench.grid`), so `qlbench status`, the
+aggregate rules and the analyses read either.
+
+    import qlbench
+    outcome = qlbench.sweep("micro", executor="slurm", partition="debug", account="qlbench")
+
+Bases the study pretrains itself are prepared first; cells with a row already are skipped; each cell is one
+`qlbench run` process (so a cell behaves exactly as under Snakemake: same log, same checkpoint, same exit codes).
+A failed cell is retried with twice the memory and more time, and resumes from its checkpoint. A job that dies
+without a result (killed, out of memory, time limit) is noticed from the scheduler's queue — not from the result
+file submitit would wait for — and reported as failed with its reason; nothing waits forever.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from qlbench import grid as gridlib
+from qlbench import status as statuslib
+from qlbench import study as studylib
+from qlbench.errors import QlbenchError
+
+SLURM_FINAL = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
+               "PREEMPTED", "TIMEOUT", "SPECIAL_EXIT", "REVOKED"}
+
+
+@dataclass
+class SweepOutcome:
+    study: str
+    results: str
+    done: list[str] = field(default_factory=list)  # cells finished by this sweep
+    skipped: list[str] = field(default_factory=list)  # cells that had a row already
+    failed: dict[str, str] = field(default_factory=dict)  # cell -> one-line reason
+    cells_parquet: Path | None = None
+
+
+class Command:
+    """One `qlbench` process inside a submitit job. SLURM's signals reach the child too (it checkpoints on
+    SIGTERM/SIGUSR1/SIGUSR2); on a time limit submitit calls `checkpoint`, which lets the child finish saving and
+    then requeues the same command, which resumes."""
+
+    def __init__(self, args: list[str], cwd: str, label: str):
+        self.args, self.cwd, self.label = args, cwd, label
+        self._proc = None
+
+    def __call__(self) -> str:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self._proc = subprocess.Popen([sys.executable, "-m", "qlbench.cli", *self.args], cwd=self.cwd, env=env)
+        code = self._proc.wait()
+        if code != 0:
+            raise RuntimeError(f"{self.label}: qlbench exited with {code}")
+        return self.label
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=60)  # the cell saves its checkpoint, then exits
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        return submitit.helpers.DelayedSubmission(Command(self.args, self.cwd, self.label))
+
+    def __getstate__(self):
+        return {"args": self.args, "cwd": self.cwd, "label": self.label, "_proc": None}
+
+
+def sweep(
+    study: str | None = None,
+    *,
+    config_files: list[str] | tuple[str, ...] = ("config.yaml",),
+    executor: str = "slurm",
+    results: str | None = None,
+    partition: str | None = None,
+    account: str | None = None,
+    mem_gb: float = 4.0,
+    time_min: int = 60,
+    gpus: int | None = None,
+    threads: int = 1,
+    parallel: int | None = None,
+    retries: int = 1,
+    log_dir: str | None = None,
+    aggregate: bool = True,
+    poll_s: float = 2.0,
+    echo: Callable[[str], None] = print,
+) -> SweepOutcome:
+    """Run every cell of STUDY that has no result yet; return what finished, what was skipped, what failed."""
+    if executor not in ("slurm", "local"):
+        raise QlbenchError(f"executor {executor!r}: use 'slurm' or 'local'")
+    files = [str(Path(f).resolve()) for f in config_files]
+    st = studylib.load(studylib.read_config(files), study)
+    root = results or st.config.get("results", "results")
+    outcome = SweepOutcome(st.name, root)
+    cwd = os.getcwd()
+    logs = Path(log_dir or Path(root) / st.name / "logs" / "sweep").resolve()
+    config_args = [a for f in files for a in ("--config", f)]
+    gpus = st.settings["gpus"] if gpus is None else gpus
+    if parallel is None and executor == "local":
+        parallel = max(1, (os.cpu_count() or 1) // max(1, threads))
+
+    def submitter(name: str, attempt: int, cpus: int, gpu: int):
+        return _Submitter(executor, logs, name, partition, account, mem_gb * 2 ** (attempt - 1),
+                          time_min * attempt, cpus, gpu, parallel)
+
+    _prepare_bases(st, config_args, cwd, submitter, poll_s, echo)
+
+    todo = []
+    for cell in gridlib.cells(st):
+        out = Path(gridlib.cell_dir(root, st.name, cell))
+        if (out / "row.parquet").exists():
+            outcome.skipped.append(cell.path)
+        else:
+            todo.append(cell)
+    echo(f"{st.name}: {len(todo)} cells to run, {len(outcome.skipped)} already done ({executor})")
+    for attempt in range(1, retries + 2):
+        if not todo:
+            break
+        jobs = {}
+        sub = submitter(f"qlbench-{st.name}", attempt, threads, gpus)
+        for cell in todo:
+            out = str(Path(gridlib.cell_dir(root, st.name, cell)).resolve())
+            args = ["run", *config_args, "--study", st.name, *cell.args(), "--out", out, "--threads", str(threads)]
+            jobs[cell] = Command(args, cwd, cell.path)
+        handles = sub.run(list(jobs.values()), poll_s)
+        echo(f"attempt {attempt}: submitted {len(todo)} cells{_ids(handles)}")
+        states = sub.wait(handles, poll_s)
+        todo = []
+        for cell, state in zip(jobs, states):
+            out = Path(gridlib.cell_dir(root, st.name, cell))
+            if (out / "row.parquet").exists():
+                outcome.done.append(cell.path)
+                outcome.failed.pop(cell.path, None)
+                continue
+            reason = statuslib.cell_status(out, cell.path, now=time.time() + statuslib.STALE_S).reason
+            outcome.failed[cell.path] = f"{reason} [job {state}]" if state else reason
+            echo(f"  failed: {cell.path}: {outcome.failed[cell.path]}")
+            todo.append(cell)
+    if outcome.failed:
+        echo(f"{st.name}: {len(outcome.failed)} cells failed; `qlbench status {st.name}` lists them")
+        return outcome
+    if aggregate:
+        outcome.cells_parquet = _aggregate(st, root)
+        echo(f"{st.name}: {len(outcome.done)} cells run, {len(outcome.skipped)} skipped -> {outcome.cells_parquet}")
+    return outcome
+
+
+def _prepare_bases(st, config_args, cwd, submitter, poll_s, echo) -> None:
+    from qlbench import models
+
+    resources = st.config.get("resources", "resources")
+    for name in st.models:
+        target = Path(models.base_dir(resources, name))
+        if st.model(name)["source"] not in models.PREPARED or target.exists():
+            continue
+        echo(f"preparing base {name} -> {target}")
+        sub = submitter(f"qlbench-prepare-{name}", 1, 2, 0)
+        cmd = Command(["prepare", *config_args, name, "--out", str(target.resolve()), "--threads", "2"], cwd, name)
+        handles = sub.run([cmd], poll_s)
+        state = sub.wait(handles, poll_s)[0]
+        if not target.exists():
+            raise QlbenchError(f"preparing base {name} failed{f' ({state})' if state else ''}; "
+                               f"see {sub.logs} for its log")
+
+
+def _aggregate(st, root: str) -> Path:
+    from qlbench.aggregate import aggregate
+    from qlbench.results import write_parquet
+
+    cells, curves, missing = aggregate(st, root)
+    if missing:
+        raise QlbenchError(f"{len(missing)} cells have no row (first: {missing[0]})")
+    path = Path(root) / st.name / "cells.parquet"
+    write_parquet(cells, path)
+    write_parquet(curves, Path(root) / st.name / "curves.parquet")
+    return path
+
+
+def _ids(handles) -> str:
+    ids = sorted({str(h.job_id).split("_")[0] for h in handles})
+    return f" (job {', '.join(ids[:3])}{'...' if len(ids) > 3 else ''})" if ids else ""
+
+
+class _Submitter:
+    """submitit underneath; the queue, not submitit's result file, decides when a SLURM job has ended."""
+
+    def __init__(self, kind, logs: Path, name, partition, account, mem_gb, time_min, cpus, gpus, parallel):
+        import submitit
+
+        self.kind, self.logs, self.parallel = kind, logs, parallel
+        self.executor = submitit.AutoExecutor(folder=str(logs / "%j"), cluster=kind)
+        params = dict(name=name, timeout_min=int(time_min), mem_gb=mem_gb, cpus_per_task=cpus)
+        if kind == "slurm":
+            params.update(slurm_array_parallelism=parallel or 1000, gpus_per_node=gpus or None,
+                          slurm_partition=partition, slurm_account=account)
+            params = {k: v for k, v in params.items() if v is not None}
+        self.executor.update_parameters(**params)
+
+    def run(self, commands: list[Command], poll_s: float) -> list:
+        if self.kind == "slurm":
+            with self.executor.batch():
+                handles = [self.executor.submit(c) for c in commands]
+            return handles
+        # local: at most `parallel` processes at once
+        handles, running = [], []
+        for c in commands:
+            while len([h for h in running if not h.done()]) >= (self.parallel or 1):
+                time.sleep(poll_s / 4)
+            h = self.executor.submit(c)
+            handles.append(h)
+            running.append(h)
+        return handles
+
+    def wait(self, handles: list, poll_s: float) -> list[str | None]:
+        """Until every job has ended; returns each job's final state (SLURM's word for it, or None)."""
+        states: dict[int, str | None] = {}
+        while len(states) < len(handles):
+            queue = _squeue_states([h.job_id for h in handles]) if self.kind == "slurm" else {}
+            for i, h in enumerate(handles):
+                if i in states:
+                    continue
+                if self.kind == "slurm":
+                    state = queue.get(str(h.job_id))
+                    if state is None or state in SLURM_FINAL:  # gone from the queue, or over
+                        states[i] = _sacct_state(h.job_id) or state
+                elif h.done():
+                    states[i] = None if h.state in ("FINISHED", "DONE") else h.state
+            if len(states) < len(handles):
+                time.sleep(poll_s)
+        return [states[i] for i in range(len(handles))]
+
+
+def _squeue_states(job_ids: list[str]) -> dict[str, str]:
+    """job id (`123` or `123_4`) -> state, for the jobs still known to the controller (finished ones stay for
+    MinJobAge, typically 300 s)."""
+    parents = sorted({str(j).split("_")[0] for j in job_ids})
+    try:
+        out = subprocess.run(["squeue", "--states=all", "-h", "-r", "-o", "%i %T", "-j", ",".join(parents)],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {str(j): "UNKNOWN" for j in job_ids}  # can't tell: assume still there, ask again
+    if out.returncode != 0:
+        if "Invalid job id" in out.stderr:
+            return {}  # all purged from the controller: over
+        return {str(j): "UNKNOWN" for j in job_ids}
+    states = {}
+    for line in out.stdout.split("\n"):
+        if line.strip():
+            job, state = line.split()[:2]
+            states[job] = state
+    return states
+
+
+def _sacct_state(job_id) -> str | None:
+    """The final state from accounting, when there is accounting (None otherwise). A step killed for memory makes
+    the job OUT_OF_MEMORY here, though SLURM records the job itself as FAILED when its batch script exits non-zero."""
+    try:
+        out = subprocess.run(["sacct", "-n", "-P", "-o", "State", "-j", str(job_id)],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    states = [x.split()[0] for x in out.stdout.split("\n") if x.strip()]
+    if out.returncode != 0 or not states:
+        return None
+    return "OUT_OF_MEMORY" if "OUT_OF_MEMORY" in states else states[0]

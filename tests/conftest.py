@@ -1,0 +1,68 @@
+"""Shared fixtures: the repo's config, a prepared micro base, and a way to run snakemake on the repo's workflow."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test reaches a hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def repo_config() -> dict:
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def micro_resources(tmp_path_factory) -> Path:
+    """A workdir whose resources/ holds the prepared micro-gpt2 base (pretrained once per test session)."""
+    work = tmp_path_factory.mktemp("micro-base")
+    subprocess.run([BIN / "qlbench", "prepare", "-c", REPO / "config.yaml", "micro-gpt2",
+                    "--out", work / "resources/models/micro-gpt2"], check=True, capture_output=True)
+    return work / "resources"
+
+
+@pytest.fixture
+def workdir(tmp_path, micro_resources) -> Path:
+    """A fresh working directory with the micro base already prepared (copied, so tests stay independent)."""
+    shutil.copytree(micro_resources, tmp_path / "resources")
+    return tmp_path
+
+
+def snakemake(workdir: Path, *args, configfile: Path | None = None, timeout: int = 600):
+    """Run the repo's workflow in `workdir`; returns the CompletedProcess (stdout and stderr together)."""
+    cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(configfile or REPO / "config.yaml"), *map(str, args)]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(cmd, cwd=workdir, env=env, timeout=timeout, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The `Job stats` table of a snakemake run or dry run -> {rule: count}."""
+    counts, inside = {}, False
+    for line in output.splitlines():
+        if line.startswith("Job stats"):
+            inside, counts = True, {}
+            continue
+        if inside:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                counts[parts[0]] = int(parts[1])
+            elif parts and parts[0] == "total":
+                inside = False
+    return counts

@@ -1,0 +1,128 @@
+"""The bitsandbytes backend against its oracle and its twin: fake NF4/FP4 equal bnb's dequantized weights bit for
+bit, a bnb cell's loss before training equals the fake cell's, and the CPU traps of ENVIRONMENT.md stay handled."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import polars as pl
+import pytest
+import torch
+
+from conftest import BIN, REPO
+from qlbench.errors import QlbenchError
+from qlbench.quant import bnb as qbnb, fake, formats
+from qlbench.quant.memory import format_bytes, weight_mem_mb
+
+bnbf = pytest.importorskip("bitsandbytes.functional")
+SETTINGS = {"format": "nf", "double_quant": False, "group_size": None, "symmetric": True, "compute_dtype": "float32"}
+
+
+@pytest.mark.parametrize("fmt,quant_type", [("nf", "nf4"), ("fp", "fp4")])
+@pytest.mark.parametrize("shape", [(192, 64), (48, 40), (7, 9)])  # whole blocks, a ragged tail, under one block
+def test_fake_4bit_equals_bitsandbytes_dequantize(fmt, quant_type, shape):
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 0.05
+    packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type=quant_type)
+    oracle = bnbf.dequantize_4bit(packed, state)
+    ours = formats.quantize(w, 4, fmt)
+    assert torch.equal(ours, oracle), (ours - oracle).abs().max()
+
+
+def _micro(resources):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(resources / "models/micro-gpt2")
+
+
+def _linears(model):
+    return [n for n, _ in model.named_modules() if n.endswith(("c_attn", "c_proj", "c_fc"))]
+
+
+def test_bnb_model_computes_what_the_fake_one_does_and_still_trains(micro_resources):
+    torch.manual_seed(0)
+    x = torch.randint(0, 500, (2, 32))
+    real, sim = _micro(micro_resources), _micro(micro_resources)
+    plan = {n: 4 for n in _linears(real)}
+    stats = qbnb.apply(real, plan, SETTINGS)
+    fake.apply(sim, plan, SETTINGS)
+    assert type(real.transformer.h[0].attn.c_attn).__name__ == "Linear4bit"
+    assert isinstance(real.lm_head, torch.nn.Linear) and type(real.lm_head).__name__ == "Linear"  # trap 2
+    assert all(m.support_avx512bf16_for_cpu is False for m in real.modules() if hasattr(m, "support_avx512bf16_for_cpu"))
+    real.eval(), sim.eval()
+    with torch.no_grad():
+        assert torch.allclose(real(x).logits, sim(x).logits, atol=1e-5)
+    # trap 1: after an eval forward under no_grad, a training step through LoRA must still work
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(real, LoraConfig(r=2, target_modules=["c_attn"], task_type="CAUSAL_LM"))
+    peft_model.train()
+    peft_model(input_ids=x, labels=x).loss.backward()
+    grads = [p.grad for n, p in peft_model.named_parameters() if "lora_B" in n]  # A has none while B = 0
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+    assert [s["format"] for s in stats] == ["nf4"] * len(plan)
+
+
+@pytest.mark.parametrize("fmt,double_quant", [("nf", False), ("nf", True), ("fp", False), ("fp", True)])
+def test_bnb_weight_bytes_match_the_format_count(micro_resources, fmt, double_quant):
+    model = _micro(micro_resources)
+    settings = {**SETTINGS, "format": fmt, "double_quant": double_quant}
+    stats = qbnb.apply(model, {n: 4 for n in _linears(model)}, settings)
+    for s, name in zip(stats, _linears(model)):
+        shape = tuple(qbnb.dequantized(model.get_submodule(name)).shape)
+        assert s["weight_bytes"] == format_bytes(shape, 4, fmt, double_quant=double_quant)
+    assert (model.transformer.h[0].attn.c_attn.weight.quant_state.nested) is double_quant
+
+
+def test_mixed_mask_4bit_and_llm_int8(micro_resources):
+    model, sim = _micro(micro_resources), _micro(micro_resources)
+    names = _linears(model)
+    plan = {n: (4 if "attn" in n else 8) for n in names}
+    full = weight_mem_mb(model, [])
+    stats = qbnb.apply(model, plan, SETTINGS)
+    kinds = {n: type(model.get_submodule(n)).__name__ for n in names}
+    assert kinds == {n: ("Linear4bit" if "attn" in n else "Linear8bitLt") for n in names}
+    int8 = [s for s in stats if s["bits"] == 8]
+    assert int8 and all(s["format"] == "int8" and s["quant_rel_err"] < 0.01 for s in int8)
+    # LLM.int8's weights are row-wise absmax int8 (of an fp16 copy): rounding error of about half a step, as fake int8
+    w = sim.transformer.h[0].mlp.c_fc.weight.detach().t()
+    deq = qbnb.dequantized(model.transformer.h[0].mlp.c_fc)
+    step = w.abs().amax(dim=1, keepdim=True) / 127
+    assert ((deq - w).abs() <= 0.6 * step).all() and ((formats.quantize(w, 8, "int") - w).abs() <= 0.5 * step).all()
+    assert (deq - w).pow(2).mean().item() == pytest.approx((formats.quantize(w, 8, "int") - w).pow(2).mean().item(), rel=0.1)
+    x = torch.randint(0, 500, (2, 16))
+    with torch.no_grad():
+        assert torch.isfinite(model(x).logits).all()
+    assert weight_mem_mb(model, stats) < full
+
+
+def test_bnb_rejects_widths_it_cannot_do():
+    from qlbench.study import check_settings
+
+    settings = {"backend": "bnb", "format": "nf", "high_bits": 16, "adapter_bits": 16}
+    check_settings(settings, [16, 8, 4], "studies.x")  # 8 bits with bnb is LLM.int8
+    with pytest.raises(QlbenchError, match="cannot quantize 'nf' at 3 bits"):
+        check_settings(settings, [4, 3], "studies.x")
+    with pytest.raises(QlbenchError, match="cannot quantize 'int' at 4 bits"):
+        check_settings({**settings, "format": "int"}, [4], "studies.x")
+
+
+def test_bnb_cell_loss_before_training_equals_the_fake_cell(tmp_path, micro_resources):
+    """The issue's parity check, through the CLI: `--set backend=bnb` vs `--set backend=fake`, NF4."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    procs = {}
+    for backend in ("bnb", "fake"):
+        cmd = [BIN / "qlbench", "run", "-c", REPO / "config.yaml", "--study", "micro", "--model", "micro-gpt2",
+               "--bits", "4", "--rank", "4", "--mask", "all", "--out", tmp_path / backend,
+               "--set", f"backend={backend}", "--set", "format=nf", "--set", "steps=2",
+               "--set", "checkpoint_every=0", "--set", "eval_batches=4"]
+        procs[backend] = subprocess.Popen(cmd, cwd=micro_resources.parent, env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True)
+    rows = {}
+    for backend, proc in procs.items():
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out[-2000:]
+        rows[backend] = pl.read_parquet(tmp_path / backend / "row.parquet").row(0, named=True)
+    assert abs(rows["bnb"]["eval_loss_before"] - rows["fake"]["eval_loss_before"]) < 1e-4
+    assert rows["bnb"]["weight_mem_mb"] == pytest.approx(rows["fake"]["weight_mem_mb"], rel=1e-12)
+    assert rows["bnb"]["backend"] == "bnb" and rows["fake"]["backend"] == "fake"

@@ -1,0 +1,52 @@
+"""Bad input fails before any job, with one line that names the problem — in qlbench and through snakemake."""
+
+import copy
+
+import pytest
+
+from qlbench import study
+from qlbench.errors import QlbenchError
+
+from conftest import snakemake, write_config
+
+BAD = [
+    ("misspelt key", lambda c: c["studies"]["demo"].update(stpes=10), "unknown key ('stpes' was unexpected)"),
+    ("1 bit", lambda c: c["studies"]["demo"].update(bits=[16, 1]), "1 bits is not a supported width"),
+    ("12 bits", lambda c: c["studies"]["demo"].update(bits=[12]), "12 bits is not a supported width"),
+    ("rank 0", lambda c: c["studies"]["demo"].update(ranks=[0]), "studies.demo.ranks.0: 0 is less than the minimum of 1"),
+    ("mask b99", lambda c: c["studies"]["demo"].update(masks=["b99"]), "mask 'b99': block 99 does not exist"),
+    ("bnb 3 bits", lambda c: c["studies"]["demo"].update(backend="bnb", format="nf", bits=[4, 3]),
+     "backend 'bnb' cannot quantize 'nf' at 3 bits"),
+    ("unknown model", lambda c: c["studies"]["demo"].update(models=["gpt5"]), "unknown model 'gpt5'"),
+    ("unknown dataset", lambda c: c["studies"]["demo"].update(dataset="wiki"), "unknown dataset 'wiki'"),
+]
+
+
+@pytest.mark.parametrize("name,change,message", BAD, ids=[b[0] for b in BAD])
+def test_bad_config_is_one_line(repo_config, name, change, message):
+    config = copy.deepcopy(repo_config)
+    change(config)
+    with pytest.raises(QlbenchError) as err:
+        study.load(config, "demo")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_overrides_are_validated(repo_config):
+    st = study.load(repo_config, "demo")
+    assert study.cell_settings(st, {"steps": 3})["steps"] == 3
+    with pytest.raises(QlbenchError, match="unknown setting"):
+        study.parse_override("stepz=3")
+    with pytest.raises(QlbenchError, match="steps"):
+        study.cell_settings(st, {"steps": 0})
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize("name,change,message", [BAD[0], BAD[1], BAD[3], BAD[4]], ids=[BAD[i][0] for i in (0, 1, 3, 4)])
+def test_snakemake_stops_before_any_job(tmp_path, repo_config, name, change, message):
+    config = copy.deepcopy(repo_config)
+    change(config)
+    run = snakemake(tmp_path, "-n", configfile=write_config(tmp_path / "bad.yaml", config))
+    assert run.returncode != 0
+    lines = [line for line in run.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], run.stdout
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()

@@ -1,0 +1,92 @@
+"""Gradient variance across micro-batches: the arithmetic, the probe steps, and that probing leaves training alone."""
+
+import math
+
+import pytest
+import torch
+
+from qlbench import gradstats
+from qlbench.train import LoopSettings, train
+
+
+def test_probe_steps_spread_over_training():
+    assert gradstats.probe_steps(10, 3) == [0, 4, 9] or gradstats.probe_steps(10, 3) == [0, 5, 9]
+    assert gradstats.probe_steps(10, 0) == []
+    assert gradstats.probe_steps(10, 1) == [0]
+    assert gradstats.probe_steps(3, 10) == [0, 1, 2]
+
+
+def test_micro_batch_variance_by_hand():
+    # two micro-batches: deviations from the mean are ±1 in each of 2 coordinates -> trace 4/(2-1), per coordinate 2
+    total, per = gradstats.micro_batch_variance([[torch.tensor([1.0, 2.0])], [torch.tensor([3.0, 4.0])]])
+    assert total == pytest.approx(4.0) and per == pytest.approx(2.0)
+    # three micro-batches, two tensors: the unbiased variance summed over every coordinate
+    g = [[torch.tensor([0.0]), torch.tensor([[1.0, 0.0]])], [torch.tensor([3.0]), torch.tensor([[1.0, 0.0]])],
+         [torch.tensor([6.0]), torch.tensor([[1.0, 3.0]])]]
+    expect = torch.tensor([0.0, 3, 6]).var().item() + 0 + torch.tensor([0.0, 0, 3]).var().item()
+    total, per = gradstats.micro_batch_variance(g)
+    assert total == pytest.approx(expect) and per == pytest.approx(expect / 3)
+    assert math.isnan(gradstats.micro_batch_variance([[torch.ones(2)]])[0])
+
+
+def _tiny_lora_model(seed=0, dropout=0.1):
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2, resid_pdrop=0.0,
+                                       embd_pdrop=0.0, attn_pdrop=0.0))
+    model.requires_grad_(False)
+    torch.manual_seed(seed)
+    cfg = LoraConfig(r=2, lora_alpha=4, lora_dropout=dropout, target_modules=["c_attn"], fan_in_fan_out=True)
+    model = get_peft_model(model, cfg)
+    for n, p in model.named_parameters():  # a non-zero B, so A gets gradients too
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)
+    return model
+
+
+def _sampler(identical=False):
+    data = torch.randint(0, 50, (32, 16), generator=torch.Generator().manual_seed(3))
+
+    def sample(step):
+        g = torch.Generator().manual_seed(step)
+        idx = torch.randint(0, 32, (4,), generator=g)
+        return data[idx[:1].repeat(4)] if identical else data[idx]
+
+    return sample
+
+
+def _run(probe: bool, identical=False):
+    model = _tiny_lora_model()
+    sample = _sampler(identical)
+    s = LoopSettings(steps=6, lr=1e-2)
+    gv = gradstats.GradVariance(model, sample, gradstats.probe_steps(6, 3), torch.device("cpu"))
+    torch.manual_seed(1)
+    result = train(model, sample, s, device=torch.device("cpu"), on_step=gv if probe else None, log=lambda m: None)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return result, gv, weights
+
+
+def test_probing_does_not_change_training():
+    # dropout draws random numbers in every probe forward: the probe must restore the RNG and the gradients
+    plain, _, w_plain = _run(probe=False)
+    probed, gv, w_probed = _run(probe=True)
+    assert [r["loss"] for r in plain.curve] == [r["loss"] for r in probed.curve]
+    assert all(torch.equal(w_plain[n], w_probed[n]) for n in w_plain)
+    assert [p["step"] for p in gv.points] == gradstats.probe_steps(6, 3)
+    assert all(p["grad_var"] > 0 for p in gv.points)
+
+
+def test_identical_micro_batches_have_no_variance_and_curve_gets_the_points():
+    model = _tiny_lora_model(dropout=0.0)
+    gv = gradstats.GradVariance(model, _sampler(identical=True), [0, 2], torch.device("cpu"))
+    result = train(model, _sampler(identical=True), LoopSettings(steps=3, lr=1e-2), device=torch.device("cpu"),
+                   on_step=gv, log=lambda m: None)
+    assert len(gv.points) == 2 and all(p["grad_var"] < 1e-12 for p in gv.points)
+    before = [r["step_time_s"] for r in result.curve]
+    gv.merge_into(result.curve)
+    assert [math.isnan(r["grad_var"]) for r in result.curve] == [False, True, False]
+    assert result.curve[0]["step_time_s"] <= before[0] and result.curve[1]["step_time_s"] == before[1]
+    cols = gv.row_columns()
+    assert cols["grad_var_n"] == 2 and cols["grad_var_first"] == gv.points[0]["grad_var"]

@@ -1,0 +1,107 @@
+"""An interrupted cell resumes from its checkpoint and ends with the numbers of an uninterrupted run (on the CPU).
+
+Real processes, real signals: SIGKILL (no chance to save; the periodic checkpoint is what survives) and SIGTERM
+(what SLURM sends at a time limit: the cell saves a checkpoint, exits non-zero with one line, and logs why).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from safetensors.torch import load_file
+
+from qlbench.results import PROVENANCE, TIMING_COLUMNS
+from qlbench.status import cell_status
+
+from conftest import BIN, REPO
+
+# long enough to be caught mid-training; the checkpoint comes every 10 steps
+LONG = ["--set", "steps=80", "--set", "checkpoint_every=10"]
+CELL = ["--study", "micro", "--model", "micro-gpt2", "--bits", "4", "--rank", "4", "--mask", "b1.mlp"]
+RUN_HISTORY = ("resumed_from",)  # how the run went, not what it computed
+
+
+def start(workdir: Path, out: Path, *extra) -> subprocess.Popen:
+    cmd = [BIN / "qlbench", "run", "-c", REPO / "config.yaml", *CELL, *LONG, "--out", out, *extra]
+    return subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def interrupt_after_checkpoint(proc: subprocess.Popen, out: Path, sig: int) -> str:
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists():
+        assert proc.poll() is None, f"the cell ended before its first checkpoint:\n{proc.stdout.read()}"
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    stdout, _ = proc.communicate(timeout=120)
+    return stdout
+
+
+def same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    return a == b
+
+
+def assert_same_cell(ref: Path, got: Path) -> None:
+    skip = set(TIMING_COLUMNS) | set(PROVENANCE) | set(RUN_HISTORY)
+    a, b = pl.read_parquet(ref / "row.parquet"), pl.read_parquet(got / "row.parquet")
+    assert a.columns == b.columns
+    differ = {c: (a[c][0], b[c][0]) for c in a.columns if c not in skip and not same(a[c][0], b[c][0])}
+    assert not differ, f"resumed cell differs from the uninterrupted one: {differ}"
+    ca, cb = pl.read_parquet(ref / "curve.parquet"), pl.read_parquet(got / "curve.parquet")
+    assert ca.drop("step_time_s").equals(cb.drop("step_time_s"))
+    wa, wb = load_file(ref / "adapter.safetensors"), load_file(got / "adapter.safetensors")
+    assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory, micro_resources):
+    """One uninterrupted cell and two interrupted ones (SIGKILL, SIGTERM), run side by side, then resumed."""
+    workdir = tmp_path_factory.mktemp("resume")
+    (workdir / "resources").symlink_to(micro_resources)
+    ref, killed, termed = workdir / "ref", workdir / "killed", workdir / "termed"
+    procs = {"ref": start(workdir, ref), "killed": start(workdir, killed), "termed": start(workdir, termed)}
+    first = {
+        "killed": interrupt_after_checkpoint(procs["killed"], killed, signal.SIGKILL),
+        "termed": interrupt_after_checkpoint(procs["termed"], termed, signal.SIGTERM),
+    }
+    codes = {"killed": procs["killed"].returncode, "termed": procs["termed"].returncode}
+    statuses = {name: cell_status(workdir / name, name) for name in ("killed", "termed")}
+    logs_before = {name: (workdir / name / "log.txt").read_text() for name in ("killed", "termed")}
+    again = {name: start(workdir, workdir / name) for name in ("killed", "termed")}
+    assert procs["ref"].wait(timeout=300) == 0, procs["ref"].stdout.read()
+    for name, proc in again.items():
+        assert proc.wait(timeout=300) == 0, proc.stdout.read()
+    return dict(workdir=workdir, first=first, codes=codes, statuses=statuses, logs_before=logs_before)
+
+
+def test_sigkill_then_rerun_resumes_and_matches(interrupted):
+    w = interrupted["workdir"]
+    assert interrupted["codes"]["killed"] == -signal.SIGKILL
+    status = interrupted["statuses"]["killed"]
+    assert status.state == "failed" and "killed" in status.reason and "checkpoint saved" in status.reason
+    resumed = pl.read_parquet(w / "killed" / "row.parquet")["resumed_from"][0]
+    assert resumed > 0 and resumed % 10 == 0
+    assert f"resumed from checkpoint at step {resumed}" in (w / "killed" / "log.txt").read_text()
+    assert not (w / "killed" / "checkpoint.pt").exists()  # a finished cell drops its checkpoint
+    assert_same_cell(w / "ref", w / "killed")
+
+
+def test_sigterm_saves_a_checkpoint_exits_with_a_reason_then_resumes(interrupted):
+    w = interrupted["workdir"]
+    assert interrupted["codes"]["termed"] == 1
+    assert "qlbench run: Interrupted: stopped at step" in interrupted["first"]["termed"]
+    last = interrupted["logs_before"]["termed"].strip().splitlines()[-1]
+    assert last.startswith("error: Interrupted: stopped at step") and last.endswith("checkpoint saved")
+    status = interrupted["statuses"]["termed"]
+    assert status.state == "failed" and status.reason.startswith("Interrupted: stopped at step")
+    stopped_at = int(last.split("stopped at step ")[1].split(";")[0])
+    assert pl.read_parquet(w / "termed" / "row.parquet")["resumed_from"][0] == stopped_at > 0
+    assert_same_cell(w / "ref", w / "termed")

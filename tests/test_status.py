@@ -1,0 +1,92 @@
+"""`qlbench status` on a hand-made tree: every state, the reason of the last attempt, heartbeats, the command."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+
+import polars as pl
+import pytest
+
+from qlbench import grid, status, study
+
+from conftest import BIN, REPO
+
+
+@pytest.fixture(scope="module")
+def micro():
+    return study.load(study.read_config([REPO / "config.yaml"]), "micro")
+
+
+def write_row(folder, state):
+    folder.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame({"status": [state], "eval_loss": [1.0]}).write_parquet(folder / "row.parquet")
+
+
+def write_log(folder, *attempts):
+    folder.mkdir(parents=True, exist_ok=True)
+    text = "".join(f"06:00:0{i} cell micro/x  config abc\n06:00:0{i} step 0 loss 5\n{end}"
+                   for i, end in enumerate(attempts))
+    (folder / "log.txt").write_text(text)
+
+
+def heartbeat(folder, pid, age_s=0.0, host=None):
+    marker = folder / status.RUNNING
+    marker.write_text(json.dumps({"host": host or socket.gethostname(), "pid": pid, "slurm_job": "77",
+                                  "started": "2026-11-23T06:00:00"}))
+    t = time.time() - age_s
+    os.utime(marker, (t, t))
+
+
+def test_each_state_and_its_reason(tmp_path):
+    st = lambda name: status.cell_status(tmp_path / name, name)  # noqa: E731
+    write_row(tmp_path / "done", "ok")
+    write_row(tmp_path / "div", "diverged")
+    write_log(tmp_path / "retried", "Traceback\nerror: RuntimeError: first\n", "")  # 2nd attempt: no error yet
+    heartbeat(tmp_path / "retried", os.getpid())
+    write_log(tmp_path / "failed", "error: RuntimeError: old\n", "Traceback\nerror: ValueError: new\n")
+    write_log(tmp_path / "killed", "")
+    heartbeat(tmp_path / "killed", 999_999_999)  # no such process
+    (tmp_path / "killed" / "checkpoint.pt").write_bytes(b"x")
+    write_log(tmp_path / "remote", "")
+    heartbeat(tmp_path / "remote", 1, age_s=10 * status.STALE_S, host="elsewhere")
+    write_log(tmp_path / "remote-alive", "")
+    heartbeat(tmp_path / "remote-alive", 1, host="elsewhere")
+
+    assert st("done").state == "done" and st("div").state == "diverged" and st("nothing").state == "missing"
+    assert st("retried").state == "running" and "SLURM job 77" in st("retried").reason
+    assert st("failed") == status.CellStatus("failed", "failed", "ValueError: new")
+    killed = st("killed")
+    assert killed.state == "failed" and killed.reason.startswith("killed without a word")
+    assert "SLURM job 77" in killed.reason and "checkpoint saved" in killed.reason
+    assert st("remote").state == "failed" and st("remote-alive").state == "running"
+
+
+def test_heartbeat_lives_only_while_the_block_runs(tmp_path):
+    with status.Heartbeat(tmp_path, interval_s=0.05) as beat:
+        first = beat.path.stat().st_mtime
+        time.sleep(0.3)
+        assert beat.path.stat().st_mtime > first
+        assert status.cell_status(tmp_path, "c").state == "running"
+    assert not (tmp_path / status.RUNNING).exists()
+
+
+def test_cli_table_and_resubmit_command(tmp_path, micro):
+    cells = grid.cells(micro)
+    write_row(tmp_path / "results/micro/cells" / cells[0].path, "ok")
+    write_log(tmp_path / "results/micro/cells" / cells[1].path, "error: RuntimeError: planted failure\n")
+    out = subprocess.run([BIN / "qlbench", "status", "micro", "-c", REPO / "config.yaml", "--results",
+                          tmp_path / "results"], text=True, capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"{len(cells)} cells: 1 done, 0 diverged, 1 failed, 0 running, {len(cells) - 2} missing" in out.stdout
+    assert f"failed    {cells[1].path}" in out.stdout and "RuntimeError: planted failure" in out.stdout
+    assert f"snakemake --profile profiles/slurm --config study=micro results={tmp_path / 'results'}" in out.stdout
+    assert "qlbench sweep micro --executor slurm" in out.stdout
+
+
+def test_status_imports_no_torch():
+    code = "import sys, qlbench.cli, qlbench.status; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([BIN / "python", "-c", code], check=True, timeout=60)

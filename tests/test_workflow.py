@@ -1,0 +1,78 @@
+"""The micro study through the real snakemake on the CPU: the grid, the rows, re-running one cell, lint."""
+
+import shutil
+
+import polars as pl
+import pytest
+
+from qlbench import grid, study
+
+from conftest import REPO, job_counts, snakemake
+
+pytestmark = pytest.mark.workflow
+
+
+@pytest.fixture(scope="module")
+def micro(repo_config):
+    return study.load(repo_config, "micro")
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory, micro_resources, micro):
+    """One real run of the micro study, shared by the tests below."""
+    work = tmp_path_factory.mktemp("micro-run")
+    shutil.copytree(micro_resources, work / "resources")
+    dry = snakemake(work, "-n", "--config", "study=micro")
+    run = snakemake(work, "--cores", "2", "--config", "study=micro")
+    assert run.returncode == 0, run.stdout[-3000:]
+    return work, dry.stdout, run.stdout
+
+
+def test_dry_run_counts_the_grid(ran, micro):
+    _, dry, _ = ran
+    quantized = [b for b in micro.bits if b < 16]
+    expected = len(micro.models) * len(micro.ranks) * len(micro.seeds) * (
+        len(quantized) * len(micro.masks["micro-gpt2"]) + (16 in micro.bits))
+    assert job_counts(dry)["cell"] == expected == len(grid.cells(micro))
+
+
+def test_every_cell_has_a_complete_row(ran, micro):
+    work, _, _ = ran
+    cells = pl.read_parquet(work / "results/micro/cells.parquet")
+    assert sorted(cells["mask"] + "/" + cells["bits"].cast(str)) == sorted(
+        f"{c.mask}/{c.bits}" for c in grid.cells(micro))
+    assert (cells["status"] == "ok").all()
+    for column in ("eval_loss_before", "eval_loss", "eval_ppl", "train_loss_final", "step_time_s",
+                   "tokens_per_s", "peak_mem_mb", "wall_s"):
+        assert cells[column].is_finite().all() and (cells[column] > 0).all(), column
+    assert (cells["trainable_params"] > 0).all() and cells["config_hash"].n_unique() == cells.height
+    quantized = cells.filter(pl.col("bits") < 16)
+    assert (quantized["n_quantized"] > 0).all() and (quantized["quant_mse"] > 0).all()
+    assert (cells.filter(pl.col("bits") == 16)["n_quantized"] == 0).all()
+    curves = pl.read_parquet(work / "results/micro/curves.parquet")
+    assert curves.height == cells.height * micro.settings["steps"]
+    for name in ("summary.md", "summary.csv", "figures/eval_loss_vs_bits.png"):
+        assert (work / "results/micro" / name).stat().st_size > 0
+
+
+def test_deleting_a_cell_reruns_only_it_and_the_aggregates(ran, micro):
+    work, _, _ = ran
+    cell = next(c for c in grid.cells(micro) if c.bits < 16)
+    folder = work / "results/micro/cells" / cell.path
+    before = pl.read_parquet(folder / "row.parquet")
+    shutil.rmtree(folder)
+    dry = snakemake(work, "-n", "--config", "study=micro")
+    assert job_counts(dry.stdout) == {"cell": 1, "aggregate": 1, "summarize": 1, "all": 1, "total": 4} or \
+        {k: v for k, v in job_counts(dry.stdout).items() if k != "total"} == {
+            "cell": 1, "aggregate": 1, "summarize": 1, "all": 1}
+    rerun = snakemake(work, "--cores", "2", "--config", "study=micro")
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    after = pl.read_parquet(folder / "row.parquet")
+    # the same cell, seed and machine give the same numbers
+    for column in ("eval_loss_before", "eval_loss", "train_loss_final", "quant_mse", "config_hash"):
+        assert after[column][0] == before[column][0], column
+
+
+def test_lint_is_clean():
+    run = snakemake(REPO, "--lint")
+    assert "Congratulations" in run.stdout or run.stdout.strip() == "", run.stdout[-3000:]
