@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/prepare.smk"
 include: "workflow/rules/cells.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/analyze.smk"
 
 
 rule all:

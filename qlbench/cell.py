@@ -152,6 +152,7 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
         "peak_mem_mb": peak_mem,
         "trainable_params": measure.trainable_params(model),
         "n_quantized": len(plan),
+        "train_examples": len(train_ex),
         "quant_mse": _mean(s["quant_mse"] for s in qstats),
         "quant_rel_err": _mean(s["quant_rel_err"] for s in qstats),
         "weight_mem_mb": weight_mem_mb,

@@ -104,7 +104,7 @@ def _reason(e: BaseException) -> str:
               help="where to save it (default: resources/models/MODEL)")
 @click.option("--threads", default=2, show_default=True, type=int)
 def prepare(config_files, model, out, threads):
-    """Pretrain a base model the config builds itself (source: pretrain), with its tokenizer."""
+    """Prepare a base under resources/models/: pretrain it (source: pretrain) or convert SmolLM2's GGUF (source: smollm2)."""
     from qlbench import models, study
     from qlbench.prepare import pretrain
 
@@ -266,6 +266,34 @@ def sweep(config_files, study, executor, results, partition, account, mem_gb, ti
                         parallel=parallel, gpus=gpus, retries=retries, log_dir=logs, echo=click.echo)
     if outcome.failed:
         raise click.ClickException(f"{len(outcome.failed)} cells failed (see `qlbench status {outcome.study}`)")
+
+
+@main.command()
+@click.argument("cells_parquet", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for tables and bounds.png")
+@click.option("--tolerance", default=0.01, show_default=True, help="eval-loss gap (nats) b* must stay within")
+def bounds(cells_parquet, out, tolerance):
+    """Fit gap(r, b, N) = c0 + c1·sqrt(r/N) + c2·r·2^(-2b) to measured gaps; b*(r, N); the noise-model check."""
+    from qlbench.analysis.commands import run_bounds
+
+    try:
+        click.echo(run_bounds(Path(cells_parquet), Path(out), tolerance))
+    except ValueError as e:
+        raise QlbenchError(f"bounds: {e}") from None
+
+
+@main.command()
+@click.argument("cells_parquet", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for tables and sensitivity.png")
+@click.option("--budget", default=0.5, show_default=True, help="fraction of blocks/modules to drop to low bits")
+def sensitivity(cells_parquet, out, budget):
+    """Rank blocks and modules by the eval loss they cost at low bits; recommend a mixed-precision mask."""
+    from qlbench.analysis.commands import run_sensitivity
+
+    try:
+        click.echo(run_sensitivity(Path(cells_parquet), Path(out), budget))
+    except ValueError as e:
+        raise QlbenchError(f"sensitivity: {e}") from None
 
 
 if __name__ == "__main__":

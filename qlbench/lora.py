@@ -55,9 +55,10 @@ def resolve(targets, arch: str) -> tuple[list[str], dict[str, tuple[str, ...]]]:
             modules.append(entry)
             continue
         module, parts = m.group("module"), tuple(dict.fromkeys(m.group("parts").split(",")))
-        if FUSED_QKV.get(arch) != module.split(".")[-1]:
-            raise QlbenchError(f"targets {entry!r}: only {arch}'s fused {FUSED_QKV.get(arch) or 'QKV'} module has "
-                               "Q/K/V slices (name separate projections directly)")
+        if FUSED_QKV.get(arch) is None:
+            raise QlbenchError(f"targets {entry!r}: {arch} has no fused QKV module; name its projections directly")
+        if FUSED_QKV[arch] != module.split(".")[-1]:
+            raise QlbenchError(f"targets {entry!r}: only {arch}'s fused {FUSED_QKV[arch]} has Q/K/V slices")
         modules.append(module)
         slices[module] = parts
     return list(dict.fromkeys(modules)), slices

@@ -32,6 +32,7 @@ METRICS = {
     "peak_mem_mb": pl.Float64,
     "trainable_params": pl.Int64,
     "n_quantized": pl.Int64,  # modules below 16 bits
+    "train_examples": pl.Int64,  # N of the bounds: examples the LoRA trained on
     "quant_mse": pl.Float64,  # mean over quantized modules
     "quant_rel_err": pl.Float64,
     "weight_mem_mb": pl.Float64,  # bytes the quantized base holds (fake: what its format would take), MiB

@@ -152,6 +152,13 @@ def load(config: dict, study: str | None = None) -> Study:
         for mask in expanded:
             masklang.resolve(mask, lay)
         study_masks[model] = list(dict.fromkeys(expanded))
+        if settings["targets"]:  # a preset or a Q/K/V slice this architecture does not have fails here
+            from qlbench import lora
+
+            try:
+                lora.resolve(settings["targets"], spec["arch"])
+            except QlbenchError as e:
+                raise QlbenchError(f"{where}.targets (model {model!r}): {e}") from None
     return Study(
         name=name,
         models=raw["models"],

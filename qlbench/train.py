@@ -112,17 +112,19 @@ def train(
         x = sample(step).to(device)
         with torch.autocast(device.type, dtype=s.autocast_dtype, enabled=s.autocast_dtype is not None):
             loss = model(input_ids=x, labels=x).loss
-        loss_value = loss.item()
+        loss.backward()
+        clip = s.grad_clip if s.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        # one host-device sync per step, after backward: a read of the loss before backward idles the GPU
+        loss_value, grad_norm = torch.stack([loss.detach().float(), norm.float()]).tolist()
         first_loss = first_loss if first_loss is not None else loss_value
-        if not math.isfinite(loss_value) or loss_value > DIVERGED_FACTOR * first_loss:
+        if not math.isfinite(loss_value) or loss_value > DIVERGED_FACTOR * first_loss:  # no update from it
+            opt.zero_grad(set_to_none=True)
             result.curve.append({"step": step, "loss": loss_value, "lr": lr, "grad_norm": float("nan"),
                                  "step_time_s": time.perf_counter() - t0})
             result.status = "diverged"
             log(f"step {step}: loss {loss_value} diverged; stopping")
             break
-        loss.backward()
-        clip = s.grad_clip if s.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item()
         if on_step is not None:
             on_step(step)  # probes that need this step's gradients (gradient variance) run here
         opt.step()

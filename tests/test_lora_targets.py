@@ -115,3 +115,29 @@ def test_quantized_adapters_compute_with_rounded_weights_and_still_learn(micro_r
     saved = [v for k, v in state.items() if "h.0.attn.c_attn.lora_A" in k]
     assert len(saved) == 1 and torch.equal(saved[0], adapters.round_to_bits(a.weight.detach(), 3))
     assert len(torch.unique(saved[0])) <= 2**3 - 1
+
+
+def test_a_cell_with_qv_targets_and_4bit_adapters(tmp_path, micro_resources):
+    """Through `qlbench run`: the row records the settings, and the saved ΔW has no K rows and 4-bit A and B."""
+    import os
+    import subprocess
+
+    import polars as pl
+    from safetensors.torch import load_file
+
+    from conftest import BIN, REPO
+
+    cmd = [BIN / "qlbench", "run", "-c", REPO / "config.yaml", "--study", "micro", "--model", "micro-gpt2",
+           "--bits", "4", "--rank", "4", "--mask", "all", "--out", tmp_path / "cell", "--set", "targets=qv",
+           "--set", "adapter_bits=4", "--set", "steps=6", "--set", "checkpoint_every=0", "--set", "eval_batches=2"]
+    done = subprocess.run(cmd, cwd=micro_resources.parent, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = pl.read_parquet(tmp_path / "cell/row.parquet").row(0, named=True)
+    assert row["targets"] == "qv" and row["adapter_bits"] == 4 and row["weight_mem_mb"] > 0
+    state = load_file(tmp_path / "cell/adapter.safetensors")
+    a = next(v for k, v in state.items() if "h.0.attn.c_attn.lora_A" in k)
+    b = next(v for k, v in state.items() if "h.0.attn.c_attn.lora_B" in k)
+    width = b.shape[0] // 3
+    assert torch.count_nonzero(b[width : 2 * width]) == 0 and b[:width].abs().max() > 0
+    assert len(torch.unique(a)) <= 15 and len(torch.unique(b)) <= 15  # 2^4 - 1 levels

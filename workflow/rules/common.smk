@@ -1,5 +1,6 @@
 # The grid comes from qlbench (one source of truth for Snakemake, `qlbench sweep` and the tests).
 # The config is validated here, before any job is submitted; a problem is one line naming it.
+import re
 import shlex
 import sys
 
@@ -57,4 +58,19 @@ def final_targets():
     targets = [f"{base}/summary.md", f"{base}/summary.csv", f"{base}/figures/eval_loss_vs_bits.png"]
     if 16 in STUDY.bits and min(STUDY.bits) < 16:  # quantized cells and their 16-bit references
         targets += [f"{base}/similarity.parquet", f"{base}/rstar.parquet"]
+    if analysis_applies("bounds"):
+        targets.append(f"{base}/bounds/bounds.png")
+    if analysis_applies("sensitivity"):
+        targets.append(f"{base}/sensitivity/sensitivity.png")
     return targets
+
+
+def analysis_applies(name):
+    """Does this study's grid hold what an analysis needs? (bounds: ≥3 (rank, bits) points of mask `all` with a
+    16-bit reference; sensitivity: single-block or single-module masks with a reference.)"""
+    quantized = [b for b in STUDY.bits if b < 16]
+    masks = {m for ms in STUDY.masks.values() for m in ms}
+    if name == "bounds":
+        return 16 in STUDY.bits and "all" in masks and len(quantized) * len(STUDY.ranks) >= 3
+    single = {m for m in masks if re.fullmatch(r"b\d+(\.[A-Za-z_.]+)?", m)}
+    return bool(single) and ("none" in masks or 16 in STUDY.bits)

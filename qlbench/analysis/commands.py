@@ -1,0 +1,49 @@
+"""The analysis commands' bodies: read cells.parquet, write tables and figures into one folder (no model, no torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from qlbench.results import write_parquet
+
+BSTAR_RANKS = [2, 4, 8, 16, 32, 64]
+
+
+def run_bounds(cells_parquet: Path, out: Path, tolerance: float) -> str:
+    from qlbench.analysis import bounds
+    from qlbench.analysis.figures import bounds_figure
+
+    cells = pl.read_parquet(cells_parquet)
+    gaps = bounds.gaps(cells)
+    if gaps.height < 3:
+        raise ValueError("the bound needs at least 3 (rank, bits) points with a 16-bit reference")
+    fits = bounds.fit(gaps)
+    c2 = fits.filter(pl.col("model") == "full")["c2"][0]
+    noise = bounds.simulate_noise()
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet(gaps, out / "gaps.parquet")
+    write_parquet(fits, out / "fits.parquet")
+    write_parquet(bounds.b_star(c2, BSTAR_RANKS, tolerance), out / "bstar.parquet")
+    write_parquet(bounds.grad_var_scaling(cells), out / "grad_var_scaling.parquet")
+    write_parquet(noise, out / "noise_simulation.parquet")
+    bounds_figure(gaps, fits, noise, out / "bounds.png", f"{cells['study'][0]}: quantization bound")
+    best = fits.sort("rmse").row(0, named=True)
+    return f"{gaps.height} points; best model {best['model']} (R² {best['r2']:.3f}, LOO RMSE {best['loo_rmse']:.4f})"
+
+
+def run_sensitivity(cells_parquet: Path, out: Path, budget: float) -> str:
+    from qlbench.analysis import sensitivity
+    from qlbench.analysis.figures import sensitivity_figure
+
+    cells = pl.read_parquet(cells_parquet)
+    ranked = sensitivity.ranking(cells)
+    if ranked.is_empty():
+        raise ValueError("no single-block or single-module masks with a reference cell to rank")
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet(ranked, out / "ranking.parquet")
+    write_parquet(sensitivity.recommend(ranked, budget), out / "recommendation.parquet")
+    sensitivity_figure(ranked, out / "sensitivity.png", f"{cells['study'][0]}: layer sensitivity")
+    top = ranked.sort("degradation", descending=True).row(0, named=True)
+    return f"{ranked.height} masks ranked; most sensitive: {top['mask']} (+{top['degradation']:.4f})"
