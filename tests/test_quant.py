@@ -3,6 +3,7 @@ import torch
 
 from qlbench.quant import formats, plan
 from qlbench.quant.fake import apply
+from qlbench.study import DEFAULTS
 
 
 def _weights(seed=0, shape=(64, 256)):
@@ -75,7 +76,7 @@ def test_fake_apply_quantizes_conv1d_per_output_channel():
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=64, n_positions=16))
     conv = model.transformer.h[0].mlp.c_fc  # Conv1D: weight is (in, out)
     before = conv.weight.detach().clone()
-    stats = apply(model, {"transformer.h.0.mlp.c_fc": 3}, {"format": "int", "symmetric": True, "group_size": None})
+    stats = apply(model, {"transformer.h.0.mlp.c_fc": 3}, {**DEFAULTS, "format": "int"})
     after = conv.weight.detach()
     assert torch.equal(after, formats.quantize_int(before.t(), 3).t())
     assert stats[0]["module"] == "transformer.h.0.mlp.c_fc" and stats[0]["quant_mse"] > 0
