@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 
 def sweep(*args, **kwargs):
-    """Run a study's grid as a submitit job array (or local processes); see `qlbench.sweep.sweep`."""
-    from qlbench.sweep import sweep as _sweep
+    """Run a study's grid as a submitit job array (or local processes); see `qlbench.submit.sweep`."""
+    from qlbench.submit import sweep as _sweep
 
     return _sweep(*args, **kwargs)

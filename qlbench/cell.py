@@ -62,7 +62,7 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
     import torch
 
     from qlbench import data, models, masks, quant, results, lora, measure, generate, gradstats
-    from qlbench.quant import adapters, memory as quant_memory
+    from qlbench.quant import activations, adapters, memory as quant_memory
     from qlbench.evaluate import eval_loss, perplexity
     from qlbench.study import config_hash
     from qlbench.train import LoopSettings, train
@@ -109,6 +109,8 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
     plan = quant.plan(lay.all_names(), masked, cell.bits, settings["high_bits"]) if cell.bits < 16 else {}
     qstats = quant.backend(settings["backend"]).apply(model, plan, settings)
     weight_mem_mb = quant_memory.weight_mem_mb(model, qstats)
+    act_kv = (list(plan), settings["act_bits"], settings["kv_bits"], spec["arch"], spec["n_layer"])
+    hooks = activations.apply(model, *act_kv) if cell.bits < 16 else []
     log.info(f"quantized {len(plan)} modules ({settings['backend']} {settings['format']}), mask {cell.mask!r}")
     measure.reset_peak(device)
     loss_before = eval_loss(model, eval_blocks, settings["batch_size"], device, autocast)
@@ -117,6 +119,10 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
     torch.manual_seed(cell.seed)  # the same LoRA init for every bit width of a seed
     model = lora.attach(model, cell.rank, settings, spec["arch"])
     adapters.apply(model, settings["adapter_bits"])  # 16: off
+    if hooks:  # again, around the LoRA wrappers, so the adapter path sees the same quantized activations
+        for hook in hooks:
+            hook.remove()
+        activations.apply(model, *act_kv)
     loop = LoopSettings(steps=settings["steps"], lr=settings["lr"], warmup=settings["warmup"],
                         weight_decay=settings["weight_decay"], grad_clip=settings["grad_clip"],
                         checkpoint_every=settings["checkpoint_every"], autocast_dtype=autocast)
@@ -139,6 +145,7 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
         **coords,
         "dataset": settings["dataset"], "format": settings["format"], "backend": settings["backend"],
         "high_bits": settings["high_bits"], "adapter_bits": settings["adapter_bits"],
+        "act_bits": settings["act_bits"], "kv_bits": settings["kv_bits"],
         "targets": lora.label(settings["targets"]), "lora_alpha": lora.alpha_for(settings["lora_alpha"], cell.rank),
         "steps": settings["steps"], "lr": settings["lr"], "batch_size": settings["batch_size"],
         "seq_len": settings["seq_len"], "settings_json": _json(identity),

@@ -259,7 +259,7 @@ def sweep(config_files, study, executor, results, partition, account, mem_gb, ti
     """Run a study's grid with submitit (a SLURM job array, or local processes) into the same tree Snakemake
     writes: prepares missing bases first, skips finished cells, then aggregates into cells.parquet and
     curves.parquet. A job that dies without a result is reported as failed; see `qlbench status`."""
-    from qlbench.sweep import sweep as run_sweep
+    from qlbench.submit import sweep as run_sweep
 
     outcome = run_sweep(study, config_files=list(config_files), executor=executor, results=results,
                         partition=partition, account=account, mem_gb=mem_gb, time_min=time_min,

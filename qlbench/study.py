@@ -27,6 +27,8 @@ DEFAULTS: dict = {
     "double_quant": False,
     "high_bits": 16,
     "adapter_bits": 16,
+    "act_bits": 16,  # per-token activation quantization of the quantized linears' inputs (16: off)
+    "kv_bits": 16,  # per-token quantization of attention keys and values (16: off)
     "targets": None,  # None: the architecture's attention input projection(s)
     "lora_alpha": "2r",
     "lora_dropout": 0.0,

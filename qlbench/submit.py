@@ -1,4 +1,5 @@
-"""`qlbench sweep` / `qlbench.sweep()`: a study's grid through submitit — a SLURM job array, or local processes —
+"""`qlbench sweep` / `qlbench.sweep()` (this module is not named `sweep`, so it cannot shadow that function): a
+study's grid through submitit — a SLURM job array, or local processes —
 writing the same tree as the Snakemake workflow (the folders come from `qlbench.grid`), so `qlbench status`, the
 aggregate rules and the analyses read either.
 
