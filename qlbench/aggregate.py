@@ -1,4 +1,5 @@
-"""Cells -> one table each: `cells.parquet` (a row per cell) and `curves.parquet` (a row per training step).
+"""Cells -> one table each: `cells.parquet` (a row per cell), `curves.parquet` (a row per training step) and
+`probes.parquet` (the one-pass sensitivity estimates of the reference cells that made one).
 
 Reads parquet only, and only the cells of the study's grid, so stale folders of an older grid never leak in.
 """
@@ -28,7 +29,10 @@ def read_all(paths: list[Path]) -> pl.DataFrame:
     return pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed")
 
 
-def aggregate(study: Study, results: str) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
-    rows, missing = cell_files(study, results, "row.parquet")
-    curves, _ = cell_files(study, results, "curve.parquet")
-    return read_all(rows), read_all(curves), missing
+TABLES = {"cells": "row.parquet", "curves": "curve.parquet", "probes": "probe.parquet"}
+
+
+def aggregate(study: Study, results: str) -> tuple[dict[str, pl.DataFrame], list[str]]:
+    """{table name: its rows over the grid's finished cells}, and the cells without a row."""
+    _, missing = cell_files(study, results, "row.parquet")
+    return {name: read_all(cell_files(study, results, file)[0]) for name, file in TABLES.items()}, missing

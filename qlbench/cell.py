@@ -19,7 +19,7 @@ from qlbench.grid import Cell
 from qlbench.study import Study
 
 ROW, CURVE, ADAPTER, LOG, CHECKPOINT = "row.parquet", "curve.parquet", "adapter.safetensors", "log.txt", "checkpoint.pt"
-LAYERS, GENERATIONS = "layers.parquet", "generations.parquet"
+LAYERS, GENERATIONS, PROBE = "layers.parquet", "generations.parquet", "probe.parquet"
 FAILED_ONCE = plant.FAILED_ONCE  # marker of a planted first-attempt failure (tests of retries)
 
 
@@ -61,7 +61,7 @@ class StopFlag:
 def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -> dict:
     import torch
 
-    from qlbench import data, models, masks, quant, results, lora, measure, generate, gradstats
+    from qlbench import data, fisher, models, masks, quant, results, lora, measure, generate, gradstats
     from qlbench.quant import activations, adapters, memory as quant_memory
     from qlbench.evaluate import eval_loss, perplexity
     from qlbench.study import config_hash
@@ -106,6 +106,12 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
 
     model.to(device)
     model.requires_grad_(False)
+    sampler = data.batch_sampler(train_blocks, settings["batch_size"], cell.seed)
+    probe = []
+    if settings["probe_bits"] and (cell.bits == 16 or cell.mask == "none"):  # reference cells only
+        probe = fisher.estimate(model, lay.all_names(), settings["probe_bits"], settings, sampler,
+                                settings["probe_batches"], device)
+        log.info(f"estimated the sensitivity of {len(probe)} modules at {settings['probe_bits']} bits")
     plan = quant.plan(lay.all_names(), masked, cell.bits, settings["high_bits"]) if cell.bits < 16 else {}
     qstats = quant.backend(settings["backend"]).apply(model, plan, settings)
     weight_mem_mb = quant_memory.weight_mem_mb(model, qstats)
@@ -126,7 +132,6 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
     loop = LoopSettings(steps=settings["steps"], lr=settings["lr"], warmup=settings["warmup"],
                         weight_decay=settings["weight_decay"], grad_clip=settings["grad_clip"],
                         checkpoint_every=settings["checkpoint_every"], autocast_dtype=autocast)
-    sampler = data.batch_sampler(train_blocks, settings["batch_size"], cell.seed)
     grad_var = gradstats.GradVariance(model, sampler, gradstats.probe_steps(settings["steps"], settings["grad_var_points"]),
                                       device, autocast)
     trained = train(model, sampler, loop, device=device, checkpoint=out / CHECKPOINT,
@@ -173,6 +178,7 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
         **results.provenance(chash, measure.device_name(device), threads),
     }
     results.write_parquet(results.layers_frame(coords, qstats), out / LAYERS)
+    results.write_parquet(results.probe_frame(coords, probe), out / PROBE)
     results.write_parquet(generate.frame(coords, generations), out / GENERATIONS)
     _write_outputs(out, row, coords, trained.curve, lora.adapter_state(model))
     (out / CHECKPOINT).unlink(missing_ok=True)

@@ -155,20 +155,20 @@ def grid(config_files, study, count):
 @click.option("--results", default=None, help="results folder (default: the config's, or results/)")
 @click.option("--allow-missing", is_flag=True, help="aggregate whatever cells are complete")
 def aggregate(config_files, study, results, allow_missing):
-    """Gather a study's cells into results/STUDY/cells.parquet and curves.parquet."""
+    """Gather a study's cells into results/STUDY/cells.parquet, curves.parquet and probes.parquet."""
     from qlbench.aggregate import aggregate as run_aggregate
     from qlbench.results import write_parquet
 
     st = _load(config_files, study)
     root = results or st.config.get("results", "results")
-    cells, curves, missing = run_aggregate(st, root)
+    tables, missing = run_aggregate(st, root)
     if missing and not allow_missing:
         raise QlbenchError(f"{len(missing)} cells have no row yet (first: {missing[0]}); use --allow-missing")
-    if cells.is_empty():
+    if tables["cells"].is_empty():
         raise QlbenchError(f"no finished cells under {root}/{st.name}/cells")
-    write_parquet(cells, Path(root) / st.name / "cells.parquet")
-    write_parquet(curves, Path(root) / st.name / "curves.parquet")
-    click.echo(f"{st.name}: {cells.height} cells, {curves.height} curve rows" +
+    for name, table in tables.items():
+        write_parquet(table, Path(root) / st.name / f"{name}.parquet")
+    click.echo(f"{st.name}: {tables['cells'].height} cells, {tables['curves'].height} curve rows" +
                (f", {len(missing)} missing" if missing else ""))
 
 

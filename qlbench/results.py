@@ -89,6 +89,17 @@ def layers_frame(coords: dict, stats: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=LAYERS_SCHEMA)
 
 
+PROBE_SCHEMA = pl.Schema({
+    **COORDS, "module": pl.String, "probe_bits": pl.Int64, "fisher_trace": pl.Float64, "noise_power": pl.Float64,
+    "estimate": pl.Float64,
+})
+
+
+def probe_frame(coords: dict, rows: list[dict]) -> pl.DataFrame:
+    """probe.parquet: the one-pass sensitivity estimate of each module (no rows unless the cell probed)."""
+    return pl.DataFrame([{**coords, **r} for r in rows], schema=PROBE_SCHEMA)
+
+
 @contextmanager
 def atomic_path(path: Path):
     """Yield a temporary name beside `path`; rename it into place only if the block finishes."""

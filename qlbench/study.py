@@ -29,6 +29,8 @@ DEFAULTS: dict = {
     "adapter_bits": 16,
     "act_bits": 16,  # per-token activation quantization of the quantized linears' inputs (16: off)
     "kv_bits": 16,  # per-token quantization of attention keys and values (16: off)
+    "probe_bits": 0,  # reference cells estimate each module's sensitivity at this width (0: off)
+    "probe_batches": 4,
     "targets": None,  # None: the architecture's attention input projection(s)
     "lora_alpha": "2r",
     "lora_dropout": 0.0,

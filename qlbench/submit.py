@@ -147,7 +147,7 @@ def sweep(
         echo(f"{st.name}: {len(outcome.failed)} cells failed; `qlbench status {st.name}` lists them")
         return outcome
     if aggregate:
-        outcome.cells_parquet = _aggregate(st, root)
+        outcome.cells_parquet = _aggregate(st, root).resolve()
         echo(f"{st.name}: {len(outcome.done)} cells run, {len(outcome.skipped)} skipped -> {outcome.cells_parquet}")
     return outcome
 

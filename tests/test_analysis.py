@@ -76,3 +76,15 @@ def test_sensitivity_ranks_blocks_and_recommends_the_least_sensitive():
     assert (ranked["ci95"] > 0).all() and ranked["seeds"].to_list() == [3] * 4
     rec = sensitivity.recommend(ranked, 0.5)
     assert rec["mask"].to_list() == ["b1+b3"] and rec["predicted_degradation"][0] == pytest.approx(0.03, abs=0.01)
+
+
+def test_one_pass_estimates_are_summed_per_mask_and_compared_by_rank():
+    ranked = pl.DataFrame({"model": ["m"] * 3, "n_train": [None] * 3, "rank": [8] * 3, "bits": [4] * 3,
+                           "level": ["block"] * 3, "mask": ["b0", "b1", "b2"], "degradation": [0.3, 0.1, 0.2],
+                           "rank_measured": [1, 3, 2]}, schema_overrides={"n_train": pl.Int64})
+    probes = pl.DataFrame({"model": ["m"] * 6, "n_train": [None] * 6, "rank": [8] * 6, "seed": [0] * 6,
+                           "module": [f"transformer.h.{b}.{m}" for b in range(3) for m in ("attn.c_attn", "mlp.c_fc")],
+                           "estimate": [2.0, 1.0, 0.1, 0.2, 0.5, 0.6]}, schema_overrides={"n_train": pl.Int64})
+    out = sensitivity.with_estimates(ranked, probes).sort("mask")
+    assert out["estimate"].to_list() == pytest.approx([3.0, 0.3, 1.1])
+    assert out["rank_estimated"].to_list() == [1, 3, 2] and out["estimate_spearman"][0] == pytest.approx(1.0)

@@ -41,9 +41,13 @@ def run_sensitivity(cells_parquet: Path, out: Path, budget: float) -> str:
     ranked = sensitivity.ranking(cells)
     if ranked.is_empty():
         raise ValueError("no single-block or single-module masks with a reference cell to rank")
+    probes = cells_parquet.with_name("probes.parquet")
+    if probes.exists():
+        ranked = sensitivity.with_estimates(ranked, pl.read_parquet(probes))
     out.mkdir(parents=True, exist_ok=True)
     write_parquet(ranked, out / "ranking.parquet")
     write_parquet(sensitivity.recommend(ranked, budget), out / "recommendation.parquet")
     sensitivity_figure(ranked, out / "sensitivity.png", f"{cells['study'][0]}: layer sensitivity")
     top = ranked.sort("degradation", descending=True).row(0, named=True)
-    return f"{ranked.height} masks ranked; most sensitive: {top['mask']} (+{top['degradation']:.4f})"
+    agree = f"; one-pass estimate agrees with Spearman {top['estimate_spearman']:.2f}" if "estimate_spearman" in ranked.columns else ""
+    return f"{ranked.height} masks ranked; most sensitive: {top['mask']} (+{top['degradation']:.4f}){agree}"

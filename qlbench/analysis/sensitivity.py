@@ -52,6 +52,28 @@ def ranking(cells: pl.DataFrame) -> pl.DataFrame:
     return summary.join(stability, on=group, how="left", nulls_equal=True).sort(*group, "rank_measured")
 
 
+def with_estimates(ranked: pl.DataFrame, probes: pl.DataFrame) -> pl.DataFrame:
+    """Add each mask's one-pass estimate (the sum over its modules, mean over seeds) and the Spearman agreement
+    of the estimated ranking with the measured one, per group."""
+    if ranked.is_empty() or probes.is_empty():
+        return ranked
+    parts = probes["module"].str.extract_groups(r"\.(\d+)\.(.+)$")
+    modules = probes.with_columns(parts.struct.field("1").cast(pl.Int64).alias("block"),
+                                  parts.struct.field("2").alias("suffix"))
+    keys = [k for k in ("model", "n_train", "rank") if k in ranked.columns]
+    per_module = modules.group_by(*keys, "block", "suffix").agg(pl.col("estimate").mean())
+    block_mask = per_module.group_by(*keys, "block").agg(pl.col("estimate").sum()).with_columns(
+        pl.format("b{}", "block").alias("mask"))
+    module_mask = per_module.with_columns(pl.format("b{}.{}", "block", "suffix").alias("mask"))
+    estimates = pl.concat([block_mask.select(*keys, "mask", "estimate"), module_mask.select(*keys, "mask", "estimate")])
+    out = ranked.join(estimates, on=[*keys, "mask"], how="left", nulls_equal=True)
+    group = [g for g in GROUP if g in out.columns] + ["level"]
+    out = out.with_columns(pl.col("estimate").rank("ordinal", descending=True).over(group).alias("rank_estimated"))
+    agreement = out.group_by(group).agg(
+        pl.corr("rank_measured", "rank_estimated", method="pearson").alias("estimate_spearman"))
+    return out.join(agreement, on=group, how="left", nulls_equal=True).sort(*group, "rank_measured")
+
+
 def _seed_stability(paired: pl.DataFrame, group: list[str]) -> pl.DataFrame:
     rows = []
     for key, g in paired.group_by(group, maintain_order=True):

@@ -4,6 +4,7 @@ rule aggregate:
     output:
         cells=f"{RESULTS}/{{study}}/cells.parquet",
         curves=f"{RESULTS}/{{study}}/curves.parquet",
+        probes=f"{RESULTS}/{{study}}/probes.parquet",
     log:
         f"{RESULTS}/{{study}}/logs/aggregate.log",
     params:

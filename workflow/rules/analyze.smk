@@ -21,7 +21,8 @@ rule bounds:
 
 rule sensitivity:
     input:
-        f"{RESULTS}/{{study}}/cells.parquet",
+        cells=f"{RESULTS}/{{study}}/cells.parquet",
+        probes=f"{RESULTS}/{{study}}/probes.parquet",
     output:
         ranking=f"{RESULTS}/{{study}}/sensitivity/ranking.parquet",
         recommendation=f"{RESULTS}/{{study}}/sensitivity/recommendation.parquet",
@@ -37,4 +38,4 @@ rule sensitivity:
     conda:
         ENV
     shell:
-        "qlbench sensitivity {input} --out {params.out} > {log} 2>&1"
+        "qlbench sensitivity {input.cells} --out {params.out} > {log} 2>&1"

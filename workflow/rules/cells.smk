@@ -7,6 +7,7 @@ rule cell:
         adapter=f"{RESULTS}/{{study}}/cells/{{cell}}/adapter.safetensors",
         layers=f"{RESULTS}/{{study}}/cells/{{cell}}/layers.parquet",
         generations=f"{RESULTS}/{{study}}/cells/{{cell}}/generations.parquet",
+        probe=f"{RESULTS}/{{study}}/cells/{{cell}}/probe.parquet",
     log:
         f"{RESULTS}/{{study}}/cells/{{cell}}/log.txt",
     params:
