@@ -106,6 +106,7 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
 
     model.to(device)
     model.requires_grad_(False)
+    base_params = measure.unique_params(model)  # before quantization packs any weight
     sampler = data.batch_sampler(train_blocks, settings["batch_size"], cell.seed)
     probe = []
     if settings["probe_bits"] and (cell.bits == 16 or cell.mask == "none"):  # reference cells only
@@ -168,6 +169,8 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
         "quant_mse": _mean(s["quant_mse"] for s in qstats),
         "quant_rel_err": _mean(s["quant_rel_err"] for s in qstats),
         "weight_mem_mb": weight_mem_mb,
+        "base_params": base_params,
+        "bits_per_param": weight_mem_mb * 2**20 * 8 / base_params,
         "quant_snr_db": _mean(s["quant_snr_db"] for s in qstats if math.isfinite(s["quant_snr_db"])),
         "quant_noise_ratio": _mean(s["quant_mse"] / s["noise_var_uniform"] for s in qstats if s.get("noise_var_uniform")),
         **grad_var.row_columns(),

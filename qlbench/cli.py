@@ -198,7 +198,9 @@ def similarity(config_files, study, results):
 @click.option("--table", "table_path", required=True, type=click.Path(dir_okay=False), help="summary .md")
 @click.option("--csv", "csv_path", required=True, type=click.Path(dir_okay=False), help="summary .csv")
 @click.option("--figure", "figure_path", required=True, type=click.Path(dir_okay=False), help="eval loss vs bits .png")
-def summarize(cells_parquet, table_path, csv_path, figure_path):
+@click.option("--efficiency", "efficiency_path", default=None, type=click.Path(dir_okay=False),
+              help="efficiency table .md (memory, time, throughput per configuration)")
+def summarize(cells_parquet, table_path, csv_path, figure_path, efficiency_path):
     """The summary table (Markdown, CSV) and the eval-loss-against-bits figure of an aggregated study."""
     import polars as pl
 
@@ -216,6 +218,11 @@ def summarize(cells_parquet, table_path, csv_path, figure_path):
     with atomic_path(Path(figure_path)) as tmp:
         eval_loss_vs_bits(table, tmp.with_suffix(".png"), f"{study}: eval loss against bits")
         tmp.with_suffix(".png").replace(tmp)
+    if efficiency_path:
+        from qlbench.analysis import efficiency
+
+        with atomic_path(Path(efficiency_path)) as tmp:
+            tmp.write_text(summary.markdown(efficiency.table(cells), f"{study}: cost per configuration"))
     click.echo(f"{study}: {table.height} configurations -> {table_path}")
 
 

@@ -42,3 +42,8 @@ def step_time_s(curve: list[dict]) -> float:
 
 def trainable_params(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def unique_params(model) -> int:
+    """Parameters of a model, tied weights counted once."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

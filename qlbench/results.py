@@ -32,6 +32,8 @@ METRICS = {
     "peak_mem_mb": pl.Float64,
     "trainable_params": pl.Int64,
     "n_quantized": pl.Int64,  # modules below 16 bits
+    "base_params": pl.Int64,  # parameters of the base model (tied weights once)
+    "bits_per_param": pl.Float64,  # weight_mem_mb in bits over base_params
     "train_examples": pl.Int64,  # N of the bounds: examples the LoRA trained on
     "quant_mse": pl.Float64,  # mean over quantized modules
     "quant_rel_err": pl.Float64,

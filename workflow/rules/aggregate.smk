@@ -22,6 +22,7 @@ rule summarize:
     output:
         table=f"{RESULTS}/{{study}}/summary.md",
         csv=f"{RESULTS}/{{study}}/summary.csv",
+        efficiency=f"{RESULTS}/{{study}}/efficiency.md",
         figure=report(
             f"{RESULTS}/{{study}}/figures/eval_loss_vs_bits.png",
             caption="../report/eval_loss_vs_bits.rst",
@@ -32,7 +33,8 @@ rule summarize:
     conda:
         ENV
     shell:
-        "qlbench summarize {input} --table {output.table} --csv {output.csv} --figure {output.figure} > {log} 2>&1"
+        "qlbench summarize {input} --table {output.table} --csv {output.csv} --figure {output.figure} "
+        "--efficiency {output.efficiency} > {log} 2>&1"
 
 
 def similarity_inputs(wildcards):
