@@ -61,7 +61,7 @@ class StopFlag:
 def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -> dict:
     import torch
 
-    from qlbench import data, fisher, models, masks, quant, results, lora, measure, generate, gradstats
+    from qlbench import data, fisher, models, masks, precision, quant, results, lora, measure, generate, gradstats
     from qlbench.quant import activations, adapters, memory as quant_memory
     from qlbench.evaluate import eval_loss, perplexity
     from qlbench.study import config_hash
@@ -114,6 +114,11 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
                                 settings["probe_batches"], device)
         log.info(f"estimated the sensitivity of {len(probe)} modules at {settings['probe_bits']} bits")
     plan = quant.plan(lay.all_names(), masked, cell.bits, settings["high_bits"]) if cell.bits < 16 else {}
+    switching = None
+    if settings["switch_bits"] and cell.bits < 16:  # QaLoF: the masked layers switch width, one adapter each
+        plan = {m: b for m, b in plan.items() if m not in set(masked)}
+        switching = precision.Switching(model, masked, settings["switch_bits"], settings, cell.seed)
+        switching.use(cell.bits)
     qstats = quant.backend(settings["backend"]).apply(model, plan, settings)
     weight_mem_mb = quant_memory.weight_mem_mb(model, qstats)
     act_kv = (list(plan), settings["act_bits"], settings["kv_bits"], spec["arch"], spec["n_layer"])
@@ -126,6 +131,8 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
     torch.manual_seed(cell.seed)  # the same LoRA init for every bit width of a seed
     model = lora.attach(model, cell.rank, settings, spec["arch"])
     adapters.apply(model, settings["adapter_bits"])  # 16: off
+    if switching:
+        model = switching.attach(model)
     if hooks:  # again, around the LoRA wrappers, so the adapter path sees the same quantized activations
         for hook in hooks:
             hook.remove()
@@ -137,8 +144,11 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
                                       device, autocast)
     trained = train(model, sampler, loop, device=device, checkpoint=out / CHECKPOINT,
                     stop_requested=lambda: stop.requested, on_step=plant.with_kill(grad_var, plants, out),
-                    log=log.info)
+                    before_step=switching.before_step if switching else None, log=log.info)
     grad_var.merge_into(trained.curve)
+    switch_columns = switching.evaluate(
+        eval_blocks, settings["batch_size"], lambda b: eval_loss(model, b, settings["batch_size"], device, autocast),
+        cell.bits) if switching else {}
     final = eval_loss(model, eval_blocks, settings["batch_size"], device, autocast)
     log.info(f"eval loss after training: {final:.4f} ({trained.status})")
     peak_mem = measure.peak_mem_mb(device)  # before generation: the peak of training and evaluation
@@ -175,6 +185,7 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
         "quant_noise_ratio": _mean(s["quant_mse"] / s["noise_var_uniform"] for s in qstats if s.get("noise_var_uniform")),
         **grad_var.row_columns(),
         **generate.row_columns(generations),
+        **switch_columns,
         "steps_done": len(trained.curve),
         "resumed_from": trained.resumed_from,
         "wall_s": time.perf_counter() - t_start,

@@ -29,6 +29,8 @@ DEFAULTS: dict = {
     "adapter_bits": 16,
     "act_bits": 16,  # per-token activation quantization of the quantized linears' inputs (16: off)
     "kv_bits": 16,  # per-token quantization of attention keys and values (16: off)
+    "switch_bits": [],  # QaLoF switchable precision: widths the masked layers cycle through, one adapter each
+    "switch_schedule": "cyclic",  # or random
     "probe_bits": 0,  # reference cells estimate each module's sensitivity at this width (0: off)
     "probe_batches": 4,
     "targets": None,  # None: the architecture's attention input projection(s)
@@ -186,6 +188,10 @@ def check_settings(settings: dict, bits: list[int], where: str) -> None:
                 f"{where}: backend {backend!r} cannot quantize {fmt!r} at {b} bits "
                 f"(it can do {', '.join(map(str, allowed))}; the 'fake' backend simulates 2-8)"
             )
+    switch = settings["switch_bits"]
+    if switch and (backend != "fake" or any(b not in switch for b in bits if b < 16)):
+        raise QlbenchError(f"{where}.switch_bits {switch}: needs backend 'fake' and every quantized width of bits "
+                           f"{sorted(b for b in bits if b < 16)} among its widths")
     if settings["adapter_bits"] != 16 and not 2 <= settings["adapter_bits"] <= 8:
         raise QlbenchError(f"{where}.adapter_bits: {settings['adapter_bits']} (use 2-8, or 16 for none)")
     if settings.get("fail") is not None:

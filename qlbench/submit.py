@@ -147,7 +147,7 @@ def sweep(
         echo(f"{st.name}: {len(outcome.failed)} cells failed; `qlbench status {st.name}` lists them")
         return outcome
     if aggregate:
-        outcome.cells_parquet = _aggregate(st, root).resolve()
+        outcome.cells_parquet = _aggregate(st, root, config_args, cwd).resolve()
         echo(f"{st.name}: {len(outcome.done)} cells run, {len(outcome.skipped)} skipped -> {outcome.cells_parquet}")
     return outcome
 
@@ -170,17 +170,13 @@ def _prepare_bases(st, config_args, cwd, submitter, poll_s, echo) -> None:
                                f"see {sub.logs} for its log")
 
 
-def _aggregate(st, root: str) -> Path:
-    from qlbench.aggregate import aggregate
-    from qlbench.results import write_parquet
-
-    cells, curves, missing = aggregate(st, root)
-    if missing:
-        raise QlbenchError(f"{len(missing)} cells have no row (first: {missing[0]})")
-    path = Path(root) / st.name / "cells.parquet"
-    write_parquet(cells, path)
-    write_parquet(curves, Path(root) / st.name / "curves.parquet")
-    return path
+def _aggregate(st, root: str, config_args: list[str], cwd: str) -> Path:
+    """The same command the workflow's aggregate rule runs, so both trees aggregate alike."""
+    cmd = [sys.executable, "-m", "qlbench.cli", "aggregate", *config_args, st.name, "--results", root]
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise QlbenchError(f"aggregating {st.name} failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+    return Path(cwd) / root / st.name / "cells.parquet"
 
 
 def _ids(handles) -> str:

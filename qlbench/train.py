@@ -91,6 +91,7 @@ def train(
     checkpoint: Path | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
     on_step: Callable[[int], None] | None = None,
+    before_step: Callable[[int], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     params = list(_trainable(model).values())
@@ -109,6 +110,8 @@ def train(
         lr = lr_at(step, s)
         for group in opt.param_groups:
             group["lr"] = lr
+        if before_step is not None:
+            before_step(step)  # e.g. switch the base's precision and its adapter
         x = sample(step).to(device)
         with torch.autocast(device.type, dtype=s.autocast_dtype, enabled=s.autocast_dtype is not None):
             loss = model(input_ids=x, labels=x).loss
