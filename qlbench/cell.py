@@ -114,6 +114,9 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
                                 settings["probe_batches"], device)
         log.info(f"estimated the sensitivity of {len(probe)} modules at {settings['probe_bits']} bits")
     plan = quant.plan(lay.all_names(), masked, cell.bits, settings["high_bits"]) if cell.bits < 16 else {}
+    if cell.bits < 16:
+        plan = quant.with_layer_bits(plan, {m: b for mask, b in settings["layer_bits"].items()
+                                            for m in masks.resolve(mask, lay)})
     switching = None
     if settings["switch_bits"] and cell.bits < 16:  # QaLoF: the masked layers switch width, one adapter each
         plan = {m: b for m, b in plan.items() if m not in set(masked)}
@@ -140,8 +143,8 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
     loop = LoopSettings(steps=settings["steps"], lr=settings["lr"], warmup=settings["warmup"],
                         weight_decay=settings["weight_decay"], grad_clip=settings["grad_clip"],
                         checkpoint_every=settings["checkpoint_every"], autocast_dtype=autocast)
-    grad_var = gradstats.GradVariance(model, sampler, gradstats.probe_steps(settings["steps"], settings["grad_var_points"]),
-                                      device, autocast)
+    probe_steps = gradstats.probe_steps(settings["steps"], settings["grad_var_points"])
+    grad_var = gradstats.GradVariance(model, sampler, probe_steps, device, autocast)
     trained = train(model, sampler, loop, device=device, checkpoint=out / CHECKPOINT,
                     stop_requested=lambda: stop.requested, on_step=plant.with_kill(grad_var, plants, out),
                     before_step=switching.before_step if switching else None, log=log.info)
@@ -182,7 +185,8 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
         "base_params": base_params,
         "bits_per_param": weight_mem_mb * 2**20 * 8 / base_params,
         "quant_snr_db": _mean(s["quant_snr_db"] for s in qstats if math.isfinite(s["quant_snr_db"])),
-        "quant_noise_ratio": _mean(s["quant_mse"] / s["noise_var_uniform"] for s in qstats if s.get("noise_var_uniform")),
+        "quant_noise_ratio": _mean(s["quant_mse"] / s["noise_var_uniform"] for s in qstats
+                                   if s.get("noise_var_uniform")),  # measured / uniform model Δ²/12
         **grad_var.row_columns(),
         **generate.row_columns(generations),
         **switch_columns,

@@ -29,6 +29,7 @@ DEFAULTS: dict = {
     "adapter_bits": 16,
     "act_bits": 16,  # per-token activation quantization of the quantized linears' inputs (16: off)
     "kv_bits": 16,  # per-token quantization of attention keys and values (16: off)
+    "layer_bits": {},  # {mask: bits} pinned widths on top of the cell's mask and high_bits (QaLoF's per-layer map)
     "switch_bits": [],  # QaLoF switchable precision: widths the masked layers cycle through, one adapter each
     "switch_schedule": "cyclic",  # or random
     "probe_bits": 0,  # reference cells estimate each module's sensitivity at this width (0: off)
@@ -155,7 +156,7 @@ def load(config: dict, study: str | None = None) -> Study:
         spec = config["models"][model]
         lay = masklang.layout(spec["arch"], spec["n_layer"])
         expanded = [m for entry in raw["masks"] for m in masklang.expand(entry, lay)]
-        for mask in expanded:
+        for mask in expanded + list(settings["layer_bits"]):
             masklang.resolve(mask, lay)
         study_masks[model] = list(dict.fromkeys(expanded))
         if settings["targets"]:  # a preset or a Q/K/V slice this architecture does not have fails here
@@ -182,7 +183,7 @@ def check_settings(settings: dict, bits: list[int], where: str) -> None:
     """The checks between settings that a schema cannot say: can this backend do these bit widths?"""
     backend, fmt = settings["backend"], settings["format"]
     allowed = BACKEND_BITS[backend][fmt]
-    for b in sorted(set(bits) | {settings["high_bits"]}):
+    for b in sorted(set(bits) | {settings["high_bits"]} | set(settings["layer_bits"].values())):
         if b != 16 and b not in allowed:
             raise QlbenchError(
                 f"{where}: backend {backend!r} cannot quantize {fmt!r} at {b} bits "

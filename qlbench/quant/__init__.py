@@ -22,3 +22,9 @@ def plan(all_modules: list[str], masked: list[str], bits: int, high_bits: int) -
     chosen = set(masked)
     widths = {m: (bits if m in chosen else high_bits) for m in all_modules}
     return {m: b for m, b in widths.items() if b < 16}
+
+
+def with_layer_bits(plan: dict[str, int], fixed: dict[str, int]) -> dict[str, int]:
+    """The plan with some modules pinned to their own width (a per-layer bit map from the config); 16 leaves one alone."""
+    merged = {**plan, **fixed}
+    return {m: b for m, b in merged.items() if b < 16}
