@@ -303,5 +303,26 @@ def sensitivity(cells_parquet, out, budget):
         raise QlbenchError(f"sensitivity: {e}") from None
 
 
+
+@main.command("validate-recommendation")
+@click.argument("cells_parquet", type=click.Path(exists=True, dir_okay=False))
+@click.argument("recommendation_parquet", type=click.Path(exists=True, dir_okay=False))
+@click.argument("rows", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="validation .parquet")
+def validate_recommendation(cells_parquet, recommendation_parquet, rows, out):
+    """Measured against predicted degradation of the recommended mixed-precision masks (their cells' ROWS)."""
+    import polars as pl
+
+    from qlbench.analysis.sensitivity import validate
+    from qlbench.results import write_parquet
+
+    extra = pl.concat([pl.read_parquet(r) for r in rows], how="diagonal_relaxed") if rows else pl.DataFrame()
+    table = validate(pl.read_parquet(cells_parquet), pl.read_parquet(recommendation_parquet), extra)
+    write_parquet(table, Path(out))
+    for r in table.iter_rows(named=True):
+        click.echo(f"{r['model']} r={r['rank']} {r['bits']} bits, {r['mask']}: predicted "
+                   f"{r['predicted_degradation']:+.4f}, measured {r['measured_degradation']:+.4f}")
+
+
 if __name__ == "__main__":
     main()

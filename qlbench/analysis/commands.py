@@ -50,4 +50,4 @@ def run_sensitivity(cells_parquet: Path, out: Path, budget: float) -> str:
     sensitivity_figure(ranked, out / "sensitivity.png", f"{cells['study'][0]}: layer sensitivity")
     top = ranked.sort("degradation", descending=True).row(0, named=True)
     agree = f"; one-pass estimate agrees with Spearman {top['estimate_spearman']:.2f}" if "estimate_spearman" in ranked.columns else ""
-    return f"{ranked.height} masks ranked; most sensitive: {top['mask']} (+{top['degradation']:.4f}){agree}"
+    return f"{ranked.height} masks ranked; most sensitive: {top['mask']} ({top['degradation']:+.4f}){agree}"

@@ -104,4 +104,15 @@ def recommend(ranked: pl.DataFrame, budget_fraction: float) -> pl.DataFrame:
         rows.append({**dict(zip(group, key)), "budget_fraction": budget_fraction, "low_bit_masks": k,
                      "mask": "+".join(masks) or "none",
                      "predicted_degradation": float(chosen["degradation"].sum())})
-    return pl.DataFrame(rows)
+    return pl.DataFrame(rows, schema_overrides={g: ranked.schema[g] for g in group})
+
+
+def validate(cells: pl.DataFrame, recommendation: pl.DataFrame, validation_cells: pl.DataFrame) -> pl.DataFrame:
+    """The recommended masks, run: their measured degradation (mean over seeds) beside the predicted one."""
+    everything = pl.concat([cells, validation_cells], how="diagonal_relaxed").unique(
+        subset=[c for c in ("model", "n_train", "bits", "rank", "mask", "seed") if c in cells.columns])
+    paired = with_reference(everything)
+    keys = [k for k in ("model", "n_train", "rank", "bits", "mask") if k in recommendation.columns]
+    measured = paired.group_by(keys).agg(pl.col("delta_eval_loss").mean().alias("measured_degradation"),
+                                         pl.len().alias("seeds"))
+    return recommendation.join(measured, on=keys, how="left", nulls_equal=True)

@@ -37,12 +37,6 @@ rule summarize:
         "--efficiency {output.efficiency} > {log} 2>&1"
 
 
-def similarity_inputs(wildcards):
-    """What the similarity aggregate reads of every cell: no model, only stored outputs."""
-    names = ("row.parquet", "generations.parquet", "adapter.safetensors")
-    return [f"{cell_dir(c)}/{name}" for c in CELLS for name in names]
-
-
 rule similarity:
     input:
         similarity_inputs,

@@ -19,7 +19,7 @@ rule bounds:
         "qlbench bounds {input} --out {params.out} > {log} 2>&1"
 
 
-rule sensitivity:
+checkpoint sensitivity:
     input:
         cells=f"{RESULTS}/{{study}}/cells.parquet",
         probes=f"{RESULTS}/{{study}}/probes.parquet",
@@ -39,3 +39,19 @@ rule sensitivity:
         ENV
     shell:
         "qlbench sensitivity {input.cells} --out {params.out} > {log} 2>&1"
+
+
+rule validate_recommendation:
+    input:
+        cells=f"{RESULTS}/{{study}}/cells.parquet",
+        recommendation=f"{RESULTS}/{{study}}/sensitivity/recommendation.parquet",
+        rows=validation_rows,
+    output:
+        f"{RESULTS}/{{study}}/sensitivity/validation.parquet",
+    log:
+        f"{RESULTS}/{{study}}/logs/validate_recommendation.log",
+    conda:
+        ENV
+    shell:
+        "qlbench validate-recommendation {input.cells} {input.recommendation} {input.rows} --out {output} "
+        "> {log} 2>&1"

@@ -45,6 +45,26 @@ def cell_args(wildcards):
     return shlex.join(gridlib.parse(wildcards.cell).args())
 
 
+def similarity_inputs(wildcards):
+    """What the similarity aggregate reads of every cell: no model, only stored outputs."""
+    names = ("row.parquet", "generations.parquet", "adapter.safetensors")
+    return [f"{cell_dir(c)}/{name}" for c in CELLS for name in names]
+
+
+def validation_rows(wildcards):
+    """The cells of the recommended mixed-precision masks (known once the sensitivity checkpoint has run)."""
+    import polars as pl
+
+    recommended = pl.read_parquet(checkpoints.sensitivity.get(study=wildcards.study).output.recommendation)
+    cells = {
+        gridlib.Cell(r["model"], r["bits"], r["rank"], r["mask"], seed, r.get("n_train"))
+        for r in recommended.iter_rows(named=True)
+        if r["mask"] != "none"
+        for seed in STUDY.seeds
+    }
+    return [f"{cell_dir(c)}/row.parquet" for c in sorted(cells)]
+
+
 def base_input(wildcards):
     """A base the workflow pretrains itself is an input of its cells; a hub or path model is not."""
     model = gridlib.parse(wildcards.cell).model
@@ -61,7 +81,7 @@ def final_targets():
     if analysis_applies("bounds"):
         targets.append(f"{base}/bounds/bounds.png")
     if analysis_applies("sensitivity"):
-        targets.append(f"{base}/sensitivity/sensitivity.png")
+        targets += [f"{base}/sensitivity/sensitivity.png", f"{base}/sensitivity/validation.parquet"]
     return targets
 
 
