@@ -204,7 +204,7 @@ def main(argv=None):
     p.add_argument("--shapes", default="gpt2-medium,llama-1b")
     p.add_argument("--precisions", default="bf16,nf4")
     p.add_argument("--loops", default=",".join(LOOPS))
-    p.add_argument("--rounds", type=int, default=2, help="run every loop this many times, interleaved")
+    p.add_argument("--rounds", type=int, default=None, help="run every loop this many times, interleaved (2; 1 --small)")
     p.add_argument("--batch", type=int, default=None, help="sequences per step (default 4; 2 with --small)")
     p.add_argument("--seq", type=int, default=None, help="tokens per sequence (default 512; 64 with --small)")
     p.add_argument("--rank", type=int, default=16)
@@ -214,6 +214,7 @@ def main(argv=None):
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # shape,precision,loop,base: a child process
     args = p.parse_args(argv)
+    args.rounds = args.rounds or (1 if args.small else 2)
     args.batch = args.batch or (2 if args.small else 4)
     args.seq = args.seq or (64 if args.small else 512)
     args.steps = args.steps or (4 if args.small else 20)

@@ -113,19 +113,22 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
         probe = fisher.estimate(model, lay.all_names(), settings["probe_bits"], settings, sampler,
                                 settings["probe_batches"], device)
         log.info(f"estimated the sensitivity of {len(probe)} modules at {settings['probe_bits']} bits")
-    plan = quant.plan(lay.all_names(), masked, cell.bits, settings["high_bits"]) if cell.bits < 16 else {}
-    if cell.bits < 16:
+    if settings["bits_target"] == "adapter":  # the bounds study: `bits` quantizes LoRA's A and B, not the base
+        settings = {**settings, "adapter_bits": cell.bits}
+    base_bits = cell.bits if settings["bits_target"] == "base" else 16
+    plan = quant.plan(lay.all_names(), masked, base_bits, settings["high_bits"]) if base_bits < 16 else {}
+    if base_bits < 16:
         plan = quant.with_layer_bits(plan, {m: b for mask, b in settings["layer_bits"].items()
                                             for m in masks.resolve(mask, lay)})
     switching = None
-    if settings["switch_bits"] and cell.bits < 16:  # QaLoF: the masked layers switch width, one adapter each
+    if settings["switch_bits"] and base_bits < 16:  # QaLoF: the masked layers switch width, one adapter each
         plan = {m: b for m, b in plan.items() if m not in set(masked)}
         switching = precision.Switching(model, masked, settings["switch_bits"], settings, cell.seed)
         switching.use(cell.bits)
     qstats = quant.backend(settings["backend"]).apply(model, plan, settings)
     weight_mem_mb = quant_memory.weight_mem_mb(model, qstats)
     act_kv = (list(plan), settings["act_bits"], settings["kv_bits"], spec["arch"], spec["n_layer"])
-    hooks = activations.apply(model, *act_kv) if cell.bits < 16 else []
+    hooks = activations.apply(model, *act_kv) if base_bits < 16 else []
     log.info(f"quantized {len(plan)} modules ({settings['backend']} {settings['format']}), mask {cell.mask!r}")
     measure.reset_peak(device)
     loss_before = eval_loss(model, eval_blocks, settings["batch_size"], device, autocast)

@@ -27,6 +27,7 @@ DEFAULTS: dict = {
     "double_quant": False,
     "high_bits": 16,
     "adapter_bits": 16,
+    "bits_target": "base",  # what the cell's `bits` quantize: the base's masked layers, or the LoRA matrices
     "act_bits": 16,  # per-token activation quantization of the quantized linears' inputs (16: off)
     "kv_bits": 16,  # per-token quantization of attention keys and values (16: off)
     "layer_bits": {},  # {mask: bits} pinned widths on top of the cell's mask and high_bits (QaLoF's per-layer map)
@@ -183,7 +184,8 @@ def check_settings(settings: dict, bits: list[int], where: str) -> None:
     """The checks between settings that a schema cannot say: can this backend do these bit widths?"""
     backend, fmt = settings["backend"], settings["format"]
     allowed = BACKEND_BITS[backend][fmt]
-    for b in sorted(set(bits) | {settings["high_bits"]} | set(settings["layer_bits"].values())):
+    base_bits = set(bits) if settings["bits_target"] == "base" else set()  # else `bits` go to the adapters
+    for b in sorted(base_bits | {settings["high_bits"]} | set(settings["layer_bits"].values())):
         if b != 16 and b not in allowed:
             raise QlbenchError(
                 f"{where}: backend {backend!r} cannot quantize {fmt!r} at {b} bits "

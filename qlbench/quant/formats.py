@@ -45,6 +45,7 @@ def code_for(fmt: str, bits: int) -> torch.Tensor:
 def quantize_blockwise(w: torch.Tensor, code: torch.Tensor, block: int = 64) -> torch.Tensor:
     """Blockwise absmax over the flattened tensor, each value to its nearest code value (as bitsandbytes)."""
     flat = w.detach().float().reshape(-1)
+    code = code.to(flat.device)
     pad = (-flat.numel()) % block
     x = torch.nn.functional.pad(flat, (0, pad)).view(-1, block)
     absmax = x.abs().amax(dim=1, keepdim=True)
