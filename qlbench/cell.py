@@ -145,7 +145,8 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
         activations.apply(model, *act_kv)
     loop = LoopSettings(steps=settings["steps"], lr=settings["lr"], warmup=settings["warmup"],
                         weight_decay=settings["weight_decay"], grad_clip=settings["grad_clip"],
-                        checkpoint_every=settings["checkpoint_every"], autocast_dtype=autocast)
+                        checkpoint_every=settings["checkpoint_every"], autocast_dtype=autocast,
+                        optimizer=settings["optimizer"])
     probe_steps = gradstats.probe_steps(settings["steps"], settings["grad_var_points"])
     grad_var = gradstats.GradVariance(model, sampler, probe_steps, device, autocast)
     trained = train(model, sampler, loop, device=device, checkpoint=out / CHECKPOINT,

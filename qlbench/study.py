@@ -42,6 +42,7 @@ DEFAULTS: dict = {
     "lr": 2e-3,
     "warmup": 0.1,
     "weight_decay": 0.0,
+    "optimizer": "adamw",  # or paged_adamw / paged_adamw_8bit (bitsandbytes' paged optimizers, as QLoRA)
     "grad_clip": 1.0,
     "batch_size": 16,
     "seq_len": 128,

@@ -30,6 +30,7 @@ class LoopSettings:
     final_lr: float = 0.1  # cosine decays to this fraction of lr
     checkpoint_every: int = 0
     autocast_dtype: torch.dtype | None = None
+    optimizer: str = "adamw"  # adamw (torch) | paged_adamw | paged_adamw_8bit (bitsandbytes, as QLoRA)
 
 
 @dataclass
@@ -49,6 +50,15 @@ def lr_at(step: int, s: LoopSettings) -> float:
         return s.lr * (step + 1) / warm
     progress = (step - warm) / max(1, s.steps - warm)
     return s.lr * (s.final_lr + (1 - s.final_lr) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(params, s: LoopSettings):
+    if s.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+    import bitsandbytes as bnb
+
+    cls = {"paged_adamw": bnb.optim.PagedAdamW, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit}[s.optimizer]
+    return cls(params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
 
 
 def _trainable(model) -> dict[str, torch.nn.Parameter]:
@@ -95,7 +105,7 @@ def train(
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     params = list(_trainable(model).values())
-    opt = torch.optim.AdamW(params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+    opt = make_optimizer(params, s)
     result = TrainResult()
     start = 0
     if checkpoint is not None and checkpoint.exists():
