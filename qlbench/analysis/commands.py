@@ -25,10 +25,12 @@ def run_bounds(cells_parquet: Path, out: Path, tolerance: float) -> str:
     out.mkdir(parents=True, exist_ok=True)
     write_parquet(gaps, out / "gaps.parquet")
     write_parquet(fits, out / "fits.parquet")
-    write_parquet(bounds.b_star(c2, BSTAR_RANKS, tolerance), out / "bstar.parquet")
+    bstar = bounds.b_star(c2, BSTAR_RANKS, tolerance)
+    write_parquet(bstar, out / "bstar.parquet")
     write_parquet(bounds.grad_var_scaling(cells), out / "grad_var_scaling.parquet")
     write_parquet(noise, out / "noise_simulation.parquet")
-    bounds_figure(gaps, fits, noise, out / "bounds.png", f"{cells['study'][0]}: quantization bound")
+    bounds_figure(cells.filter(pl.col("mask").is_in(["all", "none"])), gaps, fits, bstar, noise, out / "bounds.png",
+                  f"{cells['study'][0]}: quantization bound")
     best = fits.sort("rmse").row(0, named=True)
     return f"{gaps.height} points; best model {best['model']} (R² {best['r2']:.3f}, LOO RMSE {best['loo_rmse']:.4f})"
 

@@ -55,8 +55,10 @@ def eval_loss_vs_bits(table: pl.DataFrame, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def bounds_figure(gaps: pl.DataFrame, fits: pl.DataFrame, noise: pl.DataFrame, path: Path, title: str) -> None:
-    """Left: measured gap to 16 bits against bits, per rank, with the fitted bound. Right: the noise-model check."""
+def bounds_figure(cells: pl.DataFrame, gaps: pl.DataFrame, fits: pl.DataFrame, bstar: pl.DataFrame,
+                  noise: pl.DataFrame, path: Path, title: str) -> None:
+    """The bounds study's nine panels: loss and gap against bits, the gap against each term of the bound, the fit
+    and its rivals, gradient variance, b*(r), and the noise-model simulation."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,28 +66,61 @@ def bounds_figure(gaps: pl.DataFrame, fits: pl.DataFrame, noise: pl.DataFrame, p
     import numpy as np
 
     full = fits.filter(pl.col("model") == "full").row(0, named=True)
-    fig, (ax, sim_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
-    for (model, rank), g in gaps.sort("bits").group_by(["model", "rank"], maintain_order=True):
-        line = ax.errorbar(g["bits"].to_list(), g["gap"].abs().clip(1e-6).to_list(),
-                           yerr=g["gap_sd"].fill_null(0).to_list(), marker="o", ls="", capsize=3,
-                           label=f"{model} r={rank} measured")
-        b = np.linspace(g["bits"].min(), g["bits"].max(), 50)
-        n = g["train_examples"][0]
-        fitted = full["c0"] + full["c1"] * np.sqrt(rank / n) + full["c2"] * rank * 2.0 ** (-2 * b)
-        ax.plot(b, fitted, color=line[0].get_color(), alpha=0.6)
-    ax.set_yscale("log")
-    ax.set_xlabel("bits")
-    ax.set_ylabel("eval-loss gap to 16 bits")
-    ax.set_title(f"fit c0 + c1·√(r/N) + c2·r·2^(−2b): R² = {full['r2']:.3f}", fontsize=9)
+    predict = lambda r, b, n: full["c0"] + full["c1"] * np.sqrt(r / n) + full["c2"] * r * 2.0 ** (-2 * b)
+    fig, axes = plt.subplots(3, 3, figsize=(14, 12), dpi=110)
+    ax = axes.ravel()
+    series = list(gaps.sort("bits").group_by(["model", "rank", "train_examples"], maintain_order=True))
+    colors = {key: f"C{i % 10}" for i, (key, _) in enumerate(series)}
+    label = lambda key: f"{key[0]} r={key[1]} N={key[2]}"
+
+    loss = cells.group_by("model", "rank", "train_examples", "bits").agg(
+        pl.col("eval_loss").mean().alias("m"), pl.col("eval_loss").std().alias("sd")).sort("bits")
+    for key, g in loss.group_by(["model", "rank", "train_examples"], maintain_order=True):
+        ax[0].errorbar(g["bits"], g["m"], yerr=g["sd"].fill_null(0), marker="o", capsize=2,
+                       color=colors.get(key, "k"), label=label(key))
+    ax[0].set(xlabel="bits", ylabel="eval loss", title="eval loss after LoRA")
+    for key, g in series:
+        b = np.linspace(g["bits"].min(), g["bits"].max(), 40)
+        ax[1].errorbar(g["bits"], g["gap"].abs().clip(1e-6), yerr=g["gap_sd"].fill_null(0), ls="", marker="o",
+                       capsize=2, color=colors[key])
+        ax[1].plot(b, np.clip(predict(key[1], b, key[2]), 1e-6, None), color=colors[key], alpha=0.6)
+        term = key[1] * 2.0 ** (-2 * g["bits"].to_numpy())
+        ax[2].plot(term, g["gap"], marker="o", ls="", color=colors[key])
+        ax[3].plot(np.sqrt(key[1] / key[2]) * np.ones(g.height), g["gap"], marker="o", ls="", color=colors[key])
+    ax[1].set(yscale="log", xlabel="bits", ylabel="|gap to 16 bits|", title=f"gap and fitted bound (R² {full['r2']:.3f})")
+    ax[2].set(xscale="log", xlabel="r·2^(−2b)", ylabel="gap", title="the bit term: linear if the bound holds")
+    ax[3].set(xlabel="√(r/N)", ylabel="gap", title="the statistical term")
+    fitted = [predict(r, b, n) for r, b, n in zip(gaps["rank"], gaps["bits"], gaps["train_examples"])]
+    ax[4].plot(fitted, gaps["gap"], "o")
+    lim = [min(min(fitted), gaps["gap"].min()), max(max(fitted), gaps["gap"].max())]
+    ax[4].plot(lim, lim, "k--", alpha=0.5)
+    ax[4].set(xlabel="fitted gap", ylabel="measured gap", title=f"fit: LOO RMSE {full['loo_rmse']:.4f}")
+    x = np.arange(fits.height)
+    ax[5].bar(x - 0.2, fits["r2"].fill_nan(0), 0.4, label="R²")
+    ax[5].bar(x + 0.2, fits["loo_rmse"].fill_nan(0), 0.4, label="LOO RMSE")
+    ax[5].set_xticks(x, fits["model"].to_list(), fontsize=8)
+    ax[5].set(title="the bound against simpler models")
+    if "grad_var_mean" in cells.columns and cells["grad_var_mean"].fill_null(float("nan")).is_finite().any():
+        gv = cells.group_by("model", "rank", "train_examples", "bits").agg(pl.col("grad_var_mean").mean()).sort("bits")
+        for key, g in gv.group_by(["model", "rank", "train_examples"], maintain_order=True):
+            ax[6].plot(g["bits"], g["grad_var_mean"], marker="o", color=colors.get(key, "k"))
+        ax[6].set(yscale="log", xlabel="bits", ylabel="σ_g² (LoRA gradients)", title="gradient variance")
+    else:
+        ax[6].text(0.5, 0.5, "no gradient variance measured\n(set grad_var_points)", ha="center", va="center")
+    ax[7].plot(bstar["rank"], bstar["b_star_exact"], "o-", label="½·log₂(c₂·r/ε)")
+    ax[7].step(bstar["rank"], bstar["b_star"], where="mid", label="b* (whole bits)")
+    ax[7].set(xscale="log", xlabel="rank", ylabel="bits",
+              title=f"b*(r): gap term within ε = {bstar['tolerance'][0]:g}")
+    ax[7].set_xticks(bstar["rank"].to_list(), [str(r) for r in bstar["rank"]])
+    ax[7].minorticks_off()
     for (rank,), g in noise.sort("bits").group_by(["rank"], maintain_order=True):
-        points = sim_ax.plot(g["bits"].to_list(), g["measured"].to_list(), marker="o", ls="", label=f"r={rank}")
-        sim_ax.plot(g["bits"].to_list(), g["predicted"].to_list(), color=points[0].get_color(), alpha=0.6)
-    sim_ax.set_yscale("log")
-    sim_ax.set_xlabel("bits of A and B")
-    sim_ax.set_ylabel("E‖ΔW_q − ΔW‖² per entry")
-    sim_ax.set_title("noise model: Monte-Carlo (dots) vs Δ²/12 prediction (lines)", fontsize=9)
-    for a in (ax, sim_ax):
+        points = ax[8].plot(g["bits"], g["measured"], marker="o", ls="", label=f"r={rank}")
+        ax[8].plot(g["bits"], g["predicted"], color=points[0].get_color(), alpha=0.6)
+    ax[8].set(yscale="log", xlabel="bits of A and B", ylabel="E‖ΔW_q − ΔW‖² per entry",
+              title="noise model: Monte-Carlo (dots) vs Δ²/12 (lines)")
+    for a in ax:
         a.grid(alpha=0.3)
+    for a in (ax[0], ax[5], ax[7], ax[8]):
         a.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
