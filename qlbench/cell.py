@@ -47,15 +47,23 @@ def check_cell(study: Study, cell: Cell) -> None:
 
 class StopFlag:
     """SIGTERM, SIGUSR1 (SLURM's warning before a time limit) and SIGUSR2 (submitit's) ask the loop to checkpoint
-    and stop."""
+    and stop; so does the SLURM job's time limit drawing near, which no signal announces to the cell (timelimit.py)."""
 
     def __init__(self):
+        from qlbench import timelimit
+
         self.requested = False
+        self.deadline = timelimit.stop_time()  # None outside SLURM
         for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
         self.requested = True
+
+    def __call__(self) -> bool:
+        if self.deadline is not None and time.time() >= self.deadline:
+            self.requested = True
+        return self.requested
 
 
 def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -> dict:
@@ -150,7 +158,7 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
     probe_steps = gradstats.probe_steps(settings["steps"], settings["grad_var_points"])
     grad_var = gradstats.GradVariance(model, sampler, probe_steps, device, autocast)
     trained = train(model, sampler, loop, device=device, checkpoint=out / CHECKPOINT,
-                    stop_requested=lambda: stop.requested, on_step=plant.with_kill(grad_var, plants, out),
+                    stop_requested=stop, on_step=plant.with_kill(grad_var, plants, out),
                     before_step=switching.before_step if switching else None, log=log.info)
     grad_var.merge_into(trained.curve)
     switch_columns = switching.evaluate(

@@ -185,6 +185,7 @@ def check_settings(settings: dict, bits: list[int], where: str) -> None:
     """The checks between settings that a schema cannot say: can this backend do these bit widths?"""
     backend, fmt = settings["backend"], settings["format"]
     allowed = BACKEND_BITS[backend][fmt]
+    settings = {**DEFAULTS, **settings}
     base_bits = set(bits) if settings["bits_target"] == "base" else set()  # else `bits` go to the adapters
     for b in sorted(base_bits | {settings["high_bits"]} | set(settings["layer_bits"].values())):
         if b != 16 and b not in allowed:

@@ -16,6 +16,7 @@ file submitit would wait for — and reported as failed with its reason; nothing
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -43,9 +44,9 @@ class SweepOutcome:
 
 
 class Command:
-    """One `qlbench` process inside a submitit job. SLURM's signals reach the child too (it checkpoints on
-    SIGTERM/SIGUSR1/SIGUSR2); on a time limit submitit calls `checkpoint`, which lets the child finish saving and
-    then requeues the same command, which resumes."""
+    """One `qlbench` process inside a submitit job. SLURM signals only a step's task — submitit's process, not the
+    cell under it — so on a time limit or preemption (submitit's SIGUSR2) `checkpoint` passes SIGUSR1 on to the
+    cell, waits while it saves its checkpoint, and requeues the same command, which resumes."""
 
     def __init__(self, args: list[str], cwd: str, label: str):
         self.args, self.cwd, self.label = args, cwd, label
@@ -62,7 +63,8 @@ class Command:
     def checkpoint(self, *args, **kwargs):
         import submitit
 
-        if self._proc is not None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGUSR1)
             try:
                 self._proc.wait(timeout=60)  # the cell saves its checkpoint, then exits
             except subprocess.TimeoutExpired:

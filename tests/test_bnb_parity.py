@@ -126,3 +126,16 @@ def test_bnb_cell_loss_before_training_equals_the_fake_cell(tmp_path, micro_reso
     assert abs(rows["bnb"]["eval_loss_before"] - rows["fake"]["eval_loss_before"]) < 1e-4
     assert rows["bnb"]["weight_mem_mb"] == pytest.approx(rows["fake"]["weight_mem_mb"], rel=1e-12)
     assert rows["bnb"]["backend"] == "bnb" and rows["fake"]["backend"] == "fake"
+
+
+def test_fake_weight_bytes_count_codes_and_scales(micro_resources):
+    assert format_bytes((192, 64), 8, "int") == 192 * 64 + 4 * 192  # int8 codes + one fp32 scale per row
+    assert format_bytes((192, 64), 3, "int", symmetric=False, group_size=32) == 192 * 64 * 3 // 8 + 8 * 384
+    assert format_bytes((192, 64), 4, "nf") == 192 * 64 // 2 + 4 * 192
+    assert format_bytes((192, 64), 4, "nf", double_quant=True) == 192 * 64 // 2 + 192 + 4
+    model = _micro(micro_resources)
+    fp32 = weight_mem_mb(model, [])
+    assert fp32 * 2**20 == 4 * sum(p.numel() for p in model.parameters())  # the tied lm_head counted once
+    stats = fake.apply(model, {n: 8 for n in _linears(model)}, {**SETTINGS, "format": "int"})
+    saved = sum(4 * s["numel"] - s["weight_bytes"] for s in stats)
+    assert weight_mem_mb(model, stats) * 2**20 == pytest.approx(fp32 * 2**20 - saved)

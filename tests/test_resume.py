@@ -7,6 +7,7 @@ Real processes, real signals: SIGKILL (no chance to save; the periodic checkpoin
 from __future__ import annotations
 
 import math
+import os
 import signal
 import subprocess
 import time
@@ -27,9 +28,19 @@ CELL = ["--study", "micro", "--model", "micro-gpt2", "--bits", "4", "--rank", "4
 RUN_HISTORY = ("resumed_from",)  # how the run went, not what it computed
 
 
-def start(workdir: Path, out: Path, *extra) -> subprocess.Popen:
-    cmd = [BIN / "qlbench", "run", "-c", REPO / "config.yaml", *CELL, *LONG, "--out", out, *extra]
-    return subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start(workdir: Path, out: Path, env: dict | None = None) -> subprocess.Popen:
+    cmd = [BIN / "qlbench", "run", "-c", REPO / "config.yaml", *CELL, *LONG, "--out", out]
+    return subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def inside_a_slurm_job_ending_in(workdir: Path, seconds: int) -> dict:
+    """An environment where the cell believes it runs in SLURM job 1, whose limit is `seconds` away (a fake squeue
+    answers for it): SLURM itself never signals the cell, so the cell must stop for the clock."""
+    fake = workdir / "fake-bin"
+    fake.mkdir()
+    (fake / "squeue").write_text(f"#!/bin/sh\ndate -d '+{seconds} seconds' +%Y-%m-%dT%H:%M:%S\n")
+    (fake / "squeue").chmod(0o755)
+    return {**os.environ, "SLURM_JOB_ID": "1", "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
 
 
 def interrupt_after_checkpoint(proc: subprocess.Popen, out: Path, sig: int) -> str:
@@ -66,16 +77,20 @@ def interrupted(tmp_path_factory, micro_resources):
     """One uninterrupted cell and two interrupted ones (SIGKILL, SIGTERM), run side by side, then resumed."""
     workdir = tmp_path_factory.mktemp("resume")
     (workdir / "resources").symlink_to(micro_resources)
-    ref, killed, termed = workdir / "ref", workdir / "killed", workdir / "termed"
-    procs = {"ref": start(workdir, ref), "killed": start(workdir, killed), "termed": start(workdir, termed)}
+    ref, killed, termed, timed = (workdir / name for name in ("ref", "killed", "termed", "timed"))
+    # the limit comes 1 s after the cell asks (it stops 30 s early): it stops at its first step
+    procs = {"ref": start(workdir, ref), "killed": start(workdir, killed), "termed": start(workdir, termed),
+             "timed": start(workdir, timed, inside_a_slurm_job_ending_in(workdir, 31))}
     first = {
         "killed": interrupt_after_checkpoint(procs["killed"], killed, signal.SIGKILL),
         "termed": interrupt_after_checkpoint(procs["termed"], termed, signal.SIGTERM),
+        "timed": procs["timed"].communicate(timeout=300)[0],
     }
-    codes = {"killed": procs["killed"].returncode, "termed": procs["termed"].returncode}
-    statuses = {name: cell_status(workdir / name, name) for name in ("killed", "termed")}
-    logs_before = {name: (workdir / name / "log.txt").read_text() for name in ("killed", "termed")}
-    again = {name: start(workdir, workdir / name) for name in ("killed", "termed")}
+    names = ("killed", "termed", "timed")
+    codes = {name: procs[name].returncode for name in names}
+    statuses = {name: cell_status(workdir / name, name) for name in names}
+    logs_before = {name: (workdir / name / "log.txt").read_text() for name in names}
+    again = {name: start(workdir, workdir / name) for name in names}
     assert procs["ref"].wait(timeout=300) == 0, procs["ref"].stdout.read()
     for name, proc in again.items():
         assert proc.wait(timeout=300) == 0, proc.stdout.read()
@@ -105,3 +120,13 @@ def test_sigterm_saves_a_checkpoint_exits_with_a_reason_then_resumes(interrupted
     stopped_at = int(last.split("stopped at step ")[1].split(";")[0])
     assert pl.read_parquet(w / "termed" / "row.parquet")["resumed_from"][0] == stopped_at > 0
     assert_same_cell(w / "ref", w / "termed")
+
+
+def test_cell_stops_before_its_slurm_time_limit_then_resumes(interrupted):
+    w = interrupted["workdir"]
+    assert interrupted["codes"]["timed"] == 1, interrupted["first"]["timed"]
+    last = interrupted["logs_before"]["timed"].strip().splitlines()[-1]
+    assert last.startswith("error: Interrupted: stopped at step") and last.endswith("checkpoint saved")
+    assert interrupted["statuses"]["timed"].state == "failed"
+    assert pl.read_parquet(w / "timed" / "row.parquet")["resumed_from"][0] > 0
+    assert_same_cell(w / "ref", w / "timed")

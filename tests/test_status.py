@@ -90,3 +90,11 @@ def test_cli_table_and_resubmit_command(tmp_path, micro):
 def test_status_imports_no_torch():
     code = "import sys, qlbench.cli, qlbench.status; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([BIN / "python", "-c", code], check=True, timeout=60)
+
+
+def test_time_limit_margin():
+    from qlbench.timelimit import stop_time
+
+    assert stop_time(now=0, end=100) == 70  # at least 30 s early
+    assert stop_time(now=0, end=3600) == 3600 - 180  # 5% of the job's time
+    assert stop_time(now=0, end=100_000) == 100_000 - 300  # at most 5 minutes

@@ -75,7 +75,9 @@ def base_input(wildcards):
 
 def final_targets():
     base = f"{RESULTS}/{STUDY.name}"
-    targets = [f"{base}/summary.md", f"{base}/summary.csv", f"{base}/figures/eval_loss_vs_bits.png"]
+    # every cell is a target too: a deleted cell folder reruns that cell, and then (newer input) the aggregates
+    targets = cell_rows(None)
+    targets += [f"{base}/summary.md", f"{base}/summary.csv", f"{base}/figures/eval_loss_vs_bits.png"]
     if 16 in STUDY.bits and min(STUDY.bits) < 16:  # quantized cells and their 16-bit references
         targets += [f"{base}/similarity.parquet", f"{base}/rstar.parquet"]
     if analysis_applies("bounds"):
