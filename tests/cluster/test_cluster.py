@@ -46,7 +46,10 @@ def run(cmd, cwd, timeout) -> subprocess.CompletedProcess:
 def smk(workdir: Path, configfile: Path, *args, timeout=900) -> subprocess.CompletedProcess:
     return run([BIN / "snakemake", "--snakefile", REPO / "Snakefile", "--directory", workdir,
                 "--profile", PROFILE, "--configfile", REPO / "config.yaml", configfile,
-                "--config", "study=micro", *args], workdir, timeout)
+                "--config", "study=micro", *args,
+                # poll SLURM more often than the profile does on a shared cluster: short test jobs
+                "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2"],
+               workdir, timeout)
 
 
 def write(path: Path, config: dict) -> Path:
