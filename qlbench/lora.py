@@ -113,7 +113,6 @@ def restrict_slices(model, slices: dict[str, tuple[str, ...]]) -> None:
                 linear.weight.mul_(keep[:, None])
             # Adam and decoupled weight decay leave a parameter with zero gradient at zero
             linear.weight.register_hook(lambda grad, keep=keep: grad * keep[:, None])
-            linear.qlbench_row_mask = keep
 
 
 def adapter_state(model) -> dict:
