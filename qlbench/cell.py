@@ -86,9 +86,7 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
     masked = masks.resolve(cell.mask, lay)
     settings = {**settings, "targets": settings["targets"] or None}
     if settings["targets"] is None:
-        from qlbench.study import DEFAULT_TARGETS
-
-        settings["targets"] = DEFAULT_TARGETS[spec["arch"]]
+        settings["targets"] = lora.DEFAULT_TARGETS[spec["arch"]]
     dataset_spec = study.config["datasets"][settings["dataset"]]
     identity = {k: v for k, v in settings.items() if k != "fail"}  # planted trouble changes no number
     chash = config_hash({"model": spec, "dataset": dataset_spec, "settings": identity, "cell": cell.coords()})

@@ -1,7 +1,7 @@
 """Text for pretraining and fine-tuning: offline corpora, datasets by name, and token blocks for the loop.
 
 Offline sources need no download: `pydoc` (the standard library's help topics, 465 KB of English) and
-`chatterbot` (the chatterbot-corpus wheel: 2,393 English prompt -> reply pairs; its `trivia` topic holds 347
+`chatterbot` (the chatterbot-corpus wheel: 2,306 English prompt -> reply pairs; its `trivia` topic holds 260
 question/answer pairs). Other datasets come by hub name or as a local JSON/JSONL/parquet file, through `datasets`,
 in one of three formats: `dialogue` (DailyDialog-like: a list of turns, or prompt/response), `instruction`
 (Alpaca-like: instruction, input, output) and `qa` (SQuAD-like: context, question, answers).
@@ -11,23 +11,12 @@ from __future__ import annotations
 
 import importlib.util
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 from qlbench.errors import QlbenchError
+from qlbench.example import Example  # noqa: F401  (re-exported: data.Example)
 
 SPLIT_SEED = 1234  # the train/eval split is a property of the dataset, not of a cell's seed
-
-
-@dataclass(frozen=True)
-class Example:
-    prompt: str
-    response: str
-    answers: tuple[str, ...] = ()  # every accepted answer (QA data), for EM/F1; empty otherwise
-
-    @property
-    def text(self) -> str:
-        return f"{self.prompt}\n{self.response}"
 
 
 def pydoc_text() -> str:
@@ -57,6 +46,8 @@ def chatterbot_pairs(topics: list[str] | None = None) -> list[Example]:
     pairs = []
     for path in paths:
         for conv in yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations", []):
+            if not isinstance(conv, list):  # one trivia entry is a bare string: not a conversation
+                continue
             turns = [str(t).strip() for t in conv]
             pairs += [Example(a, b) for a, b in zip(turns, turns[1:])]
     return pairs

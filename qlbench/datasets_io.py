@@ -57,7 +57,7 @@ def load_records(spec: dict, name: str, split: str):
 
 def to_examples(records, fmt: str, name: str) -> list:
     """Rows of a dataset -> Examples in the dataset's format."""
-    from qlbench.data import Example
+    from qlbench.example import Example
 
     columns = set(records.column_names)
     out = []

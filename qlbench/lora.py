@@ -24,6 +24,7 @@ PRESETS: dict[str, dict[str, list[str]]] = {
         "attn_mlp": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     },
 }
+DEFAULT_TARGETS = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}  # when a study names none
 FUSED_QKV = {"gpt2": "c_attn"}  # module whose output is [Q | K | V], in that order
 _SLICED = re.compile(r"^(?P<module>[\w.]+)\[(?P<parts>[qkv](?:,[qkv])*)\]$")
 
@@ -78,8 +79,6 @@ def slice_rows(out_features: int, parts: tuple[str, ...]):
 
 def attach(model, rank: int, settings: dict, arch: str):
     from peft import LoraConfig, get_peft_model
-
-    from qlbench.study import DEFAULT_TARGETS
 
     modules, slices = resolve(settings["targets"] or DEFAULT_TARGETS[arch], arch)
     # GPT-2's Conv1D stores weights as (in, out); a bnb-replaced one is a plain (out, in) Linear

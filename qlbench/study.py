@@ -55,7 +55,6 @@ DEFAULTS: dict = {
     "fail": None,
     "n_train": None,
 }
-DEFAULT_TARGETS = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
 # Which (format, bits) each backend can do; `fake` simulates anything from 2 to 8 bits. bitsandbytes' only 8-bit
 # weight format is LLM.int8, so with bnb, 8 bits (as bits or high_bits) is LLM.int8 whatever the format.
 BACKEND_BITS = {
