@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from qlbench.quant.formats import quantize
+from qlbench.quant.formats import quantize_module
 
 PROBE_STEP0 = 10**9  # batch indices far from the training steps, so the probe sees batches of its own
-
-
-def _rows_view(module, w: torch.Tensor) -> torch.Tensor:
-    return w.t() if type(module).__name__ == "Conv1D" else w  # quantize as (out, in), like the backends
 
 
 def estimate(model, modules: list[str], bits: int, settings: dict, sample, batches: int, device) -> list[dict]:
@@ -33,9 +29,8 @@ def estimate(model, modules: list[str], bits: int, settings: dict, sample, batch
     with torch.no_grad():
         for (name, module), w, f in zip(found.items(), weights, fisher):
             w.requires_grad_(False)
-            w_rows, f_rows = _rows_view(module, w.detach()), _rows_view(module, f)
-            delta = quantize(w_rows, bits, settings["format"], settings["symmetric"], settings["group_size"]) - w_rows
+            delta = quantize_module(module, w, bits, settings) - w.detach()
             rows.append({"module": name, "probe_bits": bits, "fisher_trace": f.sum().item(),
                          "noise_power": delta.pow(2).sum().item(),
-                         "estimate": 0.5 * (f_rows * delta.pow(2)).sum().item()})
+                         "estimate": 0.5 * (f * delta.pow(2)).sum().item()})
     return rows

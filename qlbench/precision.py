@@ -11,7 +11,7 @@ import random
 
 import torch
 
-from qlbench.quant.formats import quantize
+from qlbench.quant.formats import quantize_module
 
 
 def adapter_name(width: int, widths: list[int]) -> str:
@@ -22,17 +22,9 @@ class Switching:
     def __init__(self, model, masked: list[str], widths: list[int], settings: dict, seed: int):
         self.widths, self.schedule, self.seed = widths, settings["switch_schedule"], seed
         self.params = {n: model.get_submodule(n).weight for n in masked}  # the same Parameters after peft wraps
-        self.bank = {w: {n: self._quantized(model.get_submodule(n), p, w, settings) for n, p in self.params.items()}
+        self.bank = {w: {n: quantize_module(model.get_submodule(n), p, w, settings) for n, p in self.params.items()}
                      for w in widths}
         self.model, self.attached = model, False
-
-    @staticmethod
-    @torch.no_grad()
-    def _quantized(module, weight, bits: int, settings: dict) -> torch.Tensor:
-        conv = type(module).__name__ == "Conv1D"  # GPT-2 stores (in, out): quantize as (out, in)
-        rows = weight.detach().t() if conv else weight.detach()
-        q = quantize(rows, bits, settings["format"], settings["symmetric"], settings["group_size"])
-        return q.t().contiguous() if conv else q
 
     @torch.no_grad()
     def use(self, width: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from qlbench.quant.formats import is_conv1d
 from qlbench.quant.stats import error_stats
 
 INT8_THRESHOLD = 6.0  # LLM.int8's outlier threshold, transformers' default (llm_int8_threshold)
@@ -27,10 +28,6 @@ def _bnb():
     return bitsandbytes
 
 
-def _is_conv1d(module) -> bool:
-    return type(module).__name__ == "Conv1D"
-
-
 def _compute_dtype(settings: dict) -> torch.dtype:
     return getattr(torch, settings.get("compute_dtype") or "float32")
 
@@ -38,7 +35,7 @@ def _compute_dtype(settings: dict) -> torch.dtype:
 def _linear_weight(module) -> torch.Tensor:
     """The weight as an (out, in) float tensor, whether the module is an nn.Linear or GPT-2's Conv1D."""
     w = module.weight.detach()
-    return (w.t() if _is_conv1d(module) else w).contiguous()
+    return (w.t() if is_conv1d(module) else w).contiguous()
 
 
 def to_4bit(module, settings: dict, device: torch.device):

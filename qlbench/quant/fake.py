@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from qlbench.quant.formats import quantize
+from qlbench.quant.formats import out_in, quantize
 from qlbench.quant.memory import format_bytes
 from qlbench.quant.stats import error_stats
-
-
-def _is_conv1d(module) -> bool:
-    return type(module).__name__ == "Conv1D"  # GPT-2 stores (in, out); quantize as (out, in) like nn.Linear
 
 
 @torch.no_grad()
@@ -24,11 +20,11 @@ def apply(model, plan: dict[str, int], settings: dict) -> list[dict]:
     for name, bits in plan.items():
         module = modules[name]
         w = module.weight.data
-        w_rows = w.t() if _is_conv1d(module) else w
+        w_rows = out_in(module, w)
         wq = quantize(w_rows, bits, settings["format"], settings["symmetric"], settings["group_size"])
         row = error_stats(name, bits, w_rows, wq)
         row["weight_bytes"] = format_bytes(tuple(w_rows.shape), bits, settings["format"], settings["symmetric"],
                                            settings["group_size"], settings["double_quant"])
         stats.append(row)
-        w.copy_(wq.t() if _is_conv1d(module) else wq)
+        w.copy_(out_in(module, wq))
     return stats

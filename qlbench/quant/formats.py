@@ -82,3 +82,19 @@ def quantize(w: torch.Tensor, bits: int, fmt: str, symmetric: bool = True, group
     if fmt == "int":
         return quantize_int(w, bits, symmetric, group_size or 0)
     return quantize_blockwise(w, code_for(fmt, bits), group_size or 64)
+
+
+def is_conv1d(module) -> bool:
+    return type(module).__name__ == "Conv1D"
+
+
+def out_in(module, weight: torch.Tensor) -> torch.Tensor:
+    """A module's weight as (out_features, in_features): GPT-2's Conv1D stores it as (in, out)."""
+    return weight.t() if is_conv1d(module) else weight
+
+
+def quantize_module(module, weight: torch.Tensor, bits: int, settings: dict) -> torch.Tensor:
+    """A module's weight quantize-dequantized, back in its own storage layout (channels and blocks as nn.Linear's)."""
+    rows = out_in(module, weight.detach())
+    q = quantize(rows, bits, settings["format"], settings["symmetric"], settings["group_size"])
+    return out_in(module, q).contiguous()
