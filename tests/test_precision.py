@@ -3,7 +3,6 @@
 import subprocess
 
 import polars as pl
-import pytest
 
 from conftest import BIN, REPO
 

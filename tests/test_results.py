@@ -2,7 +2,6 @@ import math
 import signal
 import subprocess
 import sys
-import time
 
 import polars as pl
 import pytest
