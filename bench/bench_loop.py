@@ -1,6 +1,6 @@
 """Benchmark (not a test): one LoRA configuration through three training loops, side by side.
 
-  qlbench  qlbench.train.train, the loop every cell runs
+  qlbench  qlbench.cell.loop.train, the loop every cell runs
   plain    the loop a user writes with transformers + peft (+ bitsandbytes): forward, backward, clip, step
   trainer  transformers' Trainer
 
@@ -104,7 +104,7 @@ def batches(vocab: int, batch: int, seq: int, n: int):
 
 def run_qlbench(model, data, args, device) -> list[float]:
     import torch
-    from qlbench.train import LoopSettings, train
+    from qlbench.cell.loop import LoopSettings, train
 
     s = LoopSettings(steps=len(data), lr=args.lr, warmup=0.0, final_lr=1.0, grad_clip=1.0,
                      autocast_dtype=torch.bfloat16)

@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 
 def sweep(*args, **kwargs):
-    """Run a study's grid as a submitit job array (or local processes); see `qlbench.submit.sweep`."""
-    from qlbench.submit import sweep as _sweep
+    """Run a study's grid as a submitit job array (or local processes); see `qlbench.cluster.sweep.sweep`."""
+    from qlbench.cluster.sweep import sweep as _sweep
 
     return _sweep(*args, **kwargs)

@@ -18,7 +18,7 @@ def _config_option(f):
 
 
 def _load(config_files, study_name):
-    from qlbench import study
+    from qlbench.study import config as study
 
     return study.load(study.read_config(config_files), study_name)
 
@@ -57,10 +57,10 @@ def main():
 @click.option("--threads", default=1, show_default=True, type=int, help="torch CPU threads")
 def run(config_files, study, model, bits, rank, mask, seed, n_train, out, overrides, threads):
     """Run one cell: quantize, attach LoRA, train, evaluate, write row/curve/adapter/log into OUT."""
-    from qlbench import study as studylib
-    from qlbench.cell import run as run_cell
-    from qlbench.grid import Cell
-    from qlbench.status import Heartbeat
+    from qlbench.study import config as studylib
+    from qlbench.cell.run import run as run_cell
+    from qlbench.study.grid import Cell
+    from qlbench.cluster.status import Heartbeat
 
     st = _load(config_files, study)
     settings = studylib.cell_settings(st, dict(studylib.parse_override(o) for o in overrides))
@@ -80,9 +80,11 @@ def run(config_files, study, model, bits, rank, mask, seed, n_train, out, overri
 def _fail(out_dir: Path, e: BaseException):
     import traceback
 
+    from qlbench.study.grid import LOG
+
     reason = _reason(e)
     if out_dir.exists():
-        with open(out_dir / "log.txt", "a") as log:
+        with open(out_dir / LOG, "a") as log:
             traceback.print_exception(e, file=log)
             log.write(f"error: {reason}\n")
     click.echo(f"qlbench run: {reason}", err=True)
@@ -105,8 +107,9 @@ def _reason(e: BaseException) -> str:
 @click.option("--threads", default=2, show_default=True, type=int)
 def prepare(config_files, model, out, threads):
     """Prepare a base under resources/models/: pretrain it (source: pretrain) or convert SmolLM2's GGUF (source: smollm2)."""
-    from qlbench import models, study
-    from qlbench.prepare import pretrain
+    from qlbench.data import models
+    from qlbench.study import config as study
+    from qlbench.cell.pretrain import pretrain
 
     config = study.read_config(config_files)
     study.check_schema(config)
@@ -120,7 +123,7 @@ def prepare(config_files, model, out, threads):
 @click.option("--resolve", "mask", default=None, help="print the module names this mask selects")
 def masks(config_files, model, mask):
     """List the module names of MODEL that masks select from (or resolve one mask)."""
-    from qlbench import masks as masklang, study
+    from qlbench.study import config as study, masks as masklang
 
     config = study.read_config(config_files)
     study.check_schema(config)
@@ -143,7 +146,7 @@ def masks(config_files, model, mask):
 @click.option("--count", is_flag=True, help="print only the number of cells")
 def grid(config_files, study, count):
     """Validate the config and list a study's cells (their folders under results/STUDY/cells/)."""
-    from qlbench import grid as gridlib
+    from qlbench.study import grid as gridlib
 
     cells = gridlib.cells(_load(config_files, study))
     click.echo(str(len(cells)) if count else "\n".join(c.path for c in cells))
@@ -156,7 +159,7 @@ def grid(config_files, study, count):
 @click.option("--allow-missing", is_flag=True, help="aggregate whatever cells are complete")
 def aggregate(config_files, study, results, allow_missing):
     """Gather a study's cells into results/STUDY/cells.parquet, curves.parquet and probes.parquet."""
-    from qlbench.aggregate import aggregate as run_aggregate
+    from qlbench.analysis.aggregate import aggregate as run_aggregate
     from qlbench.results import write_parquet
 
     st = _load(config_files, study)
@@ -236,7 +239,7 @@ def summarize(cells_parquet, table_path, csv_path, figure_path, efficiency_path)
 def status(config_files, study, results, profile, show_all):
     """Cells done, diverged, failed (with the reason from each log), running and missing, and the command that
     resubmits the failed and missing ones. Reads files only: no scheduler, no model."""
-    from qlbench import status as statuslib
+    from qlbench.cluster import status as statuslib
 
     st = _load(config_files, study)
     root = results or st.config.get("results", "results")
@@ -266,7 +269,7 @@ def sweep(config_files, study, executor, results, partition, account, mem_gb, ti
     """Run a study's grid with submitit (a SLURM job array, or local processes) into the same tree Snakemake
     writes: prepares missing bases first, skips finished cells, then aggregates into cells.parquet and
     curves.parquet. A job that dies without a result is reported as failed; see `qlbench status`."""
-    from qlbench.submit import sweep as run_sweep
+    from qlbench.cluster.sweep import sweep as run_sweep
 
     outcome = run_sweep(study, config_files=list(config_files), executor=executor, results=results,
                         partition=partition, account=account, mem_gb=mem_gb, time_min=time_min,

@@ -97,7 +97,7 @@ def test_mixed_mask_4bit_and_llm_int8(micro_resources):
 
 
 def test_bnb_rejects_widths_it_cannot_do():
-    from qlbench.study import check_settings
+    from qlbench.study.config import check_settings
 
     settings = {"backend": "bnb", "format": "nf", "high_bits": 16, "adapter_bits": 16}
     check_settings(settings, [16, 8, 4], "studies.x")  # 8 bits with bnb is LLM.int8

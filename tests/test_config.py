@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from qlbench import study
+from qlbench.study import config as study
 from qlbench.errors import QlbenchError
 
 from conftest import snakemake, write_config

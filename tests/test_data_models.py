@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qlbench import data, datasets_io, hub, models
+from qlbench.data import datasets_io, examples as data, hub, models
 from qlbench.errors import QlbenchError
 
 DATA = Path(__file__).with_name("data")

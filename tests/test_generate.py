@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from qlbench import generate as gen
+from qlbench.tasks import generate as gen, squad
 
 
 @pytest.mark.parametrize("text, normalized", [
@@ -17,26 +17,26 @@ from qlbench import generate as gen
     ("", ""),
 ])
 def test_normalize_answer_matches_squad_v11(text, normalized):
-    assert gen.normalize_answer(text) == normalized
+    assert squad.normalize_answer(text) == normalized
 
 
 def test_exact_match_and_f1_by_hand():
-    assert gen.exact_match("the Denver Broncos", "Denver Broncos!") == 1.0
-    assert gen.exact_match("Denver", "Denver Broncos") == 0.0
+    assert squad.exact_match("the Denver Broncos", "Denver Broncos!") == 1.0
+    assert squad.exact_match("Denver", "Denver Broncos") == 0.0
     # precision 2/3, recall 1 -> F1 0.8
-    assert gen.f1("Denver Broncos won", "Denver Broncos") == pytest.approx(0.8)
+    assert squad.f1("Denver Broncos won", "Denver Broncos") == pytest.approx(0.8)
     # truth normalizes to "year 1998 in winter": both predicted tokens match, P 1, R 1/2 -> 2/3
-    assert gen.f1("in 1998", "the year 1998 , in winter") == pytest.approx(2 / 3)
-    assert gen.f1("cats", "dogs") == 0.0
-    assert gen.f1("a", "the") == 0.0  # both normalize to nothing: SQuAD v1.1 scores that 0
+    assert squad.f1("in 1998", "the year 1998 , in winter") == pytest.approx(2 / 3)
+    assert squad.f1("cats", "dogs") == 0.0
+    assert squad.f1("a", "the") == 0.0  # both normalize to nothing: SQuAD v1.1 scores that 0
     # repeated tokens count once per match (Counter intersection)
-    assert gen.f1("the the cat cat", "cat") == pytest.approx(2 * 0.5 * 1 / 1.5)
+    assert squad.f1("the the cat cat", "cat") == pytest.approx(2 * 0.5 * 1 / 1.5)
 
 
 def test_best_over_answers_and_answer_span():
-    assert gen.best_over_answers(gen.f1, "Broncos", ["Denver Broncos", "Broncos"]) == 1.0
-    assert gen.best_over_answers(gen.exact_match, "Carolina", ["Denver Broncos", "Broncos"]) == 0.0
-    assert gen.best_over_answers(gen.f1, "x", ()) is None
+    assert squad.best_over_answers(squad.f1, "Broncos", ["Denver Broncos", "Broncos"]) == 1.0
+    assert squad.best_over_answers(squad.exact_match, "Carolina", ["Denver Broncos", "Broncos"]) == 0.0
+    assert squad.best_over_answers(squad.f1, "x", ()) is None
     assert gen.answer_span("\n  Paris \nand more") == "Paris"
 
 
@@ -51,8 +51,8 @@ def _tiny():
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from qlbench.data import pydoc_text
-    from qlbench.models import train_tokenizer
+    from qlbench.data.examples import pydoc_text
+    from qlbench.data.models import train_tokenizer
 
     tok = train_tokenizer(pydoc_text()[:60000], 300)
     torch.manual_seed(0)

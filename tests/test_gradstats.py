@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from qlbench import gradstats
-from qlbench.train import LoopSettings, train
+from qlbench.cell import gradstats
+from qlbench.cell.loop import LoopSettings, train
 
 
 def test_probe_steps_spread_over_training():

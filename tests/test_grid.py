@@ -2,7 +2,7 @@ import copy
 
 import pytest
 
-from qlbench import grid, study
+from qlbench.study import config as study, grid
 from qlbench.errors import QlbenchError
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qlbench import lora
+from qlbench.cell import lora
+from qlbench.study import targets
 from qlbench.errors import QlbenchError
 from qlbench.quant import adapters
 
@@ -13,16 +14,16 @@ SETTINGS = {"lora_alpha": "2r", "lora_dropout": 0.0, "backend": "fake", "targets
 
 
 def test_presets_resolve_per_architecture():
-    assert lora.resolve("qv", "gpt2") == (["c_attn"], {"c_attn": ("q", "v")})
-    assert lora.resolve("kv", "gpt2") == (["c_attn"], {"c_attn": ("k", "v")})
-    assert lora.resolve("attn_mlp", "gpt2")[0] == ["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
-    assert lora.resolve("kv", "llama") == (["k_proj", "v_proj"], {})
-    assert lora.resolve(["c_attn[v]", "mlp.c_fc"], "gpt2") == (["c_attn", "mlp.c_fc"], {"c_attn": ("v",)})
-    assert lora.label("qv") == "qv" and lora.label(["c_attn", "attn.c_proj"]) == "c_attn,attn.c_proj"
+    assert targets.resolve("qv", "gpt2") == (["c_attn"], {"c_attn": ("q", "v")})
+    assert targets.resolve("kv", "gpt2") == (["c_attn"], {"c_attn": ("k", "v")})
+    assert targets.resolve("attn_mlp", "gpt2")[0] == ["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+    assert targets.resolve("kv", "llama") == (["k_proj", "v_proj"], {})
+    assert targets.resolve(["c_attn[v]", "mlp.c_fc"], "gpt2") == (["c_attn", "mlp.c_fc"], {"c_attn": ("v",)})
+    assert targets.label("qv") == "qv" and targets.label(["c_attn", "attn.c_proj"]) == "c_attn,attn.c_proj"
     with pytest.raises(QlbenchError, match="unknown preset"):
-        lora.resolve("qk", "gpt2")
+        targets.resolve("qk", "gpt2")
     with pytest.raises(QlbenchError, match="fused"):
-        lora.resolve(["q_proj[q]"], "llama")
+        targets.resolve(["q_proj[q]"], "llama")
 
 
 def _micro(resources):

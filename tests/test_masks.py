@@ -3,7 +3,7 @@ import re
 import pytest
 
 from qlbench.errors import QlbenchError
-from qlbench.masks import expand, layout, resolve
+from qlbench.study.masks import expand, layout, resolve
 
 GPT2 = layout("gpt2", 12)
 

@@ -3,7 +3,7 @@ import torch
 
 from qlbench.quant import formats, plan
 from qlbench.quant.fake import apply
-from qlbench.study import DEFAULTS
+from qlbench.study.config import DEFAULTS
 
 
 def _weights(seed=0, shape=(64, 256)):

@@ -18,7 +18,7 @@ import pytest
 from safetensors.torch import load_file
 
 from qlbench.results import PROVENANCE, TIMING_COLUMNS
-from qlbench.status import cell_status
+from qlbench.cluster.status import cell_status
 
 from conftest import BIN, REPO
 

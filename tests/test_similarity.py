@@ -7,8 +7,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from qlbench import generate as gen
-from qlbench import grid, study
+from qlbench.tasks import generate as gen
+from qlbench.study import config as study, grid
 from qlbench.analysis import similarity as sim
 
 

@@ -11,7 +11,8 @@ import time
 import polars as pl
 import pytest
 
-from qlbench import grid, status, study
+from qlbench.cluster import status
+from qlbench.study import config as study, grid
 
 from conftest import BIN, REPO
 
@@ -88,12 +89,12 @@ def test_cli_table_and_resubmit_command(tmp_path, micro):
 
 
 def test_status_imports_no_torch():
-    code = "import sys, qlbench.cli, qlbench.status; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, qlbench.cli, qlbench.cluster.status; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([BIN / "python", "-c", code], check=True, timeout=60)
 
 
 def test_time_limit_margin():
-    from qlbench.timelimit import stop_time
+    from qlbench.cluster.timelimit import stop_time
 
     assert stop_time(now=0, end=100) == 70  # at least 30 s early
     assert stop_time(now=0, end=3600) == 3600 - 180  # 5% of the job's time

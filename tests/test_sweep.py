@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 import qlbench
-from qlbench import grid, study
+from qlbench.study import config as study, grid
 
 from conftest import REPO
 

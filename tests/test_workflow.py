@@ -5,7 +5,7 @@ import shutil
 import polars as pl
 import pytest
 
-from qlbench import grid, study
+from qlbench.study import config as study, grid
 
 from conftest import REPO, job_counts, snakemake
 

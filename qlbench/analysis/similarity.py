@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from qlbench import grid
-from qlbench.grid import Cell
-from qlbench.study import Study
+from qlbench.study import grid
+from qlbench.study.grid import ADAPTER, GENERATIONS, ROW, Cell
+from qlbench.study.config import Study
 
 THRESHOLD = 0.95
-GENERATIONS, ADAPTER, ROW = "generations.parquet", "adapter.safetensors", "row.parquet"
 PAIR_KEYS = ["study", "model", "n_train", "bits", "rank", "mask", "seed"]
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from qlbench.masks import ARCHS
+from qlbench.study.masks import ARCHS
 
 
 def per_token(x: torch.Tensor, bits: int) -> torch.Tensor:

@@ -4,7 +4,7 @@ Unlike `fake`, the base really holds packed weights, so its memory is the memory
 has two weight formats: at 4 bits `format` picks NF4 (`nf`) or FP4 (`fp`), with `double_quant` quantizing the
 absmax scales again; at 8 bits it is always LLM.int8 (row-wise absmax int8, outlier threshold 6.0), whatever
 `format` says. GPT-2's `Conv1D` stores (in, out); its replacement is an (out, in) Linear, so LoRA on it takes
-`fan_in_fan_out=False` (qlbench.lora does that). lm_head is never in a plan (masks name block linears only).
+`fan_in_fan_out=False` (qlbench.cell.lora does that). lm_head is never in a plan (masks name block linears only).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 import yaml
 
-from qlbench import grid, study
+from qlbench.study import config as study, grid
 from qlbench.results import PROVENANCE, TIMING_COLUMNS
 
 from conftest import BIN, REPO, job_counts

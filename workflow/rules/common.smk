@@ -4,9 +4,9 @@ import re
 import shlex
 import sys
 
-from qlbench import grid as gridlib
-from qlbench import models as modellib
-from qlbench import study as studylib
+from qlbench.study import grid as gridlib
+from qlbench.data import models as modellib
+from qlbench.study import config as studylib
 from qlbench.errors import QlbenchError
 
 RESULTS = config.get("results", "results")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qlbench.errors import QlbenchError
-from qlbench import masks as masklang
+from qlbench.study import masks as masklang, targets
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 AXES = ("models", "bits", "ranks", "masks", "seeds", "n_train")
@@ -161,10 +161,8 @@ def load(config: dict, study: str | None = None) -> Study:
             masklang.resolve(mask, lay)
         study_masks[model] = list(dict.fromkeys(expanded))
         if settings["targets"]:  # a preset or a Q/K/V slice this architecture does not have fails here
-            from qlbench import lora
-
             try:
-                lora.resolve(settings["targets"], spec["arch"])
+                targets.resolve(settings["targets"], spec["arch"])
             except QlbenchError as e:
                 raise QlbenchError(f"{where}.targets (model {model!r}): {e}") from None
     return Study(
@@ -199,9 +197,9 @@ def check_settings(settings: dict, bits: list[int], where: str) -> None:
     if settings["adapter_bits"] != 16 and not 2 <= settings["adapter_bits"] <= 8:
         raise QlbenchError(f"{where}.adapter_bits: {settings['adapter_bits']} (use 2-8, or 16 for none)")
     if settings.get("fail") is not None:
-        from qlbench import plant
+        from qlbench.study import fail
 
-        plant.parse(settings["fail"])  # testing only; a typo must not pass silently
+        fail.parse(settings["fail"])  # testing only; a typo must not pass silently
 
 
 def parse_override(text: str) -> tuple[str, object]:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import polars as pl
 
-from qlbench import grid
-from qlbench.study import Study
+from qlbench.study import grid
+from qlbench.study.config import Study
 
 
 def cell_files(study: Study, results: str, name: str) -> tuple[list[Path], list[str]]:
@@ -29,10 +29,10 @@ def read_all(paths: list[Path]) -> pl.DataFrame:
     return pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed")
 
 
-TABLES = {"cells": "row.parquet", "curves": "curve.parquet", "probes": "probe.parquet"}
+TABLES = {"cells": grid.ROW, "curves": grid.CURVE, "probes": grid.PROBE}
 
 
 def aggregate(study: Study, results: str) -> tuple[dict[str, pl.DataFrame], list[str]]:
     """{table name: its rows over the grid's finished cells}, and the cells without a row."""
-    _, missing = cell_files(study, results, "row.parquet")
+    _, missing = cell_files(study, results, grid.ROW)
     return {name: read_all(cell_files(study, results, file)[0]) for name, file in TABLES.items()}, missing

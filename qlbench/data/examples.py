@@ -14,7 +14,7 @@ import random
 from pathlib import Path
 
 from qlbench.errors import QlbenchError
-from qlbench.example import Example  # noqa: F401  (re-exported: data.Example)
+from qlbench.data.example import Example
 
 SPLIT_SEED = 1234  # the train/eval split is a property of the dataset, not of a cell's seed
 
@@ -67,7 +67,7 @@ def load_examples(spec: dict, name: str) -> tuple[list[Example], list[Example]]:
         if spec["format"] == "qa":  # trivia: the reply is the answer
             examples = [Example(e.prompt, e.response, (e.response,)) for e in examples]
     elif spec["source"] in ("hub", "path"):
-        from qlbench import datasets_io
+        from qlbench.data import datasets_io
 
         examples = datasets_io.examples(spec, name, spec.get("split", "train"))
         if spec.get("eval_split") and spec["source"] == "hub":  # a local file is split by eval_fraction
@@ -93,28 +93,3 @@ def corpus_text(sources: list[str], dataset_spec: dict | None = None) -> str:
             train, _ = split(chatterbot_pairs(), (dataset_spec or {}).get("eval_fraction", 0.1))
             parts.append("\n\n".join(e.text for e in train))
     return "\n\n".join(parts)
-
-
-def blocks(tokenizer, texts: list[str], seq_len: int):
-    """Texts -> one EOS-separated token stream cut into [n, seq_len] blocks (the tail that does not fill one is dropped)."""
-    import torch
-
-    eos = tokenizer.eos_token_id
-    stream: list[int] = []
-    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        stream += ids + [eos]
-    n = len(stream) // seq_len
-    if n == 0:
-        raise QlbenchError(f"only {len(stream)} tokens of text: not one block of {seq_len}")
-    return torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
-
-
-def batch_sampler(data, batch_size: int, seed: int):
-    """step -> a batch of random blocks; a pure function of (seed, step), so a resumed run sees the same batches."""
-    import torch
-
-    def sample(step: int):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        return data[torch.randint(0, data.shape[0], (batch_size,), generator=g)]
-
-    return sample

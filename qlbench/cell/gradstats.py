@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch
 
+from qlbench.tasks import causal_lm
+
 
 def probe_steps(steps: int, points: int) -> list[int]:
     """`points` steps spread evenly over [0, steps − 1], first and last included."""
@@ -42,8 +44,8 @@ class GradVariance:
     """The `on_step` probe. `points` holds one dict per probe step: step, grad_var, grad_var_per_param, probe_s."""
 
     def __init__(self, model, sample: Callable[[int], torch.Tensor], steps: list[int], device: torch.device,
-                 autocast_dtype=None):
-        self.model, self.sample, self.steps = model, sample, set(steps)
+                 autocast_dtype=None, loss: Callable = causal_lm.loss):
+        self.model, self.sample, self.steps, self.loss = model, sample, set(steps), loss
         self.device, self.autocast_dtype = device, autocast_dtype
         self.points: list[dict] = []
 
@@ -62,7 +64,7 @@ class GradVariance:
                 p.grad = None
             x = batch[i : i + 1].to(self.device)
             with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                loss = self.model(input_ids=x, labels=x).loss
+                loss = self.loss(self.model, x)
             loss.backward()
             grads.append([torch.zeros_like(p) if p.grad is None else p.grad.detach().float().cpu() for p in params])
         for p, g in zip(params, saved):

@@ -44,7 +44,7 @@ def load_records(spec: dict, name: str, split: str):
             if builder is None:
                 raise QlbenchError(f"dataset {name!r}: {ref!r} is not JSON, JSONL, CSV or parquet")
             return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
-        from qlbench import hub
+        from qlbench.data import hub
 
         where, _ = hub.resolve(ref, f"dataset {name!r}", repo_type="dataset")
         return datasets.load_dataset(where, spec.get("config"), split=split)
@@ -57,7 +57,7 @@ def load_records(spec: dict, name: str, split: str):
 
 def to_examples(records, fmt: str, name: str) -> list:
     """Rows of a dataset -> Examples in the dataset's format."""
-    from qlbench.example import Example
+    from qlbench.data.example import Example
 
     columns = set(records.column_names)
     out = []

@@ -10,11 +10,13 @@ from __future__ import annotations
 import torch
 
 from qlbench.quant.formats import quantize_module
+from qlbench.tasks import causal_lm
 
 PROBE_STEP0 = 10**9  # batch indices far from the training steps, so the probe sees batches of its own
 
 
-def estimate(model, modules: list[str], bits: int, settings: dict, sample, batches: int, device) -> list[dict]:
+def estimate(model, modules: list[str], bits: int, settings: dict, sample, batches: int, device,
+             loss_fn=causal_lm.loss) -> list[dict]:
     found = {name: model.get_submodule(name) for name in modules}
     weights = [m.weight for m in found.values()]
     for w in weights:
@@ -22,7 +24,7 @@ def estimate(model, modules: list[str], bits: int, settings: dict, sample, batch
     fisher = [torch.zeros_like(w) for w in weights]
     for i in range(batches):
         x = sample(PROBE_STEP0 + i).to(device)
-        loss = model(input_ids=x, labels=x).loss
+        loss = loss_fn(model, x)
         for f, g in zip(fisher, torch.autograd.grad(loss, weights)):
             f += g.detach().pow(2) / batches
     rows = []

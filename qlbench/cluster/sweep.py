@@ -1,6 +1,5 @@
-"""`qlbench sweep` / `qlbench.sweep()` (this module is not named `sweep`, so it cannot shadow that function): a
-study's grid through submitit — a SLURM job array, or local processes —
-writing the same tree as the Snakemake workflow (the folders come from `qlbench.grid`), so `qlbench status`, the
+"""`qlbench sweep` / `qlbench.sweep()`: a study's grid through submitit — a SLURM job array, or local processes —
+writing the same tree as the Snakemake workflow (the folders come from `qlbench.study.grid`), so `qlbench status`, the
 aggregate rules and the analyses read either.
 
     import qlbench
@@ -24,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from qlbench import grid as gridlib
-from qlbench import status as statuslib
-from qlbench import study as studylib
+from qlbench.study import grid as gridlib
+from qlbench.cluster import status as statuslib
+from qlbench.study import config as studylib
 from qlbench.errors import QlbenchError
 
 SLURM_FINAL = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
@@ -117,7 +116,7 @@ def sweep(
     todo = []
     for cell in gridlib.cells(st):
         out = Path(gridlib.cell_dir(root, st.name, cell))
-        if (out / "row.parquet").exists():
+        if (out / gridlib.ROW).exists():
             outcome.skipped.append(cell.path)
         else:
             todo.append(cell)
@@ -137,7 +136,7 @@ def sweep(
         todo = []
         for cell, state in zip(jobs, states):
             out = Path(gridlib.cell_dir(root, st.name, cell))
-            if (out / "row.parquet").exists():
+            if (out / gridlib.ROW).exists():
                 outcome.done.append(cell.path)
                 outcome.failed.pop(cell.path, None)
                 continue
@@ -155,7 +154,7 @@ def sweep(
 
 
 def _prepare_bases(st, config_args, cwd, submitter, poll_s, echo) -> None:
-    from qlbench import models
+    from qlbench.data import models
 
     resources = st.config.get("resources", "resources")
     for name in st.models:

@@ -11,7 +11,12 @@ import re
 from dataclasses import dataclass, asdict
 
 from qlbench.errors import QlbenchError
-from qlbench.study import Study
+from qlbench.study.config import Study
+
+# What a cell's folder holds; the cell writes row.parquet last, so a folder with a row is a finished cell.
+ROW, CURVE, ADAPTER, LAYERS, GENERATIONS, PROBE = (
+    "row.parquet", "curve.parquet", "adapter.safetensors", "layers.parquet", "generations.parquet", "probe.parquet")
+LOG, CHECKPOINT = "log.txt", "checkpoint.pt"
 
 _PATH = re.compile(
     r"^(?P<model>[^/]+)(?:/n(?P<n_train>\d+))?/b(?P<bits>\d+)/r(?P<rank>\d+)/(?P<mask>[^/]+)/s(?P<seed>\d+)$"

@@ -16,10 +16,10 @@ from qlbench.errors import QlbenchError
 def pretrain(config: dict, name: str, out: Path, threads: int = 2, log=print) -> Path:
     import torch
 
-    from qlbench import data, models
-    from qlbench.evaluate import eval_loss
-    from qlbench.measure import pick_device
-    from qlbench.train import LoopSettings, train
+    from qlbench.cell.loop import LoopSettings, train
+    from qlbench.cell.measure import pick_device
+    from qlbench.data import examples, models
+    from qlbench.tasks import causal_lm
 
     spec = config["models"].get(name)
     if spec is None:
@@ -32,10 +32,10 @@ def pretrain(config: dict, name: str, out: Path, threads: int = 2, log=print) ->
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
     torch.manual_seed(p.get("seed", 0))
-    text = data.corpus_text(p["corpus"], config["datasets"].get("chatterbot"))
+    text = examples.corpus_text(p["corpus"], config["datasets"].get("chatterbot"))
     tokenizer = models.train_tokenizer(text, spec["tokenizer"]["vocab_size"])
     log(f"{name}: tokenizer of {len(tokenizer)} tokens trained on {len(text) / 1e3:.0f} kB")
-    blocks = data.blocks(tokenizer, text.split("\n\n"), p["seq_len"])
+    blocks = causal_lm.blocks(tokenizer, text.split("\n\n"), p["seq_len"])
     n_val = max(1, blocks.shape[0] // 50)
     val, train_blocks = blocks[:n_val], blocks[n_val:]
     model = models.build_gpt2(spec, tokenizer)
@@ -45,9 +45,9 @@ def pretrain(config: dict, name: str, out: Path, threads: int = 2, log=print) ->
     model.to(device)
     loop = LoopSettings(steps=p["steps"], lr=p["lr"], warmup=0.05, weight_decay=0.1, grad_clip=1.0,
                         betas=(0.9, 0.95), final_lr=0.1)
-    train(model, data.batch_sampler(train_blocks, p["batch_size"], p.get("seed", 0)), loop, device=device,
+    train(model, causal_lm.batch_sampler(train_blocks, p["batch_size"], p.get("seed", 0)), loop, device=device,
           log=lambda m: log(f"{name}: {m}"))
-    val_loss = eval_loss(model, val, p["batch_size"], device)
+    val_loss = causal_lm.eval_loss(model, val, p["batch_size"], device)
     log(f"{name}: validation loss {val_loss:.3f} after {time.perf_counter() - t0:.0f}s")
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from qlbench import grid
-from qlbench.study import Study
+from qlbench.study import grid
+from qlbench.study.config import Study
 
 STATES = ("done", "diverged", "failed", "running", "missing")
 RUNNING = ".running"
@@ -74,7 +74,7 @@ def _slurm_job() -> str | None:
 
 
 def cell_status(cell_dir: Path, path: str, now: float | None = None) -> CellStatus:
-    row = cell_dir / "row.parquet"
+    row = cell_dir / grid.ROW
     if row.exists():
         state = _row_status(row)
         return CellStatus(path, "done" if state == "ok" else state)
@@ -86,7 +86,7 @@ def cell_status(cell_dir: Path, path: str, now: float | None = None) -> CellStat
         if info.get("slurm_job"):
             where += f", SLURM job {info['slurm_job']}"
         return CellStatus(path, "running", f"since {info.get('started', '?')} on {where}")
-    log = cell_dir / "log.txt"
+    log = cell_dir / grid.LOG
     if not log.exists():
         return CellStatus(path, "missing")
     reason = _last_error(log)
@@ -97,7 +97,7 @@ def cell_status(cell_dir: Path, path: str, now: float | None = None) -> CellStat
                       "out of memory, time limit, preemption or SIGKILL?")
         else:
             reason = "stopped without writing a result or an error (killed before it could?)"
-    if (cell_dir / "checkpoint.pt").exists():
+    if (cell_dir / grid.CHECKPOINT).exists():
         reason += "  [checkpoint saved: a resubmission resumes]"
     return CellStatus(path, "failed", reason)
 

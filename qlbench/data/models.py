@@ -54,7 +54,7 @@ def convert_smollm2(spec: dict, out: Path, log=print) -> Path:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from qlbench.data import _package_dir
+    from qlbench.data.examples import _package_dir
 
     t0 = time.perf_counter()
     if importlib.util.find_spec("gguf") is None:
@@ -97,7 +97,7 @@ def load(spec: dict, name: str, resources: str, dtype=None):
         if not Path(ref).exists():
             raise QlbenchError(f"model {name!r}: no such folder {ref!r}")
     elif source == "hub":
-        from qlbench import hub
+        from qlbench.data import hub
 
         ref, local_only = hub.resolve(spec["name"], f"model {name!r}")
     else:

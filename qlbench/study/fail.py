@@ -1,4 +1,4 @@
-"""Planted trouble — TESTING ONLY: the `fail` setting makes chosen cells fail, die or use memory on purpose,
+"""The `fail` setting's grammar — planted trouble, TESTING ONLY: the `fail` setting makes chosen cells fail, die or use memory on purpose,
 so the tests can check retries, resumption and out-of-memory handling on a real cluster.
 
     fail: MODE[:CELL]            or a list of them
@@ -15,19 +15,13 @@ of the row's settings and of the config hash, so a planted run's numbers compare
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from pathlib import Path
-from typing import Callable
 
 from qlbench.errors import QlbenchError
 
-FAILED_ONCE = ".failed-once"
 _MODE = re.compile(r"^(first|always|kill@(\d+)|mem@(\d+))$")
-_held: list = []  # memory a mem@MB plant keeps alive until the process ends
 
 
 @dataclass(frozen=True)
@@ -62,40 +56,3 @@ def parse(value) -> list[Plant]:
 
 def for_cell(value, cell_path: str) -> list[Plant]:
     return [p for p in parse(value) if p.matches(cell_path)]
-
-
-def before_training(plants: list[Plant], out: Path) -> None:
-    """first/always raise here; mem@MB allocates and touches its memory here."""
-    for p in plants:
-        if p.mode == "mem":
-            import torch
-
-            _held.append(torch.ones(p.amount * 2**20, dtype=torch.uint8))  # ones: every page touched
-        elif p.mode == "always":
-            raise RuntimeError("planted failure (setting fail=always)")
-        elif p.mode == "first" and _first_attempt(out):
-            raise RuntimeError("planted failure on the first attempt (setting fail=first)")
-
-
-def with_kill(on_step: Callable[[int], None] | None, plants: list[Plant], out: Path):
-    """The training loop's step hook, plus kill@N: SIGKILL the process at step N, on the first attempt."""
-    steps = {p.amount for p in plants if p.mode == "kill"}
-    if not steps:
-        return on_step
-
-    def hook(step: int) -> None:
-        if on_step is not None:
-            on_step(step)
-        if step in steps and _first_attempt(out):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return hook
-
-
-def _first_attempt(out: Path) -> bool:
-    """True once per cell folder: the marker is written before the failure it stands for."""
-    marker = out / FAILED_ONCE
-    if marker.exists():
-        return False
-    marker.touch()
-    return True

@@ -16,6 +16,8 @@ from typing import Callable
 
 import torch
 
+from qlbench.tasks import causal_lm
+
 DIVERGED_FACTOR = 4.0  # a loss this many times the first step's loss counts as exploded
 
 
@@ -98,6 +100,7 @@ def train(
     s: LoopSettings,
     *,
     device: torch.device,
+    loss: Callable = causal_lm.loss,
     checkpoint: Path | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
     on_step: Callable[[int], None] | None = None,
@@ -124,12 +127,12 @@ def train(
             before_step(step)  # e.g. switch the base's precision and its adapter
         x = sample(step).to(device)
         with torch.autocast(device.type, dtype=s.autocast_dtype, enabled=s.autocast_dtype is not None):
-            loss = model(input_ids=x, labels=x).loss
-        loss.backward()
+            batch_loss = loss(model, x)
+        batch_loss.backward()
         clip = s.grad_clip if s.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, clip)
         # one host-device sync per step, after backward: a read of the loss before backward idles the GPU
-        loss_value, grad_norm = torch.stack([loss.detach().float(), norm.float()]).tolist()
+        loss_value, grad_norm = torch.stack([batch_loss.detach().float(), norm.float()]).tolist()
         first_loss = first_loss if first_loss is not None else loss_value
         if not math.isfinite(loss_value) or loss_value > DIVERGED_FACTOR * first_loss:  # no update from it
             opt.zero_grad(set_to_none=True)

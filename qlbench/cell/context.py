@@ -1,0 +1,129 @@
+"""The first stage: a cell's fixed context — its coordinates checked, its folder, log, stop flag, settings resolved
+(and hashed), device and seed. Everything later stages read but never change."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qlbench.errors import QlbenchError
+from qlbench.study import grid
+from qlbench.study.config import Study, config_hash
+from qlbench.study.grid import Cell
+
+
+@dataclass
+class Context:
+    study: Study
+    cell: Cell
+    out: Path
+    settings: dict  # the study's fixed settings with overrides, targets resolved
+    identity: dict  # the settings that determine the numbers (planted trouble left out)
+    config_hash: str
+    log: logging.Logger
+    stop: "StopFlag"
+    plants: list  # planted trouble (tests only)
+    device: object  # torch.device
+    autocast: object  # torch dtype, or None for float32
+    threads: int
+    base_bits: int  # the width `bits` gives the base's masked layers (16 when `bits` go to the adapters)
+    masked: list[str]  # the module names the cell's mask selects
+    task: object  # the task module (qlbench.tasks)
+    t_start: float = field(default_factory=time.perf_counter)
+
+    @property
+    def spec(self) -> dict:
+        return self.study.model(self.cell.model)
+
+    @property
+    def layout(self):
+        return self.study.layout(self.cell.model)
+
+    @property
+    def is_reference(self) -> bool:
+        """A cell nothing is quantized in: the 16-bit or `none` cell others are measured against."""
+        return self.cell.bits == 16 or self.cell.mask == "none"
+
+
+def begin(study: Study, cell: Cell, out: Path, settings: dict, threads: int) -> Context:
+    import torch
+
+    from qlbench import tasks
+    from qlbench.cell.measure import pick_device
+    from qlbench.cluster import plant
+    from qlbench.study import masks
+    from qlbench.study.targets import DEFAULT_TARGETS
+
+    t_start = time.perf_counter()
+    check_cell(study, cell)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / grid.ROW).unlink(missing_ok=True)  # a re-run must not leave the old row looking current
+    log = cell_logger(out)
+    stop = StopFlag()
+    spec = study.model(cell.model)
+    masked = masks.resolve(cell.mask, study.layout(cell.model))
+    settings = {**settings, "targets": settings["targets"] or DEFAULT_TARGETS[spec["arch"]]}
+    identity = {k: v for k, v in settings.items() if k != "fail"}  # planted trouble changes no number
+    chash = config_hash({"model": spec, "dataset": study.config["datasets"][settings["dataset"]],
+                         "settings": identity, "cell": cell.coords()})
+    log.info(f"cell {study.name}/{cell.path}  config {chash}")
+    plants = plant.for_cell(settings["fail"], cell.path)  # testing only
+    plant.before_training(plants, out)
+    if settings["bits_target"] == "adapter":  # the bounds study: `bits` quantizes LoRA's A and B, not the base
+        settings = {**settings, "adapter_bits": cell.bits}
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(cell.seed)
+    autocast = None if settings["compute_dtype"] == "float32" else getattr(torch, settings["compute_dtype"])
+    return Context(
+        study=study, cell=cell, out=out, settings=settings, identity=identity, config_hash=chash, log=log,
+        stop=stop, plants=plants, device=pick_device(settings["device"]), autocast=autocast, threads=threads,
+        base_bits=cell.bits if settings["bits_target"] == "base" else 16,
+        masked=masked, task=tasks.get(settings.get("task", "causal_lm")), t_start=t_start,
+    )
+
+
+def check_cell(study: Study, cell: Cell) -> None:
+    """Coordinates outside the grid are allowed, but must be valid."""
+    if cell.model not in study.config["models"]:
+        raise QlbenchError(f"unknown model {cell.model!r}; models: {', '.join(study.config['models'])}")
+    if not (2 <= cell.bits <= 8 or cell.bits == 16):
+        raise QlbenchError(f"{cell.bits} bits is not a supported width (use 2-8 or 16)")
+    if cell.rank < 1:
+        raise QlbenchError(f"rank {cell.rank}: must be at least 1")
+
+
+def cell_logger(out: Path) -> logging.Logger:
+    log = logging.getLogger(f"qlbench.cell.{out}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if not log.handlers:
+        fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+        for handler in (logging.FileHandler(out / grid.LOG), logging.StreamHandler()):
+            handler.setFormatter(fmt)
+            log.addHandler(handler)
+    return log
+
+
+class StopFlag:
+    """SIGTERM, SIGUSR1 (SLURM's warning before a time limit) and SIGUSR2 (submitit's) ask the loop to checkpoint
+    and stop; so does the SLURM job's time limit drawing near, which no signal announces to the cell (timelimit.py)."""
+
+    def __init__(self):
+        from qlbench.cluster import timelimit
+
+        self.requested = False
+        self.deadline = timelimit.stop_time()  # None outside SLURM
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __call__(self) -> bool:
+        if self.deadline is not None and time.time() >= self.deadline:
+            self.requested = True
+        return self.requested

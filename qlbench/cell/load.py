@@ -1,0 +1,37 @@
+"""Stage 2: load the base model and its tokenizer, the dataset's examples, and the task's data (token blocks and a
+batch sampler that is a pure function of seed and step)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from qlbench.cell.context import Context
+
+
+@dataclass
+class Base:
+    model: object  # the base, frozen, on the cell's device; later stages quantize it and wrap it in LoRA
+    tokenizer: object
+    data: object  # the task's prepared data (train and eval blocks, held-out examples)
+    sample: Callable  # step -> training batch
+    train_examples: int  # N of the bounds: examples the LoRA trains on
+    base_params: int  # parameters of the unquantized base, tied weights once
+
+
+def load(ctx: Context) -> Base:
+    from qlbench.cell import measure
+    from qlbench.data import examples, models
+
+    settings, cell = ctx.settings, ctx.cell
+    model, tokenizer = models.load(ctx.spec, cell.model, ctx.study.config.get("resources", "resources"))
+    train_ex, eval_ex = examples.load_examples(ctx.study.config["datasets"][settings["dataset"]], settings["dataset"])
+    if cell.n_train is not None:
+        train_ex = train_ex[: cell.n_train]
+    data = ctx.task.prepare(tokenizer, train_ex, eval_ex, settings)
+    ctx.log.info(f"data: {data.describe(len(train_ex))}")
+    model.to(ctx.device)
+    model.requires_grad_(False)
+    return Base(model=model, tokenizer=tokenizer, data=data, train_examples=len(train_ex),
+                sample=ctx.task.batch_sampler(data.train, settings["batch_size"], cell.seed),
+                base_params=measure.unique_params(model))  # before quantization packs any weight

@@ -1,0 +1,49 @@
+"""Stage 3: quantize the base. A reference cell first probes every module's sensitivity on the unquantized base
+(Fisher × quantization noise); then the plan (module -> width: the mask at `bits`, the rest at `high_bits`, pinned
+`layer_bits` on top) goes to the study's backend, and each quantized module's error is kept."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from qlbench.cell.context import Context
+from qlbench.cell.load import Base
+
+
+@dataclass
+class Quantized:
+    plan: dict[str, int]  # module -> bit width of every module below 16 bits (switching modules not included)
+    stats: list[dict]  # one row per quantized module: error, bytes
+    weight_mem_mb: float  # what the base's weights take at these widths
+    probe: list[dict] = field(default_factory=list)  # one-pass sensitivity estimates (reference cells only)
+    switching: object = None  # QaLoF's switchable precision: one bank of quantized weights per width
+
+
+def quantize(ctx: Context, base: Base) -> Quantized:
+    from qlbench import quant
+    from qlbench.cell import fisher
+    from qlbench.quant import memory
+    from qlbench.study import masks
+
+    settings, lay, model = ctx.settings, ctx.layout, base.model
+    probe = []
+    if settings["probe_bits"] and ctx.is_reference:
+        probe = fisher.estimate(model, lay.all_names(), settings["probe_bits"], settings, base.sample,
+                                settings["probe_batches"], ctx.device, ctx.task.loss)
+        ctx.log.info(f"estimated the sensitivity of {len(probe)} modules at {settings['probe_bits']} bits")
+    plan = {}
+    if ctx.base_bits < 16:
+        plan = quant.plan(lay.all_names(), ctx.masked, ctx.base_bits, settings["high_bits"])
+        plan = quant.with_layer_bits(plan, {m: b for mask, b in settings["layer_bits"].items()
+                                            for m in masks.resolve(mask, lay)})
+    switching = None
+    if settings["switch_bits"] and ctx.base_bits < 16:  # QaLoF: the masked layers switch width, one adapter each
+        from qlbench.cell.precision import Switching
+
+        plan = {m: b for m, b in plan.items() if m not in set(ctx.masked)}
+        switching = Switching(model, ctx.masked, settings["switch_bits"], settings, ctx.cell.seed)
+        switching.use(ctx.cell.bits)
+    stats = quant.backend(settings["backend"]).apply(model, plan, settings)
+    ctx.log.info(f"quantized {len(plan)} modules ({settings['backend']} {settings['format']}), mask {ctx.cell.mask!r}")
+    return Quantized(plan=plan, stats=stats, weight_mem_mb=memory.weight_mem_mb(model, stats), probe=probe,
+                     switching=switching)

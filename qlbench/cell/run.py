@@ -1,0 +1,33 @@
+"""One cell, start to finish, as a short list of stages — each a function in its own module:
+
+    begin -> load -> quantize -> attach -> evaluate (before) -> train -> evaluate (after) -> write
+
+The cell knows nothing of Snakemake or SLURM: it takes its coordinates and writes files into its folder —
+`row.parquet` last, so a folder with a row is a finished cell and one without is not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qlbench.study.config import Study
+from qlbench.study.grid import Cell
+
+
+def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -> dict:
+    from qlbench.cell import evaluate
+    from qlbench.cell.attach import attach
+    from qlbench.cell.context import begin
+    from qlbench.cell.load import load
+    from qlbench.cell.quantize import quantize
+    from qlbench.cell.train import train
+    from qlbench.cell.write import write
+
+    ctx = begin(study, cell, out, settings, threads)  # coordinates checked, folder, log, settings, seed, device
+    base = load(ctx)  # base model and tokenizer, the task's data and batches
+    quantized = quantize(ctx, base)  # sensitivity probe, plan, backend, per-module error
+    model = attach(ctx, base, quantized)  # LoRA, adapter bits, switchable adapters, activation hooks
+    loss_before = evaluate.before_training(ctx, model, base)  # the quantized base, LoRA still a no-op
+    trained = train(ctx, model, base, quantized)  # the loop: resumable, gradient variance probed
+    evaluated = evaluate.after_training(ctx, model, base, quantized, trained.status)  # metrics, generations
+    return write(ctx, model, base, quantized, loss_before, trained, evaluated)  # row, curve, adapter, ...

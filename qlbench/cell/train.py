@@ -1,0 +1,40 @@
+"""Stage 5: train the adapters with the loop (`qlbench.cell.loop`): resumable from the cell's checkpoint, stopped
+by a signal or the SLURM time limit, precision switched before each step when the study switches it, gradient
+variance probed at a few steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qlbench.cell.context import Context
+from qlbench.cell.load import Base
+from qlbench.cell.quantize import Quantized
+
+
+@dataclass
+class Trained:
+    curve: list[dict]  # one dict per step: loss, lr, grad_norm, step_time_s, grad_var
+    status: str  # ok | diverged
+    resumed_from: int  # the step a checkpoint resumed at (0: none)
+    grad_var: dict  # the row's grad_var* columns
+
+
+def train(ctx: Context, model, base: Base, quantized: Quantized) -> Trained:
+    from qlbench.cell import gradstats
+    from qlbench.cell.loop import LoopSettings, train as loop
+    from qlbench.cluster import plant
+    from qlbench.study.grid import CHECKPOINT
+
+    s, switching = ctx.settings, quantized.switching
+    settings = LoopSettings(steps=s["steps"], lr=s["lr"], warmup=s["warmup"], weight_decay=s["weight_decay"],
+                            grad_clip=s["grad_clip"], checkpoint_every=s["checkpoint_every"],
+                            autocast_dtype=ctx.autocast, optimizer=s["optimizer"])
+    grad_var = gradstats.GradVariance(model, base.sample, gradstats.probe_steps(s["steps"], s["grad_var_points"]),
+                                      ctx.device, ctx.autocast, ctx.task.loss)
+    result = loop(model, base.sample, settings, device=ctx.device, loss=ctx.task.loss,
+                  checkpoint=ctx.out / CHECKPOINT, stop_requested=ctx.stop,
+                  on_step=plant.with_kill(grad_var, ctx.plants, ctx.out),
+                  before_step=switching.before_step if switching else None, log=ctx.log.info)
+    grad_var.merge_into(result.curve)
+    return Trained(curve=result.curve, status=result.status, resumed_from=result.resumed_from,
+                   grad_var=grad_var.row_columns())

@@ -1,0 +1,91 @@
+"""The last stage: the cell's row (coordinates, settings, every final metric, status, provenance) and its files —
+layers, probe, generations, adapter, curve, and row.parquet last, each written atomically, so a folder with a row
+is a finished cell and one without is not."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+from qlbench.cell.context import Context
+from qlbench.cell.evaluate import Evaluated
+from qlbench.cell.load import Base
+from qlbench.cell.quantize import Quantized
+from qlbench.cell.train import Trained
+
+
+def write(ctx: Context, model, base: Base, quantized: Quantized, loss_before: float, trained: Trained,
+          evaluated: Evaluated) -> dict:
+    from safetensors.torch import save_file
+
+    from qlbench import results
+    from qlbench.cell import lora
+    from qlbench.study import grid
+    from qlbench.tasks import generate
+
+    out = ctx.out
+    coords = {"study": ctx.study.name, **ctx.cell.coords()}
+    row = _row(ctx, model, base, quantized, loss_before, trained, evaluated, coords)
+    results.write_parquet(results.layers_frame(coords, quantized.stats), out / grid.LAYERS)
+    results.write_parquet(results.probe_frame(coords, quantized.probe), out / grid.PROBE)
+    results.write_parquet(generate.frame(coords, evaluated.generations), out / grid.GENERATIONS)
+    with results.atomic_path(out / grid.ADAPTER) as tmp:
+        save_file(lora.adapter_state(model), str(tmp))
+    results.write_parquet(results.curve_frame(coords, trained.curve), out / grid.CURVE)
+    results.write_parquet(results.row_frame(row), out / grid.ROW)  # last: its presence marks the cell complete
+    (out / grid.CHECKPOINT).unlink(missing_ok=True)
+    ctx.log.info(f"done in {row['wall_s']:.1f}s: eval_loss {evaluated.eval_loss:.4f}, "
+                 f"{row['step_time_s'] * 1000:.0f} ms/step")
+    return row
+
+
+def _row(ctx: Context, model, base: Base, quantized: Quantized, loss_before: float, trained: Trained,
+         evaluated: Evaluated, coords: dict) -> dict:
+    from qlbench import results
+    from qlbench.cell import measure
+    from qlbench.study.targets import alpha_for, label
+    from qlbench.tasks import generate
+
+    s, stats, final = ctx.settings, quantized.stats, evaluated.eval_loss
+    step_time = measure.step_time_s(trained.curve)
+    return {
+        **coords,
+        "dataset": s["dataset"], "format": s["format"], "backend": s["backend"],
+        "high_bits": s["high_bits"], "adapter_bits": s["adapter_bits"],
+        "act_bits": s["act_bits"], "kv_bits": s["kv_bits"],
+        "targets": label(s["targets"]), "lora_alpha": alpha_for(s["lora_alpha"], ctx.cell.rank),
+        "steps": s["steps"], "lr": s["lr"], "batch_size": s["batch_size"],
+        "seq_len": s["seq_len"], "settings_json": json.dumps(ctx.identity, sort_keys=True, default=str),
+        "status": trained.status,
+        "eval_loss_before": loss_before,
+        "eval_loss": final,
+        "eval_ppl": ctx.task.perplexity(final),
+        "train_loss_final": trained.curve[-1]["loss"] if trained.curve else float("nan"),
+        "step_time_s": step_time,
+        "tokens_per_s": s["batch_size"] * s["seq_len"] / step_time,
+        "peak_mem_mb": evaluated.peak_mem_mb,
+        "trainable_params": measure.trainable_params(model),
+        "n_quantized": len(quantized.plan),
+        "train_examples": base.train_examples,
+        "quant_mse": _mean(q["quant_mse"] for q in stats),
+        "quant_rel_err": _mean(q["quant_rel_err"] for q in stats),
+        "weight_mem_mb": quantized.weight_mem_mb,
+        "base_params": base.base_params,
+        "bits_per_param": quantized.weight_mem_mb * 2**20 * 8 / base.base_params,
+        "quant_snr_db": _mean(q["quant_snr_db"] for q in stats if math.isfinite(q["quant_snr_db"])),
+        "quant_noise_ratio": _mean(q["quant_mse"] / q["noise_var_uniform"] for q in stats
+                                   if q.get("noise_var_uniform")),  # measured / uniform model Δ²/12
+        **trained.grad_var,
+        **generate.row_columns(evaluated.generations),
+        **evaluated.switch_columns,
+        "steps_done": len(trained.curve),
+        "resumed_from": trained.resumed_from,
+        "wall_s": time.perf_counter() - ctx.t_start,
+        **results.provenance(ctx.config_hash, measure.device_name(ctx.device), ctx.threads),
+    }
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
