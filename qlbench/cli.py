@@ -205,28 +205,10 @@ def similarity(config_files, study, results):
               help="efficiency table .md (memory, time, throughput per configuration)")
 def summarize(cells_parquet, table_path, csv_path, figure_path, efficiency_path):
     """The summary table (Markdown, CSV) and the eval-loss-against-bits figure of an aggregated study."""
-    import polars as pl
+    from qlbench.analysis.commands import run_summary
 
-    from qlbench.analysis import summary
-    from qlbench.analysis.figures import eval_loss_vs_bits
-    from qlbench.results import atomic_path
-
-    cells = pl.read_parquet(cells_parquet)
-    study = cells["study"][0]
-    table = summary.by_config(cells)
-    with atomic_path(Path(table_path)) as tmp:
-        tmp.write_text(summary.markdown(table, f"{study}: eval loss after LoRA (mean and sd over seeds)"))
-    with atomic_path(Path(csv_path)) as tmp:
-        table.write_csv(tmp)
-    with atomic_path(Path(figure_path)) as tmp:
-        eval_loss_vs_bits(table, tmp.with_suffix(".png"), f"{study}: eval loss against bits")
-        tmp.with_suffix(".png").replace(tmp)
-    if efficiency_path:
-        from qlbench.analysis import efficiency
-
-        with atomic_path(Path(efficiency_path)) as tmp:
-            tmp.write_text(summary.markdown(efficiency.table(cells), f"{study}: cost per configuration"))
-    click.echo(f"{study}: {table.height} configurations -> {table_path}")
+    click.echo(run_summary(Path(cells_parquet), Path(table_path), Path(csv_path), Path(figure_path),
+                           Path(efficiency_path) if efficiency_path else None))
 
 
 @main.command()
@@ -306,7 +288,6 @@ def sensitivity(cells_parquet, out, budget):
         raise QlbenchError(f"sensitivity: {e}") from None
 
 
-
 @main.command("validate-recommendation")
 @click.argument("cells_parquet", type=click.Path(exists=True, dir_okay=False))
 @click.argument("recommendation_parquet", type=click.Path(exists=True, dir_okay=False))
@@ -314,17 +295,11 @@ def sensitivity(cells_parquet, out, budget):
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="validation .parquet")
 def validate_recommendation(cells_parquet, recommendation_parquet, rows, out):
     """Measured against predicted degradation of the recommended mixed-precision masks (their cells' ROWS)."""
-    import polars as pl
+    from qlbench.analysis.commands import run_validation
 
-    from qlbench.analysis.sensitivity import validate
-    from qlbench.results import write_parquet
-
-    extra = pl.concat([pl.read_parquet(r) for r in rows], how="diagonal_relaxed") if rows else pl.DataFrame()
-    table = validate(pl.read_parquet(cells_parquet), pl.read_parquet(recommendation_parquet), extra)
-    write_parquet(table, Path(out))
-    for r in table.iter_rows(named=True):
-        click.echo(f"{r['model']} r={r['rank']} {r['bits']} bits, {r['mask']}: predicted "
-                   f"{r['predicted_degradation']:+.4f}, measured {r['measured_degradation']:+.4f}")
+    lines = run_validation(Path(cells_parquet), Path(recommendation_parquet), [Path(r) for r in rows], Path(out))
+    if lines:
+        click.echo(lines)
 
 
 if __name__ == "__main__":

@@ -53,3 +53,38 @@ def run_sensitivity(cells_parquet: Path, out: Path, budget: float) -> str:
     top = ranked.sort("degradation", descending=True).row(0, named=True)
     agree = f"; one-pass estimate agrees with Spearman {top['estimate_spearman']:.2f}" if "estimate_spearman" in ranked.columns else ""
     return f"{ranked.height} masks ranked; most sensitive: {top['mask']} ({top['degradation']:+.4f}){agree}"
+
+
+def run_summary(cells_parquet: Path, table_path: Path, csv_path: Path, figure_path: Path,
+                efficiency_path: Path | None) -> str:
+    from qlbench.analysis import summary
+    from qlbench.analysis.figures import eval_loss_vs_bits
+    from qlbench.results import atomic_path
+
+    cells = pl.read_parquet(cells_parquet)
+    study = cells["study"][0]
+    table = summary.by_config(cells)
+    with atomic_path(table_path) as tmp:
+        tmp.write_text(summary.markdown(table, f"{study}: eval loss after LoRA (mean and sd over seeds)"))
+    with atomic_path(csv_path) as tmp:
+        table.write_csv(tmp)
+    with atomic_path(figure_path) as tmp:
+        eval_loss_vs_bits(table, tmp.with_suffix(".png"), f"{study}: eval loss against bits")
+        tmp.with_suffix(".png").replace(tmp)
+    if efficiency_path:
+        from qlbench.analysis import efficiency
+
+        with atomic_path(efficiency_path) as tmp:
+            tmp.write_text(summary.markdown(efficiency.table(cells), f"{study}: cost per configuration"))
+    return f"{study}: {table.height} configurations -> {table_path}"
+
+
+def run_validation(cells_parquet: Path, recommendation_parquet: Path, rows: list[Path], out: Path) -> str:
+    from qlbench.analysis.sensitivity import validate
+
+    extra = pl.concat([pl.read_parquet(r) for r in rows], how="diagonal_relaxed") if rows else pl.DataFrame()
+    table = validate(pl.read_parquet(cells_parquet), pl.read_parquet(recommendation_parquet), extra)
+    write_parquet(table, out)
+    return "\n".join(f"{r['model']} r={r['rank']} {r['bits']} bits, {r['mask']}: predicted "
+                     f"{r['predicted_degradation']:+.4f}, measured {r['measured_degradation']:+.4f}"
+                     for r in table.iter_rows(named=True))

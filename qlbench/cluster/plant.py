@@ -19,9 +19,7 @@ def before_training(plants: list[Plant], out: Path) -> None:
     """first/always raise here; mem@MB allocates and touches its memory here."""
     for p in plants:
         if p.mode == "mem":
-            import torch
-
-            _held.append(torch.ones(p.amount * 2**20, dtype=torch.uint8))  # ones: every page touched
+            _held.append(b"\x01" * (p.amount * 2**20))  # non-zero bytes: every page touched
         elif p.mode == "always":
             raise RuntimeError("planted failure (setting fail=always)")
         elif p.mode == "first" and _first_attempt(out):

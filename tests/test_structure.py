@@ -1,0 +1,55 @@
+"""The package's rooms and the direction of their imports (README, Layout): read from the source, nothing run.
+
+Each room may import only rooms on a lower floor (or itself): cli -> cell -> cluster, analysis -> quant, tasks ->
+data -> study -> results, errors. `study/` and `analysis/` import no torch, and `analysis/` never a model."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "qlbench"
+FLOOR = {"cli": 6, "__init__": 6, "cell": 5, "cluster": 4, "analysis": 4, "quant": 3, "tasks": 3, "data": 2,
+         "study": 1, "results": 0, "errors": 0}
+NO_TORCH = {"study", "analysis", "cluster", "cli", "results", "errors"}
+HEAVY = ("torch", "transformers", "peft", "bitsandbytes")
+
+
+def room(module: str) -> str:
+    """`qlbench.cell.loop` -> `cell`; `qlbench.results` -> `results`."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def imports(path: Path) -> list[str]:
+    """Every module a file imports, at any depth (lazy imports inside functions count too)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+    return found
+
+
+FILES = sorted(PACKAGE.rglob("*.py"))
+
+
+def test_every_room_has_a_floor():
+    rooms = {room("qlbench." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts)) for p in FILES}
+    assert rooms == set(FLOOR)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_point_down_and_heavy_libraries_stay_out_of_light_rooms(path):
+    here = room("qlbench." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts))
+    for module in imports(path):
+        top = module.split(".")[0]
+        if top == "qlbench" and "." in module:
+            there = room(module)
+            if there in FLOOR and there != here:
+                assert FLOOR[there] < FLOOR[here], f"{path.name} ({here}) imports {module} ({there}): upward"
+        if here in NO_TORCH:
+            assert top not in HEAVY, f"{path.name} ({here}) imports {module}"
