@@ -15,6 +15,7 @@ FLOOR = {"cli": 6, "__init__": 6, "cell": 5, "cluster": 4, "analysis": 4, "quant
          "study": 1, "results": 0, "errors": 0}
 NO_TORCH = {"study", "analysis", "cluster", "cli", "results", "errors"}
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes")
+NEVER = {"analysis": {"cell", "quant", "tasks", "data"}}  # aggregates read parquet, never a model
 
 
 def room(module: str) -> str:
@@ -51,5 +52,6 @@ def test_imports_point_down_and_heavy_libraries_stay_out_of_light_rooms(path):
             there = room(module)
             if there in FLOOR and there != here:
                 assert FLOOR[there] < FLOOR[here], f"{path.name} ({here}) imports {module} ({there}): upward"
+                assert there not in NEVER.get(here, ()), f"{path.name} ({here}) imports {module} ({there})"
         if here in NO_TORCH:
             assert top not in HEAVY, f"{path.name} ({here}) imports {module}"
