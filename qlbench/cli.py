@@ -63,7 +63,7 @@ def run(config_files, study, model, bits, rank, mask, seed, n_train, out, overri
     from qlbench.cluster.status import Heartbeat
 
     st = _load(config_files, study)
-    settings = studylib.cell_settings(st, dict(studylib.parse_override(o) for o in overrides))
+    settings = studylib.cell_settings(st, dict(studylib.parse_override(o) for o in overrides), bits)
     cell = Cell(model, bits, rank, mask, seed, n_train)
     out_dir = Path(out)
     try:
@@ -164,7 +164,11 @@ def aggregate(config_files, study, results, allow_missing):
 
     st = _load(config_files, study)
     root = results or st.config.get("results", "results")
-    tables, missing = run_aggregate(st, root)
+    tables, missing, stale = run_aggregate(st, root)
+    if stale and not allow_missing:
+        first, changes = next(iter(stale.items()))
+        raise QlbenchError(f"{len(stale)} cells were made under other settings (first: {first}: {changes}); rerun "
+                           "them, or use --allow-missing to leave them out")
     if missing and not allow_missing:
         raise QlbenchError(f"{len(missing)} cells have no row yet (first: {missing[0]}); use --allow-missing")
     if tables["cells"].is_empty():
@@ -172,7 +176,8 @@ def aggregate(config_files, study, results, allow_missing):
     for name, table in tables.items():
         write_parquet(table, Path(root) / st.name / f"{name}.parquet")
     click.echo(f"{st.name}: {tables['cells'].height} cells, {tables['curves'].height} curve rows" +
-               (f", {len(missing)} missing" if missing else ""))
+               (f", {len(missing)} missing" if missing else "") +
+               (f", {len(stale)} made under other settings left out" if stale else ""))
 
 
 @main.command()

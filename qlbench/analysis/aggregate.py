@@ -1,7 +1,8 @@
 """Cells -> one table each: `cells.parquet` (a row per cell), `curves.parquet` (a row per training step) and
 `probes.parquet` (the one-pass sensitivity estimates of the reference cells that made one).
 
-Reads parquet only, and only the cells of the study's grid, so stale folders of an older grid never leak in.
+Reads parquet only, and only the cells of the study's grid, so folders of an older grid never leak in; a row made
+under other settings than the config's (its `config_hash` differs) is left out and named, never mixed in.
 """
 
 from __future__ import annotations
@@ -11,16 +12,7 @@ from pathlib import Path
 import polars as pl
 
 from qlbench.study import grid
-from qlbench.study.config import Study
-
-
-def cell_files(study: Study, results: str, name: str) -> tuple[list[Path], list[str]]:
-    """The study's existing `name` files, and the cell paths that lack one."""
-    found, missing = [], []
-    for cell in grid.cells(study):
-        path = Path(grid.cell_dir(results, study.name, cell)) / name
-        (found if path.exists() else missing).append(path if path.exists() else cell.path)
-    return found, missing
+from qlbench.study.config import Study, cell_identity, changed_settings
 
 
 def read_all(paths: list[Path]) -> pl.DataFrame:
@@ -32,7 +24,21 @@ def read_all(paths: list[Path]) -> pl.DataFrame:
 TABLES = {"cells": grid.ROW, "curves": grid.CURVE, "probes": grid.PROBE}
 
 
-def aggregate(study: Study, results: str) -> tuple[dict[str, pl.DataFrame], list[str]]:
-    """{table name: its rows over the grid's finished cells}, and the cells without a row."""
-    _, missing = cell_files(study, results, grid.ROW)
-    return {name: read_all(cell_files(study, results, file)[0]) for name, file in TABLES.items()}, missing
+def aggregate(study: Study, results: str) -> tuple[dict[str, pl.DataFrame], list[str], dict[str, str]]:
+    """{table name: its rows over the grid's current cells}, the cells without a row, and the cells whose row was
+    made under other settings ({path: what changed}) — left out, so no table mixes settings."""
+    folders = {cell: Path(grid.cell_dir(results, study.name, cell)) for cell in grid.cells(study)}
+    done = [cell for cell, folder in folders.items() if (folder / grid.ROW).exists()]
+    missing = [cell.path for cell in folders if cell not in set(done)]
+    rows = read_all([folders[cell] / grid.ROW for cell in done])
+    identities = [cell_identity(study, cell) for cell in done]
+    stale = {cell.path: changed_settings(settings_json, identity)
+             for cell, (identity, chash), row_hash, settings_json
+             in zip(done, identities, rows["config_hash"] if done else [], rows["settings_json"] if done else [])
+             if row_hash != chash}
+    current = [cell for cell in done if cell.path not in stale]
+    tables = {"cells": rows.filter(~pl.Series([c.path in stale for c in done], dtype=pl.Boolean)) if stale else rows}
+    for name, file in TABLES.items():
+        if name != "cells":
+            tables[name] = read_all([folders[cell] / file for cell in current if (folders[cell] / file).exists()])
+    return tables, missing, stale

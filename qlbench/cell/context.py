@@ -11,7 +11,7 @@ from pathlib import Path
 
 from qlbench.errors import QlbenchError
 from qlbench.study import grid
-from qlbench.study.config import Study, config_hash
+from qlbench.study.config import Study, cell_identity
 from qlbench.study.grid import Cell
 
 
@@ -55,7 +55,6 @@ def begin(study: Study, cell: Cell, out: Path, settings: dict, threads: int) -> 
     from qlbench.cell.measure import pick_device
     from qlbench.cluster import plant
     from qlbench.study import masks
-    from qlbench.study.targets import DEFAULT_TARGETS
 
     t_start = time.perf_counter()
     check_cell(study, cell)
@@ -63,12 +62,9 @@ def begin(study: Study, cell: Cell, out: Path, settings: dict, threads: int) -> 
     (out / grid.ROW).unlink(missing_ok=True)  # a re-run must not leave the old row looking current
     log = cell_logger(out)
     stop = StopFlag()
-    spec = study.model(cell.model)
     masked = masks.resolve(cell.mask, study.layout(cell.model))
-    settings = {**settings, "targets": settings["targets"] or DEFAULT_TARGETS[spec["arch"]]}
-    identity = {k: v for k, v in settings.items() if k != "fail"}  # planted trouble changes no number
-    chash = config_hash({"model": spec, "dataset": study.config["datasets"][settings["dataset"]],
-                         "settings": identity, "cell": cell.coords()})
+    identity, chash = cell_identity(study, cell, settings)
+    settings = {**settings, "targets": identity["targets"]}
     log.info(f"cell {study.name}/{cell.path}  config {chash}")
     plants = plant.for_cell(settings["fail"], cell.path)  # testing only
     plant.before_training(plants, out)

@@ -20,9 +20,9 @@ from datetime import datetime
 from pathlib import Path
 
 from qlbench.study import grid
-from qlbench.study.config import Study
+from qlbench.study.config import Study, cell_identity, changed_settings
 
-STATES = ("done", "diverged", "failed", "running", "missing")
+STATES = ("done", "diverged", "stale", "failed", "running", "missing")
 RUNNING = ".running"
 HEARTBEAT_S = 30  # how often a running cell touches its heartbeat file
 STALE_S = 150  # a heartbeat older than this means the process is gone
@@ -33,7 +33,7 @@ _START = "cell "  # the cell logger's first line of every attempt: "HH:MM:SS cel
 class CellStatus:
     path: str  # the cell's folder under cells/
     state: str  # one of STATES
-    reason: str = ""  # failed: why; running: where
+    reason: str = ""  # failed: why; running: where; stale: which settings changed
 
 
 class Heartbeat:
@@ -73,10 +73,15 @@ def _slurm_job() -> str | None:
     return job
 
 
-def cell_status(cell_dir: Path, path: str, now: float | None = None) -> CellStatus:
+def cell_status(cell_dir: Path, path: str, now: float | None = None, identity: tuple[dict, str] | None = None
+                ) -> CellStatus:
+    """`identity`: the cell's current (settings, hash); a row made under other settings is then `stale`."""
     row = cell_dir / grid.ROW
     if row.exists():
-        state = _row_status(row)
+        state, chash, settings_json = _row_status(row)
+        if identity is not None and chash != identity[1]:
+            return CellStatus(path, "stale", "made under other settings: " + changed_settings(settings_json,
+                                                                                                identity[0]))
         return CellStatus(path, "done" if state == "ok" else state)
     now = time.time() if now is None else now
     marker = cell_dir / RUNNING
@@ -102,10 +107,12 @@ def cell_status(cell_dir: Path, path: str, now: float | None = None) -> CellStat
     return CellStatus(path, "failed", reason)
 
 
-def _row_status(row: Path) -> str:
+def _row_status(row: Path) -> tuple[str, str, str]:
+    """(status, config_hash, settings_json) of a finished cell's row."""
     import pyarrow.parquet as pq
 
-    return str(pq.ParquetFile(row).read(columns=["status"]).column(0)[0])  # ~4x faster than read_table
+    table = pq.ParquetFile(row).read(columns=["status", "config_hash", "settings_json"])  # faster than read_table
+    return tuple(str(table.column(i)[0]) for i in range(3))
 
 
 def _marker(marker: Path, now: float) -> dict | None:
@@ -155,7 +162,8 @@ def study_status(study: Study, results: str) -> list[CellStatus]:
     now = time.time()
     cells = grid.cells(study)
     with ThreadPoolExecutor(max_workers=8) as pool:  # parquet reads release the GIL
-        return list(pool.map(lambda c: cell_status(Path(grid.cell_dir(results, study.name, c)), c.path, now), cells))
+        return list(pool.map(lambda c: cell_status(Path(grid.cell_dir(results, study.name, c)), c.path, now,
+                                                   cell_identity(study, c)), cells))
 
 
 def counts(statuses: list[CellStatus]) -> dict[str, int]:
@@ -190,9 +198,10 @@ def report(study: Study, statuses: list[CellStatus], cells_dir: str, commands: l
     width = max((len(s.path) for s in shown), default=0)
     for s in shown:
         lines.append(f"  {s.state:<8}  {s.path:<{width}}  {s.reason}".rstrip())
-    todo = n["failed"] + n["missing"]
+    todo = n["failed"] + n["missing"] + n["stale"]
     if todo:
-        lines.append(f"resubmit the {n['failed']} failed and {n['missing']} missing cells "
+        stale = f", {n['stale']} stale" if n["stale"] else ""
+        lines.append(f"resubmit the {n['failed']} failed{stale} and {n['missing']} missing cells "
                      "(finished cells are kept; a checkpointed cell resumes):")
         lines += [f"  {commands[0]}", f"  or: {commands[1]}"]
     elif n["running"]:

@@ -116,9 +116,10 @@ def sweep(
     todo = []
     for cell in gridlib.cells(st):
         out = Path(gridlib.cell_dir(root, st.name, cell))
-        if (out / gridlib.ROW).exists():
+        if statuslib.cell_status(out, cell.path, identity=studylib.cell_identity(st, cell)).state in ("done",
+                                                                                                    "diverged"):
             outcome.skipped.append(cell.path)
-        else:
+        else:  # missing, failed, or made under other settings (stale)
             todo.append(cell)
     echo(f"{st.name}: {len(todo)} cells to run, {len(outcome.skipped)} already done ({executor})")
     for attempt in range(1, retries + 2):

@@ -215,15 +215,37 @@ def parse_override(text: str) -> tuple[str, object]:
     return key, yaml.safe_load(value)
 
 
-def cell_settings(study: Study, overrides: dict | None = None) -> dict:
-    """The study's fixed settings with `--set` overrides, re-validated against the schema."""
+def cell_settings(study: Study, overrides: dict | None = None, bits: int | None = None) -> dict:
+    """The study's fixed settings with `--set` overrides, re-validated against the schema and, for the backend,
+    against the one cell's `bits` when given (a 4-bit cell may use bnb though the study also has 3-bit cells)."""
     settings = {**study.settings, **(overrides or {})}
     if overrides:
         probe = copy.deepcopy(study.config)
         probe["studies"][study.name].update({k: v for k, v in overrides.items() if v is not None})
         check_schema(probe)
-        check_settings(settings, study.bits, f"--set")
+        check_settings(settings, study.bits if bits is None else [bits], "--set")
     return settings
+
+
+def cell_identity(study: Study, cell, settings: dict | None = None) -> tuple[dict, str]:
+    """What determines a cell's numbers — its settings (targets resolved, planted trouble left out) — and the hash
+    of those with its model, data and coordinates: the row's `config_hash`. A row whose hash differs from this was
+    made under other settings: stale."""
+    settings = study.settings if settings is None else settings
+    spec = study.model(cell.model)
+    identity = {k: v for k, v in settings.items() if k != "fail"}  # planted trouble changes no number
+    identity["targets"] = settings["targets"] or targets.DEFAULT_TARGETS[spec["arch"]]
+    chash = config_hash({"model": spec, "dataset": study.config["datasets"][settings["dataset"]],
+                         "settings": identity, "cell": cell.coords()})
+    return identity, chash
+
+
+def changed_settings(old_json: str, new: dict) -> str:
+    """`steps 30 -> 40, lr 0.002 -> 0.001`: how a stale row's settings differ from the current ones."""
+    old = json.loads(old_json)
+    new = json.loads(json.dumps(new, default=str))  # the same form the row stored
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return ", ".join(f"{k} {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in keys) or "model or data"
 
 
 def config_hash(payload: dict) -> str:

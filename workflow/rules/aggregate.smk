@@ -8,12 +8,11 @@ rule aggregate:
     log:
         f"{RESULTS}/{{study}}/logs/aggregate.log",
     params:
-        config=CONFIG_ARGS,
         results=lambda wildcards, output: os.path.dirname(os.path.dirname(output.cells)),
     conda:
         ENV
     shell:
-        "qlbench aggregate {params.config} {wildcards.study} --results {params.results} > {log} 2>&1"
+        "qlbench aggregate " + CONFIG_ARGS + " {wildcards.study} --results {params.results} > {log} 2>&1"
 
 
 rule summarize:
@@ -47,9 +46,8 @@ rule similarity:
     log:
         f"{RESULTS}/{{study}}/logs/similarity.log",
     params:
-        config=CONFIG_ARGS,
         results=lambda wildcards, output: os.path.dirname(os.path.dirname(output.pairs)),
     conda:
         ENV
     shell:
-        "qlbench similarity {params.config} {wildcards.study} --results {params.results} > {log} 2>&1"
+        "qlbench similarity " + CONFIG_ARGS + " {wildcards.study} --results {params.results} > {log} 2>&1"

@@ -11,7 +11,9 @@ rule cell:
     log:
         f"{RESULTS}/{{study}}/cells/{{cell}}/log.txt",
     params:
-        config=CONFIG_ARGS,
+        # the hash of what determines the cell's numbers: with `rerun-triggers: params` (profiles), a changed
+        # setting reruns exactly the cells it changes, and editing anything else in config.yaml reruns none
+        identity=cell_hash,
         coords=cell_args,
         out=lambda wildcards, output: os.path.dirname(output.row),
     resources:
@@ -20,5 +22,6 @@ rule cell:
     conda:
         ENV
     shell:
-        "qlbench run {params.config} --study {wildcards.study} {params.coords} --out {params.out} "
+        # the config files are not a param: passing another --configfile (planted trouble) must not rerun cells
+        "qlbench run " + CONFIG_ARGS + " --study {wildcards.study} {params.coords} --out {params.out} "
         "--threads {threads} 2> /dev/null  # the cell writes {log} itself"

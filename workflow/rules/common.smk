@@ -45,6 +45,14 @@ def cell_args(wildcards):
     return shlex.join(gridlib.parse(wildcards.cell).args())
 
 
+def cell_hash(wildcards):
+    return studylib.cell_identity(STUDY, gridlib.parse(wildcards.cell))[1]
+
+
+def base_hash(wildcards):
+    return studylib.config_hash(config["models"][wildcards.model])
+
+
 def similarity_inputs(wildcards):
     """What the similarity aggregate reads of every cell: no model, only stored outputs."""
     names = ("row.parquet", "generations.parquet", "adapter.safetensors")

@@ -4,9 +4,9 @@ rule prepare_base:
     log:
         f"{RESOURCES}/logs/prepare_{{model}}.log",
     params:
-        config=CONFIG_ARGS,
+        spec=base_hash,  # a changed model entry (shape, pretraining) prepares the base again
     threads: 2
     conda:
         ENV
     shell:
-        "qlbench prepare {params.config} {wildcards.model} --out {output} --threads {threads} > {log} 2>&1"
+        "qlbench prepare " + CONFIG_ARGS + " {wildcards.model} --out {output} --threads {threads} > {log} 2>&1"
