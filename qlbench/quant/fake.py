@@ -21,7 +21,8 @@ def apply(model, plan: dict[str, int], settings: dict) -> list[dict]:
         module = modules[name]
         w = module.weight.data
         w_rows = out_in(module, w)
-        wq = quantize(w_rows, bits, settings["format"], settings["symmetric"], settings["group_size"])
+        wq = quantize(w_rows, bits, settings["format"], settings["symmetric"], settings["group_size"],
+                      settings["double_quant"])
         row = error_stats(name, bits, w_rows, wq)
         row["weight_bytes"] = format_bytes(tuple(w_rows.shape), bits, settings["format"], settings["symmetric"],
                                            settings["group_size"], settings["double_quant"])

@@ -42,18 +42,65 @@ def code_for(fmt: str, bits: int) -> torch.Tensor:
     raise ValueError(f"no {fmt}{bits} code")
 
 
-def quantize_blockwise(w: torch.Tensor, code: torch.Tensor, block: int = 64) -> torch.Tensor:
-    """Blockwise absmax over the flattened tensor, each value to its nearest code value (as bitsandbytes)."""
+def dynamic_code() -> torch.Tensor:
+    """bitsandbytes' signed 8-bit dynamic code (`create_dynamic_map()`: 7 exponent bits), the 256 values double
+    quantization stores the absmax scales with (Dettmers et al. 2016, "8-bit approximations"), sorted."""
+    data = []
+    for i in range(7):  # exponent 10^(i-6); fewer fraction bits as the exponent grows
+        bounds = torch.linspace(0.1, 1, 2**i + 1, dtype=torch.float32)
+        means = (bounds[:-1] + bounds[1:]) / 2.0
+        data += ((10 ** (i - 6)) * means).tolist() + (-(10 ** (i - 6)) * means).tolist()  # in fp32, as bnb
+    data += [0, 1.0]  # no extra all-zero-exponent items at 7 exponent bits: 2 * 127 + 2 = 256 values
+    return torch.tensor(sorted(data), dtype=torch.float32)
+
+
+def _dynamic_index(scaled: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """Index of the code value bitsandbytes picks for each value in [-1, 1]. Its CPU kernel looks the value up in
+    a 65,536-bin table of nearest codes (bin i holds -1 + 2i/65535, rounded to the nearest bin), so a value within
+    half a bin of a midpoint may go to its second-nearest code; the CUDA kernel takes the nearest code."""
+    mids = (code[1:] + code[:-1]) * 0.5
+    if scaled.device.type != "cpu":  # untested: no GPU was at hand when this was written
+        return torch.searchsorted(mids, scaled.contiguous())
+    bins = -1.0 + (2.0 * torch.arange(65536, dtype=torch.float32, device=scaled.device)) / 65535.0
+    table = torch.searchsorted(mids, bins)  # how many midpoints lie strictly below each bin
+    t = (scaled.clamp(-1.0, 1.0) + 1.0) * 0.5 * 65535.0 + 0.5  # fp32 throughout, as the kernel
+    return table[t.long()]
+
+
+def double_quantize(absmax: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """The blockwise scales as bitsandbytes keeps them under double quantization (`compress_statistics=True`),
+    dequantized: minus their mean, in blocks of `block`, each to its 8-bit dynamic code times the block's absmax,
+    plus the mean again. Bit for bit what `dequantize_4bit` multiplies the 4-bit codes by."""
+    flat = absmax.reshape(-1)
+    offset = flat.mean()
+    centred = flat - offset
+    pad = (-centred.numel()) % block
+    x = torch.nn.functional.pad(centred, (0, pad)).view(-1, block)
+    scale = x.abs().amax(dim=1, keepdim=True)
+    inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
+    code = dynamic_code().to(flat.device)
+    deq = code[_dynamic_index(x * inv, code)] * scale
+    return (deq.reshape(-1)[: flat.numel()] + offset).view_as(absmax)
+
+
+def quantize_blockwise(w: torch.Tensor, code: torch.Tensor, block: int = 64, double_quant: bool = False) -> torch.Tensor:
+    """Blockwise absmax over the flattened tensor, each value to its nearest code value (as bitsandbytes); with
+    `double_quant`, the values are rebuilt from the 8-bit-quantized absmax, as bitsandbytes does."""
     flat = w.detach().float().reshape(-1)
     code = code.to(flat.device)
     pad = (-flat.numel()) % block
     x = torch.nn.functional.pad(flat, (0, pad)).view(-1, block)
     absmax = x.abs().amax(dim=1, keepdim=True)
-    scaled = x / absmax.clamp_min(torch.finfo(torch.float32).tiny)
+    # as bitsandbytes: whole blocks times the reciprocal of their absmax, a ragged last block divided by it
+    # (the two differ in the last bit, and a value on a midpoint then goes to the other code)
+    scaled = x * (1.0 / absmax.clamp_min(1e-38))
+    if pad:
+        scaled[-1] = x[-1] / absmax[-1].clamp_min(1e-38)
     # nearest code value via midpoints: searchsorted is exact and O(n log k) in memory
     mids = (code[1:] + code[:-1]) / 2
     idx = torch.searchsorted(mids, scaled.contiguous(), right=False)
-    deq = code[idx] * absmax
+    # the codes are chosen with the exact absmax; only the scale they are multiplied by is double-quantized
+    deq = code[idx] * (double_quantize(absmax) if double_quant else absmax)
     return deq.reshape(-1)[: flat.numel()].view_as(w).to(w.dtype)
 
 
@@ -77,11 +124,12 @@ def quantize_int(w: torch.Tensor, bits: int, symmetric: bool = True, group_size:
     return deq.reshape(w.shape).to(w.dtype)
 
 
-def quantize(w: torch.Tensor, bits: int, fmt: str, symmetric: bool = True, group_size: int | None = None):
-    """One entry point for every simulated format."""
+def quantize(w: torch.Tensor, bits: int, fmt: str, symmetric: bool = True, group_size: int | None = None,
+             double_quant: bool = False):
+    """One entry point for every simulated format (`double_quant` applies to the blockwise ones, as in bitsandbytes)."""
     if fmt == "int":
         return quantize_int(w, bits, symmetric, group_size or 0)
-    return quantize_blockwise(w, code_for(fmt, bits), group_size or 64)
+    return quantize_blockwise(w, code_for(fmt, bits), group_size or 64, double_quant)
 
 
 def is_conv1d(module) -> bool:
@@ -96,5 +144,6 @@ def out_in(module, weight: torch.Tensor) -> torch.Tensor:
 def quantize_module(module, weight: torch.Tensor, bits: int, settings: dict) -> torch.Tensor:
     """A module's weight quantize-dequantized, back in its own storage layout (channels and blocks as nn.Linear's)."""
     rows = out_in(module, weight.detach())
-    q = quantize(rows, bits, settings["format"], settings["symmetric"], settings["group_size"])
+    q = quantize(rows, bits, settings["format"], settings["symmetric"], settings["group_size"],
+                 settings.get("double_quant", False))
     return out_in(module, q).contiguous()
