@@ -11,31 +11,56 @@ from qlbench.results import write_parquet
 BSTAR_RANKS = [2, 4, 8, 16, 32, 64]
 
 
-def run_bounds(cells_parquet: Path, out: Path, tolerance: float) -> str:
+def run_bounds(cells_parquet: Path, out: Path, tolerance: float, noise: pl.DataFrame | None = None) -> str:
+    """Fits, verdicts, b*, gradient-variance slopes, the gap view and the nine-panel figure; `noise` (the noise
+    check on qlbench's quantizers, computed by the caller: analysis never quantizes) is written and drawn."""
     from qlbench.analysis import bounds
-    from qlbench.analysis.figures import bounds_figure
+    from qlbench.analysis.figures import bounds_figure, gap_figure, noise_figure
 
     cells = pl.read_parquet(cells_parquet)
+    pts = bounds.points(cells)
+    if pts.height < 4 or pts.filter(pl.col("bits") < 16).is_empty():
+        raise ValueError("the bound needs at least 4 (rank, bits, N) points of mask `all`, some quantized")
+    fits = bounds.fit(pts, bounds.fit_cells(cells))
+    best = bounds.supported(fits)
     gaps = bounds.gaps(cells)
-    if gaps.height < 3:
-        raise ValueError("the bound needs at least 3 (rank, bits) points with a 16-bit reference")
-    fits = bounds.fit(gaps)
-    c2 = fits.filter(pl.col("model") == "full")["c2"][0]
-    noise = bounds.simulate_noise()
+    gap_slopes = bounds.gap_scaling(gaps) if gaps.height else pl.DataFrame()
+    grad = bounds.grad_var_scaling(cells)
+    g_rel = ({r: v for r, v in zip(pts["rank"], pts["grad_var_rel"]) if v is not None}
+             if "grad_var_rel" in pts.columns else None)
+    examples = sorted(pts["train_examples"].unique().to_list())
+    bstar = bounds.b_star(best, BSTAR_RANKS, examples, tolerance, grad_var_rel=g_rel)
+    table = bounds.rank_precision(gaps, bounds.b_star(best, sorted(pts["rank"].unique().to_list()), examples,
+                                                      tolerance, grad_var_rel=g_rel), tolerance) \
+        if gaps.height else pl.DataFrame()
+    verdicts = bounds.verdicts(fits, gap_slopes, grad, table, pts["rank"].n_unique())
     out.mkdir(parents=True, exist_ok=True)
-    write_parquet(gaps, out / "gaps.parquet")
-    write_parquet(fits, out / "fits.parquet")
-    bstar = bounds.b_star(c2, BSTAR_RANKS, tolerance)
-    write_parquet(bstar, out / "bstar.parquet")
-    write_parquet(bounds.grad_var_scaling(cells), out / "grad_var_scaling.parquet")
-    write_parquet(noise, out / "noise_simulation.parquet")
-    bounds_figure(cells.filter(pl.col("mask").is_in(["all", "none"])), gaps, fits, bstar, noise, out / "bounds.png",
-                  f"{cells['study'][0]}: quantization bound")
-    best = fits.sort("rmse").row(0, named=True)
-    return f"{gaps.height} points; best model {best['model']} (R² {best['r2']:.3f}, LOO RMSE {best['loo_rmse']:.4f})"
+    study = cells["study"][0]
+    for name, frame in (("points", pts), ("gaps", gaps), ("fits", fits), ("bstar", bstar), ("gap_slopes", gap_slopes),
+                        ("grad_var_scaling", grad), ("rank_precision", table), ("verdicts", verdicts)):
+        write_parquet(frame, out / f"{name}.parquet")
+    coef_cols = [c for c in fits.columns if c.split("_")[0] in ("L", "c1", "c2") and not c.endswith(("_lo", "_hi"))]
+    fit_view = fits.select("form", *[pl.format("{} [{}, {}]", *(pl.col(c + e).round_sig_figs(3) for e in ("", "_lo", "_hi")))
+                                     .alias(c) for c in coef_cols],
+                           "r2", "loo_rmse", "aicc", "delta_aicc", "bic", "supported")
+    (out / "fits.md").write_text(
+        bounds.markdown(fit_view, f"{study}: L(r, b, N) fitted over {pts.height} points (weighted by seed "
+                                  "uncertainty; 95% CIs by bootstrap)")
+        + f"\nSupported form: `{best['form']}`" + ("" if best["form"] in bounds.RANK_COUPLED else
+                                                  " — the bound's rank-coupled form is rejected") + ".\n")
+    (out / "verdicts.md").write_text(bounds.markdown(verdicts, f"{study}: the bounds paper's claims, tested"))
+    (out / "bstar.md").write_text(bounds.markdown(bstar, f"{study}: b*(r, N) from the supported form `{best['form']}`"))
+    if noise is not None and noise.height:
+        write_parquet(noise, out / "noise_check.parquet")
+        noise_figure(noise, out / "noise_check.png", f"{study}: uniform noise model on qlbench's quantizers")
+    bounds_figure(cells, pts, fits, bstar, grad, verdicts, out / "bounds.png", f"{study}: quantization bound")
+    gap_figure(gaps, best, out / "gaps.png", f"{study}: gap to 16 bits")
+    return (f"{pts.height} points; supported form {best['form']} (R² {best['r2']:.3f}, LOO RMSE "
+            f"{best['loo_rmse']:.4f}); " + "; ".join(f"{v['claim'].split(':')[0]}: {v['verdict']}"
+                                                    for v in verdicts.iter_rows(named=True)))
 
 
-def run_sensitivity(cells_parquet: Path, out: Path, budget: float) -> str:
+def run_sensitivity(cells_parquet: Path, out: Path, budget: float, budget_bits: float | None = None) -> str:
     from qlbench.analysis import sensitivity
     from qlbench.analysis.figures import sensitivity_figure
 
@@ -43,16 +68,31 @@ def run_sensitivity(cells_parquet: Path, out: Path, budget: float) -> str:
     ranked = sensitivity.ranking(cells)
     if ranked.is_empty():
         raise ValueError("no single-block or single-module masks with a reference cell to rank")
-    probes = cells_parquet.with_name("probes.parquet")
-    if probes.exists():
-        ranked = sensitivity.with_estimates(ranked, pl.read_parquet(probes))
+    probes_path = cells_parquet.with_name("probes.parquet")
+    probes = pl.read_parquet(probes_path) if probes_path.exists() else pl.DataFrame()
+    if not probes.is_empty():
+        ranked = sensitivity.with_estimates(ranked, probes)
+    if budget_bits is not None:
+        high = int(cells.filter(pl.col("bits") < 16)["high_bits"].mode()[0]) if "high_bits" in cells.columns else 16
+        rec = sensitivity.recommend_bits(ranked, sensitivity.sizes(probes), budget_bits, high)
+    else:
+        rec = sensitivity.recommend(ranked, budget)
     out.mkdir(parents=True, exist_ok=True)
     write_parquet(ranked, out / "ranking.parquet")
-    write_parquet(sensitivity.recommend(ranked, budget), out / "recommendation.parquet")
-    sensitivity_figure(ranked, out / "sensitivity.png", f"{cells['study'][0]}: layer sensitivity")
+    write_parquet(rec, out / "recommendation.parquet")
+    from qlbench.analysis.bounds import markdown
+
+    study = cells["study"][0]
+    (out / "ranking.md").write_text(markdown(ranked.drop([c for c in ("n_train",) if c in ranked.columns]),
+                                             f"{study}: sensitivity per block / module"))
+    (out / "recommendation.md").write_text(markdown(rec, f"{study}: recommended mixed precision"))
+    sensitivity_figure(ranked, out / "sensitivity.png", f"{study}: layer sensitivity")
     top = ranked.sort("degradation", descending=True).row(0, named=True)
     agree = f"; one-pass estimate agrees with Spearman {top['estimate_spearman']:.2f}" if "estimate_spearman" in ranked.columns else ""
-    return f"{ranked.height} masks ranked; most sensitive: {top['mask']} ({top['degradation']:+.4f}){agree}"
+    budget_line = "".join(f"\n{r['level']}: {r['mask']} at {r['bits']} bits, {r.get('avg_bits', 0) or 0:.2f} bits "
+                          f"per weight, predicted {r['predicted_degradation']:+.4f}"
+                          for r in rec.iter_rows(named=True)) if budget_bits is not None else ""
+    return f"{ranked.height} masks ranked; most sensitive: {top['mask']} ({top['degradation']:+.4f}){agree}{budget_line}"
 
 
 def run_summary(cells_parquet: Path, table_path: Path, csv_path: Path, figure_path: Path,

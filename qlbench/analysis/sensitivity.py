@@ -3,12 +3,14 @@
 Degradation of a cell = its eval loss minus its reference's (the `none` mask at the same bits, everything at
 high_bits; else the 16-bit cell), paired by seed. Per mask: mean, 95% confidence interval over seeds, rank (1 = most
 sensitive) and how stable that ranking is across seeds (mean pairwise Spearman). Then a mixed-precision
-recommendation: the least sensitive masks to drop to low bits under a budget.
+recommendation: a bit width per block or module under an average-bits budget, weighted by each one's parameter
+count, as an exact integer program (pulp + CBC); or, as a shorthand, the least sensitive fraction of them.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 
@@ -16,10 +18,9 @@ import numpy as np
 import polars as pl
 
 from qlbench.analysis.pairs import with_reference
+from qlbench.analysis.stats import spearman, t_quantile
 
 GROUP = ["model", "n_train", "rank", "bits"]
-# two-sided 95% Student t quantiles for 1..10 degrees of freedom; 1.96 beyond
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 def level(mask: str) -> str:
@@ -43,7 +44,8 @@ def ranking(cells: pl.DataFrame) -> pl.DataFrame:
         .agg(pl.col("delta_eval_loss").mean().alias("degradation"),
              pl.col("delta_eval_loss").std().alias("sd"), pl.len().alias("seeds"))
         .with_columns(
-            (pl.col("seeds").map_elements(lambda n: T95.get(n - 1, 1.96), return_dtype=pl.Float64)
+            (pl.col("seeds").map_elements(lambda n: t_quantile(0.975, n - 1) if n > 1 else None,
+                                          return_dtype=pl.Float64)
              * pl.col("sd") / pl.col("seeds").sqrt()).alias("ci95"),
             pl.col("degradation").rank("ordinal", descending=True).over(group).alias("rank_measured"),
         )
@@ -79,16 +81,11 @@ def _seed_stability(paired: pl.DataFrame, group: list[str]) -> pl.DataFrame:
     for key, g in paired.group_by(group, maintain_order=True):
         by_seed = {s: dict(zip(d["mask"], d["delta_eval_loss"])) for (s,), d in g.group_by(["seed"])}
         masks = sorted(set.intersection(*(set(v) for v in by_seed.values()))) if by_seed else []
-        rhos = [_spearman([a[m] for m in masks], [b[m] for m in masks])
+        rhos = [spearman([a[m] for m in masks], [b[m] for m in masks])
                 for a, b in itertools.combinations(by_seed.values(), 2)] if len(masks) > 2 else []
         rows.append({**dict(zip(group, key)), "rank_stability": float(np.mean(rhos)) if rhos else None})
     schema = {**{g: paired.schema[g] for g in group}, "rank_stability": pl.Float64}
     return pl.DataFrame(rows, schema=schema)
-
-
-def _spearman(a: list[float], b: list[float]) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def recommend(ranked: pl.DataFrame, budget_fraction: float) -> pl.DataFrame:
@@ -104,6 +101,76 @@ def recommend(ranked: pl.DataFrame, budget_fraction: float) -> pl.DataFrame:
         rows.append({**dict(zip(group, key)), "budget_fraction": budget_fraction, "low_bit_masks": k,
                      "mask": "+".join(masks) or "none",
                      "predicted_degradation": float(chosen["degradation"].sum())})
+    return pl.DataFrame(rows, schema_overrides={g: ranked.schema[g] for g in group})
+
+
+def sizes(probes: pl.DataFrame) -> pl.DataFrame:
+    """Parameters per block and per module mask (`b3`, `b3.attn.c_attn`) from the probes' `numel`, per model."""
+    if probes.is_empty() or "numel" not in probes.columns or probes["numel"].is_null().all():
+        return pl.DataFrame()
+    parts = probes["module"].str.extract_groups(r"\.(\d+)\.(.+)$")
+    per_module = (probes.with_columns(parts.struct.field("1").cast(pl.Int64).alias("block"),
+                                      parts.struct.field("2").alias("suffix"))
+                  .group_by("model", "block", "suffix").agg(pl.col("numel").first()))
+    modules = per_module.select("model", pl.format("b{}.{}", "block", "suffix").alias("mask"), "numel")
+    blocks = per_module.group_by("model", "block").agg(pl.col("numel").sum()).select(
+        "model", pl.format("b{}", "block").alias("mask"), "numel")
+    return pl.concat([modules, blocks])
+
+
+def solve_bits(cost: dict[str, dict[int, float]], numel: dict[str, int], high_bits: int, budget_bits: float
+               ) -> tuple[dict[str, int], str]:
+    """The exact integer program: one width per unit u (from the widths it was measured at, or high_bits at
+    no cost) minimising Σ cost[u][w], subject to Σ numel[u]·w ≤ budget_bits·Σ numel[u]. Solved by CBC."""
+    import pulp
+
+    units = sorted(cost)
+    options = {u: sorted(set(cost[u]) | {high_bits}) for u in units}
+    prob = pulp.LpProblem("bits", pulp.LpMinimize)
+    x = {(u, w): pulp.LpVariable(f"x{i}_{w}", cat="Binary") for i, u in enumerate(units) for w in options[u]}
+    prob += pulp.lpSum(cost[u].get(w, 0.0) * x[u, w] for u in units for w in options[u])
+    for u in units:
+        prob += pulp.lpSum(x[u, w] for w in options[u]) == 1
+    total = sum(numel[u] for u in units)
+    prob += pulp.lpSum(numel[u] * w * x[u, w] for u in units for w in options[u]) <= budget_bits * total
+    prob.solve(pulp.PULP_CBC_CMD(msg=False))
+    status = pulp.LpStatus[prob.status]
+    if status != "Optimal":
+        return {}, status
+    return {u: next(w for w in options[u] if x[u, w].value() > 0.5) for u in units}, status
+
+
+def recommend_bits(ranked: pl.DataFrame, module_sizes: pl.DataFrame, budget_bits: float, high_bits: int
+                   ) -> pl.DataFrame:
+    """Per (model, n_train, rank, level): a width per block or module (from the widths scanned; the rest at
+    high_bits) whose parameter-weighted average bits is at most `budget_bits`, minimising the summed measured
+    degradation (assumed additive over units). One row per group: the bit map, its average bits, the predicted
+    degradation, and — when it uses one low width — the mask and bits a validation cell runs it as."""
+    if module_sizes.is_empty():
+        raise ValueError("a bit budget needs each module's size: probes.parquet with `numel` (reference cells "
+                         "with probe_bits > 0)")
+    group = [g for g in ("model", "n_train", "rank") if g in ranked.columns] + ["level"]
+    sized = ranked.join(module_sizes, on=["model", "mask"], how="left")
+    rows = []
+    for key, g in sized.group_by(group, maintain_order=True):
+        if g["numel"].is_null().any():
+            raise ValueError(f"no size for {g.filter(pl.col('numel').is_null())['mask'][0]}")
+        cost: dict[str, dict[int, float]] = {}
+        for r in g.iter_rows(named=True):
+            cost.setdefault(r["mask"], {})[int(r["bits"])] = float(r["degradation"])
+        numel = dict(zip(g["mask"], g["numel"]))
+        chosen, status = solve_bits(cost, numel, high_bits, budget_bits)
+        low = sorted({w for w in chosen.values() if w != high_bits})
+        total = sum(numel.values())
+        masks = sorted((u for u, w in chosen.items() if w != high_bits), key=lambda m: (len(m), m))
+        rows.append({**dict(zip(group, key)), "budget_bits": budget_bits, "solver": status,
+                     "bit_map": json.dumps({u: chosen[u] for u in sorted(chosen)}),
+                     "avg_bits": sum(numel[u] * w for u, w in chosen.items()) / total if chosen else None,
+                     "low_bit_masks": len(masks),
+                     "bits": low[0] if len(low) == 1 else (min(low) if low else high_bits),
+                     "mask": "+".join(masks) or "none",
+                     "runnable": len(low) <= 1,  # one cell is one low width: a map of several needs layer_bits
+                     "predicted_degradation": sum(cost[u].get(w, 0.0) for u, w in chosen.items())})
     return pl.DataFrame(rows, schema_overrides={g: ranked.schema[g] for g in group})
 
 

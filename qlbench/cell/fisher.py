@@ -34,5 +34,5 @@ def estimate(model, modules: list[str], bits: int, settings: dict, sample, batch
             delta = quantize_module(module, w, bits, settings) - w.detach()
             rows.append({"module": name, "probe_bits": bits, "fisher_trace": f.sum().item(),
                          "noise_power": delta.pow(2).sum().item(),
-                         "estimate": 0.5 * (f * delta.pow(2)).sum().item()})
+                         "estimate": 0.5 * (f * delta.pow(2)).sum().item(), "numel": w.numel()})
     return rows
