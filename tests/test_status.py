@@ -82,7 +82,7 @@ def test_cli_table_and_resubmit_command(tmp_path, micro):
     out = subprocess.run([BIN / "qlbench", "status", "micro", "-c", REPO / "config.yaml", "--results",
                           tmp_path / "results"], text=True, capture_output=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert f"{len(cells)} cells: 1 done, 0 diverged, 1 failed, 0 running, {len(cells) - 2} missing" in out.stdout
+    assert f"{len(cells)} cells: 1 done, 0 diverged, 0 stale, 1 failed, 0 running, {len(cells) - 2} missing" in out.stdout
     assert f"failed    {cells[1].path}" in out.stdout and "RuntimeError: planted failure" in out.stdout
     assert f"snakemake --profile profiles/slurm --config study=micro results={tmp_path / 'results'}" in out.stdout
     assert "qlbench sweep micro --executor slurm" in out.stdout

@@ -23,18 +23,30 @@ def train(ctx: Context, model, base: Base, quantized: Quantized) -> Trained:
     from qlbench.cell import gradstats
     from qlbench.cell.loop import LoopSettings, train as loop
     from qlbench.cluster import plant
-    from qlbench.study.grid import CHECKPOINT
-
     s, switching = ctx.settings, quantized.switching
     settings = LoopSettings(steps=s["steps"], lr=s["lr"], warmup=s["warmup"], weight_decay=s["weight_decay"],
                             grad_clip=s["grad_clip"], checkpoint_every=s["checkpoint_every"],
                             autocast_dtype=ctx.autocast, optimizer=s["optimizer"])
     grad_var = gradstats.GradVariance(model, base.sample, gradstats.probe_steps(s["steps"], s["grad_var_points"]),
                                       ctx.device, ctx.autocast, ctx.task.loss)
+    checkpoint = current_checkpoint(ctx)
     result = loop(model, base.sample, settings, device=ctx.device, loss=ctx.task.loss,
-                  checkpoint=ctx.out / CHECKPOINT, stop_requested=ctx.stop,
+                  checkpoint=checkpoint, stop_requested=ctx.stop,
                   on_step=plant.with_kill(grad_var, ctx.plants, ctx.out),
                   before_step=switching.before_step if switching else None, log=ctx.log.info)
     grad_var.merge_into(result.curve)
     return Trained(curve=result.curve, status=result.status, resumed_from=result.resumed_from,
                    grad_var=grad_var.row_columns())
+
+
+def current_checkpoint(ctx: Context):
+    """The cell's checkpoint path, after removing a checkpoint made under other settings (its stamp, the config
+    hash beside it, differs): resuming that would mix two settings in one run."""
+    from qlbench.study.grid import CHECKPOINT
+
+    checkpoint, stamp = ctx.out / CHECKPOINT, ctx.out / (CHECKPOINT + ".config")
+    if checkpoint.exists() and (not stamp.exists() or stamp.read_text().strip() != ctx.config_hash):
+        ctx.log.info("a checkpoint made under other settings: starting over")
+        checkpoint.unlink()
+    stamp.write_text(ctx.config_hash + "\n")
+    return checkpoint

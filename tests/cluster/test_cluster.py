@@ -186,7 +186,7 @@ def test_sweep_cells_parquet_equals_snakemakes_apart_from_timing_and_provenance(
 def test_status_reads_a_sweep_tree_too(swept):
     work, _ = swept
     out = run([BIN / "qlbench", "status", "micro", "-c", REPO / "config.yaml", "-c", work / "sweep.yaml"], work, 60)
-    assert out.returncode == 0 and "3 cells: 3 done, 0 diverged, 0 failed, 0 running, 0 missing" in out.stdout
+    assert out.returncode == 0 and "3 cells: 3 done, 0 diverged, 0 stale, 0 failed, 0 running, 0 missing" in out.stdout
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +214,7 @@ def test_always_failing_cell_leaves_every_other_result_complete(always_failing, 
 def test_status_names_the_failed_cell_with_its_reason(always_failing):
     _, _, status, _ = always_failing
     assert status.returncode == 0, status.stdout
-    assert "3 cells: 2 done, 0 diverged, 1 failed, 0 running, 0 missing" in status.stdout
+    assert "3 cells: 2 done, 0 diverged, 0 stale, 1 failed, 0 running, 0 missing" in status.stdout
     line = next(x for x in status.stdout.splitlines() if FIRST in x)
     assert line.split()[0] == "failed" and "RuntimeError: planted failure (setting fail=always)" in line
     assert "snakemake --profile profiles/slurm" in status.stdout
