@@ -122,18 +122,22 @@ def solve_bits(cost: dict[str, dict[int, float]], numel: dict[str, int], high_bi
                ) -> tuple[dict[str, int], str]:
     """The exact integer program: one width per unit u (from the widths it was measured at, or high_bits at
     no cost) minimising Σ cost[u][w], subject to Σ numel[u]·w ≤ budget_bits·Σ numel[u]. Solved by CBC."""
+    import warnings
+
     import pulp
 
     units = sorted(cost)
     options = {u: sorted(set(cost[u]) | {high_bits}) for u in units}
     prob = pulp.LpProblem("bits", pulp.LpMinimize)
-    x = {(u, w): pulp.LpVariable(f"x{i}_{w}", cat="Binary") for i, u in enumerate(units) for w in options[u]}
+    x = {(u, w): prob.add_variable(f"x{i}_{w}", cat="Binary") for i, u in enumerate(units) for w in options[u]}
     prob += pulp.lpSum(cost[u].get(w, 0.0) * x[u, w] for u in units for w in options[u])
     for u in units:
         prob += pulp.lpSum(x[u, w] for w in options[u]) == 1
     total = sum(numel[u] for u in units)
     prob += pulp.lpSum(numel[u] * w * x[u, w] for u in units for w in options[u]) <= budget_bits * total
-    prob.solve(pulp.PULP_CBC_CMD(msg=False))
+    with warnings.catch_warnings():  # pulp 3 announces that 4 will ship CBC as an extra (pulp[cbc])
+        warnings.simplefilter("ignore", DeprecationWarning)
+        prob.solve(pulp.PULP_CBC_CMD(msg=False))
     status = pulp.LpStatus[prob.status]
     if status != "Optimal":
         return {}, status
