@@ -245,3 +245,24 @@ def test_sizes_sum_modules_into_blocks():
                            "numel": [3, 4, 3, 4]})
     got = {r["mask"]: r["numel"] for r in sensitivity.sizes(probes).iter_rows(named=True)}
     assert got == {"b0.attn.c_attn": 3, "b0.mlp.c_fc": 4, "b0": 7}
+
+
+def test_qlbench_bounds_on_planted_cells_writes_fits_verdicts_and_the_noise_check(tmp_path):
+    from click.testing import CliRunner
+
+    from qlbench.cli import main
+
+    planted().with_columns(pl.lit("syn").alias("study"), pl.lit("ok").alias("status")).write_parquet(
+        tmp_path / "cells.parquet")
+    result = CliRunner().invoke(main, ["bounds", str(tmp_path / "cells.parquet"), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert "supported form bound" in result.output
+    best = pl.read_parquet(tmp_path / "b/fits.parquet").filter(pl.col("supported")).row(0, named=True)
+    assert best["c1"] == pytest.approx(0.5, rel=0.1) and best["c2"] == pytest.approx(3.0, rel=0.1)
+    verdicts = pl.read_parquet(tmp_path / "b/verdicts.parquet")
+    coupling = verdicts.filter(pl.col("claim").str.starts_with("rank–precision")).row(0, named=True)
+    assert coupling["verdict"] == "supported" and "supported" in (tmp_path / "b/verdicts.md").read_text()
+    noise = pl.read_parquet(tmp_path / "b/noise_check.parquet")  # no adapters here: the Gaussian stand-in
+    assert noise.filter((pl.col("quantizer") == "int") & (pl.col("bits") == 8))["holds"].all()
+    for name in ("bounds.png", "gaps.png", "noise_check.png", "fits.md", "bstar.md"):
+        assert (tmp_path / "b" / name).stat().st_size > 0

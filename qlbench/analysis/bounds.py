@@ -320,7 +320,8 @@ def exponents(pts: pl.DataFrame) -> pl.DataFrame:
                      "ci_lo": float(inside.min()) - half, "ci_hi": float(inside.max()) + half, "predicted": pred,
                      "at_grid_edge": bool(inside.min() <= values[0] or inside.max() >= values[-1])})
     joint = wsse - wsse[best] <= 5.991 * s2
-    ratio = (rr / kk)[joint]
+    h = (KAPPAS[1] - KAPPAS[0]) / 2  # each node stands for a cell of the grid: its corners bound the ratio
+    ratio = np.concatenate([((rr + dr) / (kk + dk))[joint] for dr in (-h, h) for dk in (-h, h)])
     rows.append({"exponent": "rho_over_kappa", "estimate": float(RHOS[best[1]] / KAPPAS[best[0]]),
                  "ci_lo": float(ratio.min()), "ci_hi": float(ratio.max()), "predicted": 0.5, "at_grid_edge": False})
     return pl.DataFrame(rows)

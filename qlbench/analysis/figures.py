@@ -110,6 +110,9 @@ def bounds_figure(cells: pl.DataFrame, pts: pl.DataFrame, fits: pl.DataFrame, bs
         ax[1].errorbar(p["rank"], p["loss"], yerr=p["se"], marker="o", capsize=2, color=f"C{i % 10}",
                        label=f"{b} bits N={n}")
     ax[1].set(xscale="log", xlabel="LoRA rank", ylabel="eval loss", title="B  rank sensitivity")
+    rank_ticks = sorted(pts["rank"].unique().to_list())
+    ax[1].set_xticks(rank_ticks, [str(r) for r in rank_ticks])
+    ax[1].minorticks_off()
     if "grad_var_mean" in used.columns and used["grad_var_mean"].is_not_null().any():
         gv = used.group_by("rank", "bits").agg(pl.col("grad_var_mean").mean()).sort("bits")
         for i, ((r,), p) in enumerate(gv.group_by(["rank"], maintain_order=True)):
@@ -118,7 +121,9 @@ def bounds_figure(cells: pl.DataFrame, pts: pl.DataFrame, fits: pl.DataFrame, bs
                            f"(pred. {s['predicted_slope']:+.0f})" for s in grad.iter_rows(named=True)) if grad.height else ""
         ax[2].set(yscale="log", xlabel="bits", ylabel="σ_g²", title="C  gradient variance\n" + slopes)
     else:
-        ax[2].text(0.5, 0.5, "C  no gradient variance measured\n(grad_var_points: 0)", ha="center", va="center")
+        ax[2].axis("off")
+        ax[2].text(0.5, 0.5, "C  gradient variance\nnot measured in this study\n(grad_var_points: 0)", ha="center",
+                   va="center")
     rho = spearman(pts["fitted"].to_numpy(), pts["loss"].to_numpy())
     pear = float(np.corrcoef(pts["fitted"].to_numpy(), pts["loss"].to_numpy())[0, 1])
     ax[3].errorbar(pts["fitted"], pts["loss"], yerr=pts["se"], ls="", marker="o", capsize=2)
@@ -129,7 +134,7 @@ def bounds_figure(cells: pl.DataFrame, pts: pl.DataFrame, fits: pl.DataFrame, bs
     widths = sorted(used["bits"].unique().to_list())
     ax[4].boxplot([used.filter(pl.col("bits") == b)["eval_loss"].exp().to_list() for b in widths],
                   tick_labels=[str(b) for b in widths])
-    ax[4].set(xlabel="bits", ylabel="eval perplexity (cells)", title="E  perplexity distributions")
+    ax[4].set(xlabel="bits", ylabel="eval perplexity (cells)", yscale="log", title="E  perplexity distributions")
     eff = [c for c in ("step_time_s", "peak_mem_mb") if c in used.columns and used[c].is_not_null().any()]
     if eff:
         e = used.group_by("bits").agg(*(pl.col(c).mean() for c in eff)).sort("bits")
@@ -140,7 +145,8 @@ def bounds_figure(cells: pl.DataFrame, pts: pl.DataFrame, fits: pl.DataFrame, bs
             twin.plot(e["bits"].cast(str), e[eff[1]], "s--", color="C1", label=eff[1])
             twin.set_ylabel(eff[1])
     else:
-        ax[5].text(0.5, 0.5, "F  no timing or memory recorded", ha="center", va="center")
+        ax[5].axis("off")
+        ax[5].text(0.5, 0.5, "F  training efficiency:\nno timing or memory recorded", ha="center", va="center")
     for i, ((n,), p) in enumerate(bstar.group_by(["train_examples"], maintain_order=True)):
         ax[6].plot(p["rank"], p["b_star_exact"].replace(float("-inf"), None), "o-", color=f"C{i % 10}",
                    label=f"b* within ε={p['tolerance'][0]:g}, N={n}")
@@ -148,16 +154,28 @@ def bounds_figure(cells: pl.DataFrame, pts: pl.DataFrame, fits: pl.DataFrame, bs
             ax[6].plot(p["rank"], p["b_star_vs_sqrt"], "s--", color=f"C{i % 10}", alpha=0.6,
                        label=f"b*: bit term ≤ √(r/N) term, N={n}")
     ax[6].set(xscale="log", xlabel="rank", ylabel="bits", title=f"G  b*(r, N) from `{best['form']}`")
-    quant = pts.filter(pl.col("bits") < 16).sort("rank", "bits")
+    ax[6].set_xticks(bstar["rank"].unique().sort().to_list(), [str(r) for r in bstar["rank"].unique().sort()])
+    ax[6].minorticks_off()
+    n0 = pts["train_examples"].min()
+    quant = pts.filter((pl.col("bits") < 16) & (pl.col("train_examples") == n0)).sort("rank", "bits")
     labels = [f"r{r}/{b}b" for r, b in zip(quant["rank"], quant["bits"])]
     x = np.arange(quant.height)
-    ax[7].bar(x, quant["sqrt_term"], label="c1·√(r/N)")
-    ax[7].bar(x, quant["bit_term"], bottom=quant["sqrt_term"], label="quantization term")
+    ax[7].bar(x - 0.2, quant["sqrt_term"].clip(1e-6), 0.4, label="c1·√(r/N)")
+    ax[7].bar(x + 0.2, quant["bit_term"].clip(1e-6), 0.4, label="quantization term")
     ax[7].set_xticks(x, labels, rotation=70, fontsize=7)
-    ax[7].set(yscale="symlog", ylabel="nats above L*", title=f"H  bound decomposition (L* = {best['L_star']:.3f})")
+    ax[7].set(yscale="log", ylabel="nats above L*",
+              title=f"H  bound decomposition at N={n0} (L* = {best['L_star']:.3f})")
     ax[8].axis("off")
-    text = "\n".join(f"{v['verdict']:>14}  {v['claim'][:58]}" for v in verdicts.iter_rows(named=True))
-    ax[8].text(0, 1, "I  findings\n\n" + text, va="top", family="monospace", fontsize=7.5)
+    def line(v):
+        number = "" if v["measured"] != v["measured"] else f"{v['measured']:.3g}"
+        if v["ci_lo"] == v["ci_lo"]:
+            number += f" [{v['ci_lo']:.3g}, {v['ci_hi']:.3g}]"
+        pred = "" if v["predicted"] != v["predicted"] else f" vs {v['predicted']:.3g}"
+        return f"{v['verdict'].upper()}\n  {v['claim']}\n  measured {number or '–'}{pred}"
+
+    text = "\n".join(line(v) for v in verdicts.iter_rows(named=True))
+    ax[8].text(0, 1, f"I  findings (supported form: {best['form']}, R² {best['r2']:.3f})\n\n" + text, va="top",
+               fontsize=7)
     for a in ax[:8]:
         a.grid(alpha=0.3)
     for a in (ax[0], ax[1], ax[2], ax[6], ax[7]):
