@@ -19,21 +19,28 @@ def test_error_falls_as_bits_grow(fmt):
 
 
 def test_nf4_code_table_is_bitsandbytes():
-    code = formats.nf_code(4)
-    assert len(code) == 16 and code[0] == -1 and code[-1] == 1 and 0.0 in code.tolist()
-    assert torch.all(code[1:] > code[:-1])
-    # the general normal-float construction reproduces the stored NF4 table to float precision
-    half = 8
-    pos = torch.special.ndtri(torch.linspace(formats.NF_OFFSET, 0.5, half + 1, dtype=torch.float64)[:-1])
-    neg = -torch.special.ndtri(torch.linspace(formats.NF_OFFSET, 0.5, half, dtype=torch.float64)[:-1])
-    built = torch.cat([pos, torch.zeros(1, dtype=torch.float64), neg]).sort().values
-    assert torch.allclose((built / built.abs().max()).float(), code, atol=1e-6)
+    bnb_utils = pytest.importorskip("bitsandbytes.backends.utils")
+    assert torch.equal(formats.nf_code(4), bnb_utils._get_4bit_code("nf4", "cpu"))
 
 
-@pytest.mark.parametrize("bits", [2, 3, 5, 8])
-def test_nf_codes_have_2_to_the_bits_values(bits):
+def _equal_area(code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normal probabilities at the code's positive and negative values, scaled back by the outermost quantile."""
+    top = torch.special.ndtri(torch.tensor(formats.NF_OFFSET, dtype=torch.float64))
+    c = code.double()
+    return torch.special.ndtr(c[c > 0] * top), torch.special.ndtr(-c[c < 0] * top).flip(0)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+def test_nf_codes_are_equal_area_quantiles_of_a_normal(bits):
+    """QLoRA's normal float: 2^(b-1) positive values at equally spaced probabilities from 1/2 (excluded) to the
+    offset, 2^(b-1) - 1 negative ones likewise, and an exact zero; the largest magnitude is 1."""
     code = formats.nf_code(bits)
-    assert len(code) == 2**bits and code.min() == -1 and code.max() == 1 and 0.0 in code.tolist()
+    half = 2 ** (bits - 1)
+    assert len(code) == 2**bits and torch.all(code[1:] > code[:-1])
+    assert code.min() == -1 and code.max() == 1 and (code == 0).sum() == 1
+    pos, neg = _equal_area(code)
+    assert torch.allclose(pos, torch.linspace(0.5, formats.NF_OFFSET, half + 1, dtype=torch.float64)[1:], atol=1e-6)
+    assert torch.allclose(neg, torch.linspace(0.5, formats.NF_OFFSET, half, dtype=torch.float64)[1:], atol=1e-6)
 
 
 def test_int_scales_are_per_output_channel():
@@ -80,5 +87,20 @@ def test_fake_apply_quantizes_conv1d_per_output_channel():
     after = conv.weight.detach()
     assert torch.equal(after, formats.quantize_int(before.t(), 3).t())
     assert stats[0]["module"] == "transformer.h.0.mlp.c_fc" and stats[0]["quant_mse"] > 0
-    # the uniform-noise model is in the right range for a min-max quantizer
-    assert 0.05 < stats[0]["quant_mse"] / stats[0]["noise_var_uniform"] < 20
+
+
+
+def test_noise_ratio_of_a_min_max_quantizer_is_the_step_ratio_squared():
+    """Uniform weights with every row's max |w| = 1: the 3-bit symmetric step is 1/(2^2 - 1) = 1/3, rounding error
+    is uniform over a step (variance step²/12), and the noise model's Δ = 2^(1-3) = 1/4; so quant_mse over
+    noise_var_uniform = (4/3)² = 16/9, times 63/64 because each row's pinned maximum is exact."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=64, vocab_size=64, n_positions=16))
+    conv = model.transformer.h[0].mlp.c_fc  # (in 64, out 256): 256 rows of 64 inputs
+    with torch.no_grad():
+        conv.weight.copy_(torch.rand(64, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+        conv.weight[0] = 1.0  # input 0 of every output row: each row's max |w| is 1
+    stats = apply(model, {"transformer.h.0.mlp.c_fc": 3}, {**DEFAULTS, "format": "int"})
+    assert stats[0]["noise_var_uniform"] == pytest.approx((1 / 4) ** 2 / 12, rel=1e-12)
+    assert stats[0]["quant_mse"] / stats[0]["noise_var_uniform"] == pytest.approx(16 / 9 * 63 / 64, rel=0.02)
