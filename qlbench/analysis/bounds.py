@@ -402,15 +402,3 @@ def verdicts(fits: pl.DataFrame, exps: pl.DataFrame, grad_slopes: pl.DataFrame, 
         rows.append(_row("rank → precision table", nan, nan, nan, nan, "not testable",
                          "no scanned width keeps the gap within tolerance"))
     return pl.DataFrame(rows)
-
-
-def markdown(table: pl.DataFrame, title: str) -> str:
-    """A polars table as a Markdown table, numbers to 4 significant digits."""
-    def cell(v):
-        if isinstance(v, float):
-            return "–" if v != v else f"{v:.4g}"
-        return "–" if v is None else str(v)
-
-    lines = [f"## {title}", "", "| " + " | ".join(table.columns) + " |", "|" + " --- |" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.iter_rows()]
-    return "\n".join(lines) + "\n"

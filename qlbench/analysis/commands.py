@@ -24,7 +24,7 @@ def run_bounds(cells_parquet: Path, out: Path, tolerance: float, noise: pl.DataF
     fits = bounds.fit(pts, bounds.fit_cells(cells))
     best = bounds.supported(fits)
     gaps = bounds.gaps(cells)
-    gap_slopes = bounds.gap_scaling(gaps) if gaps.height else pl.DataFrame()
+    exps = bounds.exponents(pts)
     grad = bounds.grad_var_scaling(cells)
     g_rel = ({r: v for r, v in zip(pts["rank"], pts["grad_var_rel"]) if v is not None}
              if "grad_var_rel" in pts.columns else None)
@@ -33,25 +33,25 @@ def run_bounds(cells_parquet: Path, out: Path, tolerance: float, noise: pl.DataF
     table = bounds.rank_precision(gaps, bounds.b_star(best, sorted(pts["rank"].unique().to_list()), examples,
                                                       tolerance, grad_var_rel=g_rel), tolerance) \
         if gaps.height else pl.DataFrame()
-    verdicts = bounds.verdicts(fits, gap_slopes, grad, table, pts["rank"].n_unique())
+    verdicts = bounds.verdicts(fits, exps, grad, table, pts["rank"].n_unique(), pts["train_examples"].n_unique())
     out.mkdir(parents=True, exist_ok=True)
     study = cells["study"][0]
-    for name, frame in (("points", pts), ("gaps", gaps), ("fits", fits), ("bstar", bstar), ("gap_slopes", gap_slopes),
+    for name, frame in (("points", pts), ("gaps", gaps), ("fits", fits), ("bstar", bstar), ("exponents", exps),
                         ("grad_var_scaling", grad), ("rank_precision", table), ("verdicts", verdicts)):
         write_parquet(frame, out / f"{name}.parquet")
     coef_cols = [c for c in fits.columns if c.split("_")[0] in ("L", "c1", "c2") and not c.endswith(("_lo", "_hi"))]
     fit_view = fits.select("form", *[pl.format("{} [{}, {}]", *(pl.col(c + e).round_sig_figs(3) for e in ("", "_lo", "_hi")))
                                      .alias(c) for c in coef_cols],
                            "r2", "loo_rmse", "aicc", "delta_aicc", "bic", "supported")
-    (out / "fits.md").write_text(
-        bounds.markdown(fit_view, f"{study}: L(r, b, N) fitted over {pts.height} points (weighted by seed "
-                                  "uncertainty; 95% CIs by bootstrap)")
-        + f"\nSupported form: `{best['form']}`" + ("" if best["form"] in bounds.RANK_COUPLED else
-                                                  " — the bound's rank-coupled form is rejected") + ".\n")
-    (out / "verdicts.md").write_text(bounds.markdown(verdicts, f"{study}: the bounds paper's claims, tested"))
-    (out / "bstar.md").write_text(bounds.markdown(bstar, f"{study}: b*(r, N) from the supported form `{best['form']}`"))
+    best_note = f"Supported form: {best['form']}" + ("" if best["form"] in bounds.RANK_COUPLED else
+                                                    " (the bound's rank-coupled form is rejected)") + "."
+    _tables(out, "fits", fit_view, f"{study}: L(r, b, N) fitted over {pts.height} points (weighted by seed "
+            "uncertainty; 95% CIs by bootstrap over seeds)", best_note)
+    _tables(out, "verdicts", verdicts, f"{study}: the bounds paper's claims, tested")
+    _tables(out, "bstar", bstar, f"{study}: b*(r, N) from the supported form `{best['form']}`")
     if noise is not None and noise.height:
         write_parquet(noise, out / "noise_check.parquet")
+        _tables(out, "noise_check", noise.drop("numel"), f"{study}: quantization error variance against Δ²/12")
         noise_figure(noise, out / "noise_check.png", f"{study}: uniform noise model on qlbench's quantizers")
     bounds_figure(cells, pts, fits, bstar, grad, verdicts, out / "bounds.png", f"{study}: quantization bound")
     gap_figure(gaps, best, out / "gaps.png", f"{study}: gap to 16 bits")
@@ -80,12 +80,9 @@ def run_sensitivity(cells_parquet: Path, out: Path, budget: float, budget_bits: 
     out.mkdir(parents=True, exist_ok=True)
     write_parquet(ranked, out / "ranking.parquet")
     write_parquet(rec, out / "recommendation.parquet")
-    from qlbench.analysis.bounds import markdown
-
     study = cells["study"][0]
-    (out / "ranking.md").write_text(markdown(ranked.drop([c for c in ("n_train",) if c in ranked.columns]),
-                                             f"{study}: sensitivity per block / module"))
-    (out / "recommendation.md").write_text(markdown(rec, f"{study}: recommended mixed precision"))
+    _tables(out, "ranking", ranked, f"{study}: sensitivity per block / module")
+    _tables(out, "recommendation", rec, f"{study}: recommended mixed precision")
     sensitivity_figure(ranked, out / "sensitivity.png", f"{study}: layer sensitivity")
     top = ranked.sort("degradation", descending=True).row(0, named=True)
     agree = f"; one-pass estimate agrees with Spearman {top['estimate_spearman']:.2f}" if "estimate_spearman" in ranked.columns else ""
@@ -93,6 +90,14 @@ def run_sensitivity(cells_parquet: Path, out: Path, budget: float, budget_bits: 
                           f"per weight, predicted {r['predicted_degradation']:+.4f}"
                           for r in rec.iter_rows(named=True)) if budget_bits is not None else ""
     return f"{ranked.height} masks ranked; most sensitive: {top['mask']} ({top['degradation']:+.4f}){agree}{budget_line}"
+
+
+def _tables(out: Path, name: str, table: pl.DataFrame, title: str, note: str = "") -> None:
+    """NAME.md (README, terminal) and NAME.html (the Snakemake report shows it as a table)."""
+    from qlbench.analysis.tables import html, markdown
+
+    (out / f"{name}.md").write_text(markdown(table, title) + (f"\n{note}\n" if note else ""))
+    (out / f"{name}.html").write_text(html(table, title, note))
 
 
 def run_summary(cells_parquet: Path, table_path: Path, csv_path: Path, figure_path: Path,
@@ -104,8 +109,13 @@ def run_summary(cells_parquet: Path, table_path: Path, csv_path: Path, figure_pa
     cells = pl.read_parquet(cells_parquet)
     study = cells["study"][0]
     table = summary.by_config(cells)
+    from qlbench.analysis.tables import html
+
+    title = f"{study}: eval loss after LoRA (mean and sd over seeds)"
     with atomic_path(table_path) as tmp:
-        tmp.write_text(summary.markdown(table, f"{study}: eval loss after LoRA (mean and sd over seeds)"))
+        tmp.write_text(summary.markdown(table, title))
+    with atomic_path(table_path.with_suffix(".html")) as tmp:
+        tmp.write_text(html(table, title))
     with atomic_path(csv_path) as tmp:
         table.write_csv(tmp)
     with atomic_path(figure_path) as tmp:
@@ -114,8 +124,11 @@ def run_summary(cells_parquet: Path, table_path: Path, csv_path: Path, figure_pa
     if efficiency_path:
         from qlbench.analysis import efficiency
 
+        cost = efficiency.table(cells)
         with atomic_path(efficiency_path) as tmp:
-            tmp.write_text(summary.markdown(efficiency.table(cells), f"{study}: cost per configuration"))
+            tmp.write_text(summary.markdown(cost, f"{study}: cost per configuration"))
+        with atomic_path(efficiency_path.with_suffix(".html")) as tmp:
+            tmp.write_text(html(cost, f"{study}: cost per configuration"))
     return f"{study}: {table.height} configurations -> {table_path}"
 
 
@@ -125,6 +138,8 @@ def run_validation(cells_parquet: Path, recommendation_parquet: Path, rows: list
     extra = pl.concat([pl.read_parquet(r) for r in rows], how="diagonal_relaxed") if rows else pl.DataFrame()
     table = validate(pl.read_parquet(cells_parquet), pl.read_parquet(recommendation_parquet), extra)
     write_parquet(table, out)
+    _tables(out.parent, out.stem, table, f"{table['model'][0] if table.height else ''}: the recommendation, run: "
+            "predicted against measured degradation")
     return "\n".join(f"{r['model']} r={r['rank']} {r['bits']} bits, {r['mask']}: predicted "
                      f"{r['predicted_degradation']:+.4f}, measured {r['measured_degradation']:+.4f}"
                      for r in table.iter_rows(named=True))

@@ -22,6 +22,18 @@ rule summarize:
         table=f"{RESULTS}/{{study}}/summary.md",
         csv=f"{RESULTS}/{{study}}/summary.csv",
         efficiency=f"{RESULTS}/{{study}}/efficiency.md",
+        table_html=report(
+            f"{RESULTS}/{{study}}/summary.html",
+            caption="../report/summary.rst",
+            category="Quality",
+            subcategory="Tables",
+        ),
+        efficiency_html=report(
+            f"{RESULTS}/{{study}}/efficiency.html",
+            caption="../report/efficiency.rst",
+            category="Efficiency",
+            subcategory="Tables",
+        ),
         figure=report(
             f"{RESULTS}/{{study}}/figures/eval_loss_vs_bits.png",
             caption="../report/eval_loss_vs_bits.rst",

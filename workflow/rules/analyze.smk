@@ -3,11 +3,41 @@ rule bounds:
         f"{RESULTS}/{{study}}/cells.parquet",
     output:
         fits=f"{RESULTS}/{{study}}/bounds/fits.parquet",
+        verdicts=f"{RESULTS}/{{study}}/bounds/verdicts.parquet",
         bstar=f"{RESULTS}/{{study}}/bounds/bstar.parquet",
+        noise=f"{RESULTS}/{{study}}/bounds/noise_check.parquet",
         figure=report(
             f"{RESULTS}/{{study}}/bounds/bounds.png",
             caption="../report/bounds.rst",
             category="Bounds",
+        ),
+        gaps=report(
+            f"{RESULTS}/{{study}}/bounds/gaps.png",
+            caption="../report/gaps.rst",
+            category="Bounds",
+        ),
+        noise_figure=report(
+            f"{RESULTS}/{{study}}/bounds/noise_check.png",
+            caption="../report/noise_check.rst",
+            category="Bounds",
+        ),
+        fits_table=report(
+            f"{RESULTS}/{{study}}/bounds/fits.html",
+            caption="../report/fits.rst",
+            category="Bounds",
+            subcategory="Tables",
+        ),
+        verdicts_table=report(
+            f"{RESULTS}/{{study}}/bounds/verdicts.html",
+            caption="../report/verdicts.rst",
+            category="Bounds",
+            subcategory="Tables",
+        ),
+        bstar_table=report(
+            f"{RESULTS}/{{study}}/bounds/bstar.html",
+            caption="../report/bstar.rst",
+            category="Bounds",
+            subcategory="Tables",
         ),
     log:
         f"{RESULTS}/{{study}}/logs/bounds.log",
@@ -31,14 +61,27 @@ checkpoint sensitivity:
             caption="../report/sensitivity.rst",
             category="Sensitivity",
         ),
+        ranking_table=report(
+            f"{RESULTS}/{{study}}/sensitivity/ranking.html",
+            caption="../report/ranking.rst",
+            category="Sensitivity",
+            subcategory="Tables",
+        ),
+        recommendation_table=report(
+            f"{RESULTS}/{{study}}/sensitivity/recommendation.html",
+            caption="../report/recommendation.rst",
+            category="Sensitivity",
+            subcategory="Tables",
+        ),
     log:
         f"{RESULTS}/{{study}}/logs/sensitivity.log",
     params:
         out=lambda wildcards, output: os.path.dirname(output.ranking),
+        budget=budget_args(),
     conda:
         ENV
     shell:
-        "qlbench sensitivity {input.cells} --out {params.out} > {log} 2>&1"
+        "qlbench sensitivity {input.cells} --out {params.out} {params.budget} > {log} 2>&1"
 
 
 rule validate_recommendation:
@@ -47,11 +90,17 @@ rule validate_recommendation:
         recommendation=f"{RESULTS}/{{study}}/sensitivity/recommendation.parquet",
         rows=validation_rows,
     output:
-        f"{RESULTS}/{{study}}/sensitivity/validation.parquet",
+        validation=f"{RESULTS}/{{study}}/sensitivity/validation.parquet",
+        table=report(
+            f"{RESULTS}/{{study}}/sensitivity/validation.html",
+            caption="../report/validation.rst",
+            category="Sensitivity",
+            subcategory="Tables",
+        ),
     log:
         f"{RESULTS}/{{study}}/logs/validate_recommendation.log",
     conda:
         ENV
     shell:
-        "qlbench validate-recommendation {input.cells} {input.recommendation} {input.rows} --out {output} "
-        "> {log} 2>&1"
+        "qlbench validate-recommendation {input.cells} {input.recommendation} {input.rows} "
+        "--out {output.validation} > {log} 2>&1"

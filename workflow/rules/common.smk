@@ -67,10 +67,20 @@ def validation_rows(wildcards):
     cells = {
         gridlib.Cell(r["model"], r["bits"], r["rank"], r["mask"], seed, r.get("n_train"))
         for r in recommended.iter_rows(named=True)
-        if r["mask"] != "none"
+        if r["mask"] != "none" and r.get("runnable", True)  # a map of several low widths is not one cell
         for seed in STUDY.seeds
     }
     return [f"{cell_dir(c)}/row.parquet" for c in sorted(cells)]
+
+
+def budget_args():
+    """The sensitivity checkpoint's budget: with module sizes (probe_bits > 0), an average of bits per weight
+    halfway between the lowest scanned width and high_bits (6 for 4-bit modules in an 8-bit model), solved as an
+    integer program; without them, half the blocks/modules by count."""
+    low = [b for b in STUDY.bits if b < STUDY.settings["high_bits"]]
+    if STUDY.settings.get("probe_bits") and low:
+        return f"--budget-bits {(min(low) + STUDY.settings['high_bits']) / 2:g}"
+    return "--budget 0.5"
 
 
 def base_input(wildcards):
