@@ -52,10 +52,12 @@ def main():
 @click.option("--mask", default="all", show_default=True, help="which layers get --bits (see `qlbench masks`)")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--n-train", type=int, default=None, help="use the first N training examples")
+@click.option("--targets", type=click.Choice(["qv", "kv", "attn", "attn_mlp"]), default=None,
+              help="LoRA target preset of this cell (a study's `targets: {each: [...]}` axis)")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="the cell's folder")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a fixed setting of the study")
 @click.option("--threads", default=1, show_default=True, type=int, help="torch CPU threads")
-def run(config_files, study, model, bits, rank, mask, seed, n_train, out, overrides, threads):
+def run(config_files, study, model, bits, rank, mask, seed, n_train, targets, out, overrides, threads):
     """Run one cell: quantize, attach LoRA, train, evaluate, write row/curve/adapter/log into OUT."""
     from qlbench.study import config as studylib
     from qlbench.cell.run import run as run_cell
@@ -64,7 +66,7 @@ def run(config_files, study, model, bits, rank, mask, seed, n_train, out, overri
 
     st = _load(config_files, study)
     settings = studylib.cell_settings(st, dict(studylib.parse_override(o) for o in overrides), bits)
-    cell = Cell(model, bits, rank, mask, seed, n_train)
+    cell = Cell(model, bits, rank, mask, seed, n_train, targets)
     out_dir = Path(out)
     try:
         with Heartbeat(out_dir):  # how `qlbench status` tells a running cell from a killed one

@@ -15,6 +15,7 @@ import polars as pl
 COORDS = {
     "study": pl.String, "model": pl.String, "bits": pl.Int64, "rank": pl.Int64, "mask": pl.String,
     "seed": pl.Int64, "n_train": pl.Int64,
+    "targets": pl.String,  # the LoRA targets (preset or module list): an axis of some studies, a setting of others
 }
 SETTINGS = {
     "dataset": pl.String, "format": pl.String, "backend": pl.String, "high_bits": pl.Int64,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-SEEDED = ["model", "n_train", "rank", "seed"]
+SEEDED = ["model", "n_train", "targets", "rank", "seed"]
 
 
 def with_reference(cells: pl.DataFrame, metric: str = "eval_loss") -> pl.DataFrame:

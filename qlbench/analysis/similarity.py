@@ -20,7 +20,7 @@ from qlbench.study.grid import ADAPTER, GENERATIONS, ROW, Cell
 from qlbench.study.config import Study
 
 THRESHOLD = 0.95
-PAIR_KEYS = ["study", "model", "n_train", "bits", "rank", "mask", "seed"]
+PAIR_KEYS = ["study", "model", "n_train", "targets", "bits", "rank", "mask", "seed"]
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
 
@@ -104,7 +104,7 @@ def output_similarity(gen: pl.DataFrame, ref: pl.DataFrame) -> dict:
 
 
 def reference_of(cell: Cell) -> Cell:
-    return Cell(cell.model, 16, cell.rank, "none", cell.seed, cell.n_train)
+    return Cell(cell.model, 16, cell.rank, "none", cell.seed, cell.n_train, cell.targets)
 
 
 def _scale(row: pl.DataFrame, rank: int) -> float:
@@ -124,7 +124,7 @@ def pairs(study: Study, results: str) -> tuple[pl.DataFrame, pl.DataFrame, list[
         if not all((x / f).exists() for x in (d, d_ref) for f in (GENERATIONS, ADAPTER, ROW)):
             skipped.append(cell.path)
             continue
-        coords = {"study": study.name, **cell.coords()}
+        coords = {"study": study.name, **cell.coords(), "targets": cell.targets}  # null unless an axis
         row, row_ref = pl.read_parquet(d / ROW), pl.read_parquet(d_ref / ROW)
         layers = layer_similarity(delta_w(read_safetensors(d / ADAPTER), _scale(row, cell.rank)),
                                   delta_w(read_safetensors(d_ref / ADAPTER), _scale(row_ref, ref.rank)))
@@ -146,19 +146,21 @@ def _frame(rows: list[dict]) -> pl.DataFrame:
     if not rows:
         return pl.DataFrame(schema={k: (pl.Int64 if k in ("n_train", "bits", "rank", "seed") else pl.String)
                                     for k in PAIR_KEYS})
-    return pl.DataFrame(rows, infer_schema_length=None).with_columns(pl.col("n_train").cast(pl.Int64))
+    return pl.DataFrame(rows, infer_schema_length=None).with_columns(pl.col("n_train").cast(pl.Int64),
+                                                                     pl.col("targets").cast(pl.String))
 
 
 def r_star(pair_frame: pl.DataFrame, metrics=("dw_cos_mean", "token_match", "embed_cos"),
            threshold: float = THRESHOLD) -> pl.DataFrame:
-    """Per (model, n_train, bits, mask) and metric: r*, the smallest rank whose seed-mean similarity ≥ threshold
+    """Per (model, n_train, targets, bits, mask) and metric: r*, the smallest rank whose seed-mean similarity ≥ threshold
     (null when no rank reaches it), with the mean similarity at each rank."""
-    schema = {"model": pl.String, "n_train": pl.Int64, "bits": pl.Int64, "mask": pl.String, "metric": pl.String,
+    schema = {"model": pl.String, "n_train": pl.Int64, "targets": pl.String, "bits": pl.Int64, "mask": pl.String,
+              "metric": pl.String,
               "threshold": pl.Float64, "r_star": pl.Int64, "ranks": pl.List(pl.Int64),
               "similarity": pl.List(pl.Float64)}
     if pair_frame.is_empty():
         return pl.DataFrame(schema=schema)
-    group = ["model", "n_train", "bits", "mask"]
+    group = ["model", "n_train", "targets", "bits", "mask"]
     rows = []
     for metric in metrics:
         if metric not in pair_frame.columns:

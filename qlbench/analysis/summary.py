@@ -1,10 +1,10 @@
-"""The summary table: eval loss (mean ± sd over seeds) per model, bits, rank and mask."""
+"""The summary table: eval loss (mean ± sd over seeds) per model, n_train, LoRA targets, bits, rank and mask."""
 
 from __future__ import annotations
 
 import polars as pl
 
-KEYS = ["model", "n_train", "bits", "rank", "mask"]
+KEYS = ["model", "n_train", "targets", "bits", "rank", "mask"]
 
 
 def by_config(cells: pl.DataFrame) -> pl.DataFrame:
@@ -22,8 +22,8 @@ def by_config(cells: pl.DataFrame) -> pl.DataFrame:
             pl.col("step_time_s").median().alias("step_time_s"),
             pl.col("peak_mem_mb").max().alias("peak_mem_mb"),
         )
-        .sort([k for k in ("model", "n_train", "rank", "bits", "mask") if k in keys],
-              descending=[k == "bits" for k in ("model", "n_train", "rank", "bits", "mask") if k in keys])
+        .sort([k for k in ("model", "n_train", "targets", "rank", "bits", "mask") if k in keys],
+              descending=[k == "bits" for k in ("model", "n_train", "targets", "rank", "bits", "mask") if k in keys])
     )
 
 

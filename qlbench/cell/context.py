@@ -63,7 +63,7 @@ def begin(study: Study, cell: Cell, out: Path, settings: dict, threads: int) -> 
     log = cell_logger(out)
     stop = StopFlag()
     masked = masks.resolve(cell.mask, study.layout(cell.model))
-    identity, chash = cell_identity(study, cell, settings)
+    identity, chash = cell_identity(study, cell, settings)  # the cell's targets preset, when an axis, included
     settings = {**settings, "targets": identity["targets"]}
     log.info(f"cell {study.name}/{cell.path}  config {chash}")
     plants = plant.for_cell(settings["fail"], cell.path)  # testing only

@@ -22,10 +22,11 @@ def write(ctx: Context, model, base: Base, quantized: Quantized, loss_before: fl
     from qlbench import results
     from qlbench.cell import lora
     from qlbench.study import grid
+    from qlbench.study.targets import label
     from qlbench.tasks import generate
 
     out = ctx.out
-    coords = {"study": ctx.study.name, **ctx.cell.coords()}
+    coords = {"study": ctx.study.name, **ctx.cell.coords(), "targets": label(ctx.settings["targets"])}
     row = _row(ctx, model, base, quantized, loss_before, trained, evaluated, coords)
     results.write_parquet(results.layers_frame(coords, quantized.stats), out / grid.LAYERS)
     results.write_parquet(results.probe_frame(coords, quantized.probe), out / grid.PROBE)

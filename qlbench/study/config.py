@@ -50,6 +50,7 @@ DEFAULTS: dict = {
     "grad_var_points": 0,
     "checkpoint_every": 0,
     "compute_dtype": "float32",
+    "base_dtype": "auto",  # the base's weights as loaded: auto = bfloat16 on a GPU, float32 on a CPU
     "device": "auto",
     "gpus": 0,
     "fail": None,
@@ -72,6 +73,7 @@ class Study:
     masks: dict[str, list[str]]  # model -> expanded mask strings
     seeds: list[int]
     n_train: list[int | None]
+    targets: list[str | None]  # presets when `targets: {each: [...]}` makes them an axis, else [None]
     settings: dict  # fixed settings, defaults filled in
     config: dict = field(repr=False)  # the whole validated config
 
@@ -151,6 +153,9 @@ def load(config: dict, study: str | None = None) -> Study:
     n_train = raw.get("n_train")
     n_train_axis = n_train if isinstance(n_train, list) else [n_train]
     settings.pop("n_train", None)
+    targets_axis = [None]
+    if isinstance(settings["targets"], dict):  # {each: [qv, kv, ...]}: an axis; each cell names its preset
+        targets_axis, settings["targets"] = list(settings["targets"]["each"]), None
     check_settings(settings, raw["bits"], where)
     study_masks = {}
     for model in raw["models"]:
@@ -160,9 +165,10 @@ def load(config: dict, study: str | None = None) -> Study:
         for mask in expanded + list(settings["layer_bits"]):
             masklang.resolve(mask, lay)
         study_masks[model] = list(dict.fromkeys(expanded))
-        if settings["targets"]:  # a preset or a Q/K/V slice this architecture does not have fails here
+        for entry in [settings["targets"]] + targets_axis:  # a preset or a Q/K/V slice this arch lacks fails here
             try:
-                targets.resolve(settings["targets"], spec["arch"])
+                if entry:
+                    targets.resolve(entry, spec["arch"])
             except QlbenchError as e:
                 raise QlbenchError(f"{where}.targets (model {model!r}): {e}") from None
     return Study(
@@ -173,6 +179,7 @@ def load(config: dict, study: str | None = None) -> Study:
         masks=study_masks,
         seeds=raw["seeds"],
         n_train=n_train_axis,
+        targets=targets_axis,
         settings=settings,
         config=config,
     )
@@ -232,6 +239,8 @@ def cell_identity(study: Study, cell, settings: dict | None = None) -> tuple[dic
     of those with its model, data and coordinates: the row's `config_hash`. A row whose hash differs from this was
     made under other settings: stale."""
     settings = study.settings if settings is None else settings
+    if cell.targets:  # the targets axis: the cell's own preset
+        settings = {**settings, "targets": cell.targets}
     spec = study.model(cell.model)
     identity = {k: v for k, v in settings.items() if k != "fail"}  # planted trouble changes no number
     identity["targets"] = settings["targets"] or targets.DEFAULT_TARGETS[spec["arch"]]

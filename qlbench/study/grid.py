@@ -19,7 +19,8 @@ ROW, CURVE, ADAPTER, LAYERS, GENERATIONS, PROBE = (
 LOG, CHECKPOINT = "log.txt", "checkpoint.pt"
 
 _PATH = re.compile(
-    r"^(?P<model>[^/]+)(?:/n(?P<n_train>\d+))?/b(?P<bits>\d+)/r(?P<rank>\d+)/(?P<mask>[^/]+)/s(?P<seed>\d+)$"
+    r"^(?P<model>[^/]+)(?:/n(?P<n_train>\d+))?(?:/t(?P<targets>[a-z_]+))?/b(?P<bits>\d+)/r(?P<rank>\d+)/(?P<mask>[^/]+)"
+    r"/s(?P<seed>\d+)$"
 )
 
 
@@ -31,11 +32,13 @@ class Cell:
     mask: str
     seed: int
     n_train: int | None = None
+    targets: str | None = None  # a LoRA target preset, when the study makes targets an axis
 
     @property
     def path(self) -> str:
         n = f"/n{self.n_train}" if self.n_train is not None else ""
-        return f"{self.model}{n}/b{self.bits}/r{self.rank}/{self.mask}/s{self.seed}"
+        t = f"/t{self.targets}" if self.targets is not None else ""
+        return f"{self.model}{n}{t}/b{self.bits}/r{self.rank}/{self.mask}/s{self.seed}"
 
     def args(self) -> list[str]:
         """The coordinates as `qlbench run` options."""
@@ -43,22 +46,29 @@ class Cell:
                "--mask", self.mask, "--seed", str(self.seed)]
         if self.n_train is not None:
             out += ["--n-train", str(self.n_train)]
+        if self.targets is not None:
+            out += ["--targets", self.targets]
         return out
 
     def coords(self) -> dict:
-        return asdict(self)
+        """The coordinates; `targets` only where it is an axis (so the hashes of other cells stay as they were)."""
+        out = asdict(self)
+        if out["targets"] is None:
+            del out["targets"]
+        return out
 
 
 def cells(study: Study) -> list[Cell]:
     out: list[Cell] = []
     for model in study.models:
         for n_train in study.n_train:
-            for bits in study.bits:
-                masks = ["none"] if bits == 16 else study.masks[model]
-                for rank in study.ranks:
-                    for mask in masks:
-                        for seed in study.seeds:
-                            out.append(Cell(model, bits, rank, mask, seed, n_train))
+            for targets in study.targets:
+                for bits in study.bits:
+                    masks = ["none"] if bits == 16 else study.masks[model]
+                    for rank in study.ranks:
+                        for mask in masks:
+                            for seed in study.seeds:
+                                out.append(Cell(model, bits, rank, mask, seed, n_train, targets))
     return list(dict.fromkeys(out))
 
 
@@ -69,7 +79,7 @@ def parse(path: str) -> Cell:
         raise QlbenchError(f"{path!r} is not a cell path (<model>[/n<N>]/b<bits>/r<rank>/<mask>/s<seed>)")
     n = m.group("n_train")
     return Cell(m.group("model"), int(m.group("bits")), int(m.group("rank")), m.group("mask"),
-                int(m.group("seed")), int(n) if n is not None else None)
+                int(m.group("seed")), int(n) if n is not None else None, m.group("targets"))
 
 
 def cell_dir(results: str, study: str, cell: Cell) -> str:

@@ -30,7 +30,7 @@ CONFIG_ARGS = " ".join(f"--config {shlex.quote(str(f))}" for f in workflow.confi
 wildcard_constraints:
     study=r"[^/]+",
     model=r"[^/]+",
-    cell=r"[^/]+(/n\d+)?/b\d+/r\d+/[^/]+/s\d+",
+    cell=r"[^/]+(/n\d+)?(/t[a-z_]+)?/b\d+/r\d+/[^/]+/s\d+",
 
 
 def cell_dir(cell):
