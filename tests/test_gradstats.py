@@ -90,3 +90,47 @@ def test_identical_micro_batches_have_no_variance_and_curve_gets_the_points():
     assert result.curve[0]["step_time_s"] <= before[0] and result.curve[1]["step_time_s"] == before[1]
     cols = gv.row_columns()
     assert cols["grad_var_n"] == 2 and cols["grad_var_first"] == gv.points[0]["grad_var"]
+
+
+def _wrapped(hook):
+    """A step hook around the probe, as cluster.plant.with_kill makes one: it names what it wraps."""
+    def outer(step):
+        hook(step)
+
+    outer.__wrapped__ = hook
+    return outer
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_probe_points_survive_a_resume(tmp_path, wrap):
+    """Stopped after step 3 (a checkpoint), then resumed with a fresh probe: the points of steps 0, 2 and 5 are all
+    there and equal an uninterrupted run's, though the resumed run only took step 5's."""
+    from qlbench.cell.loop import Interrupted
+
+    def run(checkpoint, stop_after=None):
+        model, sample = _tiny_lora_model(), _sampler()
+        gv = gradstats.GradVariance(model, sample, [0, 2, 5], torch.device("cpu"))
+        asked = []  # the loop asks after every finished step but the last
+
+        def stop():
+            asked.append(True)
+            return len(asked) == stop_after
+
+        torch.manual_seed(1)
+        try:
+            result = train(model, sample, LoopSettings(steps=6, lr=1e-2, checkpoint_every=2),
+                           device=torch.device("cpu"), checkpoint=checkpoint, on_step=_wrapped(gv) if wrap else gv,
+                           stop_requested=stop, log=lambda m: None)
+        except Interrupted:
+            return None, gv
+        return result, gv
+
+    ref, gv_ref = run(tmp_path / "ref.pt")
+    _, gv_first = run(tmp_path / "ck.pt", stop_after=4)
+    assert [p["step"] for p in gv_first.points] == [0, 2]
+    resumed, gv_resumed = run(tmp_path / "ck.pt")
+    assert resumed.resumed_from == 4
+    assert [r["loss"] for r in resumed.curve] == [r["loss"] for r in ref.curve]
+    strip = lambda points: [{k: v for k, v in p.items() if k != "probe_s"} for p in points]  # noqa: E731
+    assert len(gv_ref.points) == 3 and strip(gv_resumed.points) == strip(gv_ref.points)
+    assert gv_resumed.row_columns() == gv_ref.row_columns()

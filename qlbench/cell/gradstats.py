@@ -5,7 +5,7 @@ is computed on its own, and σ_g² is their variance: the trace of the covarianc
 1/(k−1), summed over every trainable coordinate (`grad_var`), and the same divided by the number of coordinates
 (`grad_var_per_param`). The probe runs in `train`'s `on_step` hook, after backward and clip and before the
 optimizer step; it saves and restores the gradients and the RNG state, so training takes the same path whether
-it probes or not.
+it probes or not. Its points go into the loop's checkpoints (`state_dict`), so a resumed cell keeps them.
 """
 
 from __future__ import annotations
@@ -77,6 +77,13 @@ class GradVariance:
             torch.cuda.synchronize()
         self.points.append({"step": step, "grad_var": total, "grad_var_per_param": per_param,
                             "probe_s": time.perf_counter() - t0})
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of the probe: the points taken so far (a resumed run must not lose them)."""
+        return {"points": [dict(p) for p in self.points]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.points = [dict(p) for p in state["points"]]
 
     def merge_into(self, curve: list[dict]) -> None:
         """Put each point's `grad_var` on its curve row, and take the probe's time out of that step's time."""

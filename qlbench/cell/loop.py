@@ -1,8 +1,9 @@
 """The training loop: plain PyTorch, read top to bottom — batch, forward, backward, clip, step, log, checkpoint.
 
 Used for both the base pretraining and the LoRA cells. Resumable: every `checkpoint_every` steps (and when the
-process is told to stop) it saves the trainable weights, the optimizer, the RNG state and the curve so far;
-batches are a pure function of (seed, step), so a resumed run continues exactly where it left off.
+process is told to stop) it saves the trainable weights, the optimizer, the RNG state, the curve so far and the
+state of any step hook that keeps one (a probe with `state_dict`/`load_state_dict`, such as the gradient-variance
+points); batches are a pure function of (seed, step), so a resumed run continues exactly where it left off.
 """
 
 from __future__ import annotations
@@ -67,7 +68,17 @@ def _trainable(model) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(path: Path, model, opt, step: int, curve: list[dict]) -> None:
+def stateful(hook):
+    """The object behind a step hook that keeps state across steps (`state_dict`/`load_state_dict`), looking
+    through wrappers that name what they wrap in `__wrapped__` (as functools.wraps does); None if there is none."""
+    while hook is not None:
+        if hasattr(hook, "state_dict") and hasattr(hook, "load_state_dict"):
+            return hook
+        hook = getattr(hook, "__wrapped__", None)
+    return None
+
+
+def save_checkpoint(path: Path, model, opt, step: int, curve: list[dict], probes: dict | None = None) -> None:
     state = {
         "step": step,
         "params": {n: p.detach().cpu() for n, p in _trainable(model).items()},
@@ -75,13 +86,15 @@ def save_checkpoint(path: Path, model, opt, step: int, curve: list[dict]) -> Non
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "curve": curve,
+        "probes": probes or {},  # hook name -> its state_dict()
     }
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, model, opt) -> tuple[int, list[dict]]:
+def load_checkpoint(path: Path, model, opt, probes: dict | None = None) -> tuple[int, list[dict]]:
+    """Restore a checkpoint into the model and optimizer, and each hook in `probes` (name -> hook) its state."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     params = _trainable(model)
     with torch.no_grad():
@@ -91,6 +104,9 @@ def load_checkpoint(path: Path, model, opt) -> tuple[int, list[dict]]:
     torch.set_rng_state(state["rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
+    for name, hook in (probes or {}).items():
+        if name in state.get("probes", {}):
+            hook.load_state_dict(state["probes"][name])
     return state["step"], state["curve"]
 
 
@@ -111,8 +127,11 @@ def train(
     opt = make_optimizer(params, s)
     result = TrainResult()
     start = 0
+    # hooks whose state must survive a resume (gradient-variance points taken before the checkpoint)
+    probes = {name: h for name, h in (("on_step", stateful(on_step)), ("before_step", stateful(before_step)))
+              if h is not None}
     if checkpoint is not None and checkpoint.exists():
-        start, result.curve = load_checkpoint(checkpoint, model, opt)
+        start, result.curve = load_checkpoint(checkpoint, model, opt, probes)
         result.resumed_from = start
         log(f"resumed from checkpoint at step {start}")
     model.train()
@@ -155,8 +174,12 @@ def train(
                 f"{time.perf_counter() - t_start:.1f}s")
         if checkpoint is not None and done < s.steps:
             if stop_requested():
-                save_checkpoint(checkpoint, model, opt, done, result.curve)
+                save_checkpoint(checkpoint, model, opt, done, result.curve, _states(probes))
                 raise Interrupted(f"stopped at step {done}; checkpoint saved")
             if s.checkpoint_every and done % s.checkpoint_every == 0:
-                save_checkpoint(checkpoint, model, opt, done, result.curve)
+                save_checkpoint(checkpoint, model, opt, done, result.curve, _states(probes))
     return result
+
+
+def _states(probes: dict) -> dict:
+    return {name: hook.state_dict() for name, hook in probes.items()}
