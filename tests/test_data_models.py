@@ -29,9 +29,49 @@ def test_instruction_json_uses_instruction_input_and_output():
                                      "format": "instruction"}, "alpaca", "train")
     assert len(examples) == 5
     first = examples[0]
-    assert first.prompt == "Instruction: Give a synonym for the word.\nInput: happy\nResponse:"
+    # Alpaca's template: the input section only when there is an input; the response on the line after its header
+    assert first.text == "### Instruction:\nGive a synonym for the word.\n\n### Input:\nhappy\n\n### Response:\nGlad."
     assert first.response == "Glad."
-    assert examples[1].prompt == "Instruction: Name the largest planet in the solar system.\nResponse:"
+    assert examples[1].text == ("### Instruction:\nName the largest planet in the solar system.\n\n"
+                                "### Response:\nJupiter.")
+
+
+def test_max_examples_takes_a_subset_before_the_split():
+    """QLoRA's diagnostic: the first 1,000 examples, 90/10; here the first 4 of 5, 75/25."""
+    spec = {"source": "path", "name": str(DATA / "instruction.json"), "format": "instruction", "eval_fraction": 0.25}
+    train, held_out = data.load_examples({**spec, "max_examples": 4}, "alpaca")
+    assert len(train) == 3 and len(held_out) == 1
+    assert {e.response for e in train + held_out} == {"Glad.", "Jupiter.", "Bonjour.", "42"}  # not the 5th
+
+
+def test_dialogue_as_one_example_per_dialogue():
+    spec = {"source": "path", "name": str(DATA / "dialogue.jsonl"), "format": "dialogue"}
+    dialogues = datasets_io.examples({**spec, "sample": "dialogue"}, "dd", "train")
+    pairs = datasets_io.examples(spec, "dd", "train")
+    assert len(dialogues) == 4 and len(pairs) == 3 + 2 + 1 + 2
+    assert dialogues[1] == data.Example("What would you like to drink?\nA cup of tea, please.", "Milk or lemon?")
+    assert dialogues[1].text == "What would you like to drink?\nA cup of tea, please.\nMilk or lemon?"
+
+
+def test_a_script_only_hub_dataset_loads_its_parquet_export(monkeypatch):
+    """DailyDialog's repository holds only daily_dialog.py; datasets >= 4 refuses scripts, so the hub's parquet
+    conversion (branch refs/convert/parquet) is read instead. The cache is stood in for by tests/data folders."""
+    root = DATA / "script_only_hub"
+    snapshots = {None: root / "main", hub.PARQUET_EXPORT: root / "parquet"}
+    asked = []
+
+    def cached(repo_id, repo_type="model", revision=None):
+        asked.append((repo_id, repo_type, revision))
+        return str(snapshots[revision])
+
+    monkeypatch.setattr(hub, "cached", cached)
+    spec = {"source": "hub", "name": "li2017dailydialog/daily_dialog", "format": "dialogue", "eval_split": "validation"}
+    train, held_out = data.load_examples(spec, "dailydialog")
+    assert len(train) == 3 + 2 + 1 and len(held_out) == 2  # the export's train and validation splits
+    assert data.Example("The train is late again.", "How long do we have to wait?") in train
+    assert ("li2017dailydialog/daily_dialog", "dataset", hub.PARQUET_EXPORT) in asked
+    assert datasets_io.script_only(["daily_dialog.py", "README.md", ".gitattributes"])
+    assert not datasets_io.script_only(["loader.py", "data/train-00000-of-00001.parquet"])
 
 
 def test_qa_parquet_keeps_every_distinct_answer():

@@ -22,8 +22,9 @@ from qlbench.cluster.status import cell_status
 
 from conftest import BIN, REPO
 
-# long enough to be caught mid-training; the checkpoint comes every 10 steps
-LONG = ["--set", "steps=80", "--set", "checkpoint_every=10"]
+# long enough to be caught mid-training; the checkpoint comes every 10 steps; gradient variance probed at steps
+# 0, 20, 40, 59, 79: the point of step 0 is taken before any interruption, so only the checkpoint can keep it
+LONG = ["--set", "steps=80", "--set", "checkpoint_every=10", "--set", "grad_var_points=5"]
 CELL = ["--study", "micro", "--model", "micro-gpt2", "--bits", "4", "--rank", "4", "--mask", "b1.mlp"]
 RUN_HISTORY = ("resumed_from",)  # how the run went, not what it computed
 
@@ -64,6 +65,7 @@ def assert_same_cell(ref: Path, got: Path) -> None:
     skip = set(TIMING_COLUMNS) | set(PROVENANCE) | set(RUN_HISTORY)
     a, b = pl.read_parquet(ref / "row.parquet"), pl.read_parquet(got / "row.parquet")
     assert a.columns == b.columns
+    assert a["grad_var_n"][0] == 5 and math.isfinite(a["grad_var_first"][0])  # every probe point, in both
     differ = {c: (a[c][0], b[c][0]) for c in a.columns if c not in skip and not same(a[c][0], b[c][0])}
     assert not differ, f"resumed cell differs from the uninterrupted one: {differ}"
     ca, cb = pl.read_parquet(ref / "curve.parquet"), pl.read_parquet(got / "curve.parquet")

@@ -2,8 +2,13 @@
 
 Three formats, each read from the usual column names of its kind:
 - `dialogue` (DailyDialog-like): a list of turns (`dialog`, `utterances`, `turns`, `conversation`) -> consecutive
-  (turn, reply) pairs; or ready pairs in `prompt`/`response`.
-- `instruction` (Alpaca-like): `instruction`, optional `input`, `output` (or `response`).
+  (turn, reply) pairs, or with `sample: dialogue` one example per dialogue (the bounds project's format: every
+  turn but the last is the prompt, the last the response, one turn a line); or ready pairs in `prompt`/`response`.
+- `instruction` (Alpaca-like): `instruction`, optional `input`, `output` (or `response`), in Alpaca's template
+  (`### Instruction:`, `### Input:` when there is one, `### Response:`).
+
+A hub dataset whose repository holds only a loading script (DailyDialog's) is read from the hub's parquet export
+of it (branch refs/convert/parquet): `datasets` >= 4 no longer runs loading scripts.
 - `qa` (SQuAD-like): `context`, `question`, `answers` ({text: [...]}, a list, or one string; or `answer`).
 """
 
@@ -18,8 +23,11 @@ LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".cs
 
 
 def instruction_prompt(instruction: str, input_text: str = "") -> str:
-    text = f"Instruction: {instruction.strip()}"
-    return f"{text}\nInput: {input_text.strip()}\nResponse:" if input_text and input_text.strip() else f"{text}\nResponse:"
+    """Alpaca's template (Taori et al. 2023), headers as it writes them; the response follows on the next line."""
+    text = f"### Instruction:\n{instruction.strip()}\n\n"
+    if input_text and input_text.strip():
+        text += f"### Input:\n{input_text.strip()}\n\n"
+    return text + "### Response:"
 
 
 def qa_prompt(context: str, question: str) -> str:
@@ -46,7 +54,10 @@ def load_records(spec: dict, name: str, split: str):
             return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
         from qlbench.data import hub
 
-        where, _ = hub.resolve(ref, f"dataset {name!r}", repo_type="dataset")
+        where, local = hub.resolve(ref, f"dataset {name!r}", repo_type="dataset")
+        if script_only(hub.repo_files(where, local)):
+            files = hub.parquet_export(ref, f"dataset {name!r}", spec.get("config") or "default", split)
+            return datasets.load_dataset("parquet", data_files=files, split="train")
         return datasets.load_dataset(where, spec.get("config"), split=split)
     except QlbenchError:
         raise
@@ -55,8 +66,17 @@ def load_records(spec: dict, name: str, split: str):
         raise QlbenchError(f"dataset {name!r}: cannot load {ref!r} split {split!r}: {first}") from None
 
 
-def to_examples(records, fmt: str, name: str) -> list:
-    """Rows of a dataset -> Examples in the dataset's format."""
+DATA_SUFFIXES = (".parquet", ".json", ".jsonl", ".csv", ".arrow", ".txt", ".tsv", ".zip", ".gz", ".zst")
+
+
+def script_only(files: list[str]) -> bool:
+    """A dataset repository with a loading script (`name.py` at the top) and no data files of its own."""
+    top_scripts = [f for f in files if f.endswith(".py") and "/" not in f]
+    return bool(top_scripts) and not any(f.endswith(DATA_SUFFIXES) for f in files)
+
+
+def to_examples(records, fmt: str, name: str, sample: str = "pair") -> list:
+    """Rows of a dataset -> Examples in the dataset's format (`sample`: a dialogue's pairs, or the dialogue)."""
     from qlbench.data.example import Example
 
     columns = set(records.column_names)
@@ -71,6 +91,10 @@ def to_examples(records, fmt: str, name: str) -> list:
                 out.append(Example(str(row["prompt"]).strip(), str(row["response"]).strip()))
                 continue
             said = [str(t).strip() for t in row[turns] if str(t).strip()]
+            if sample == "dialogue":
+                if len(said) > 1:
+                    out.append(Example("\n".join(said[:-1]), said[-1]))
+                continue
             out += [Example(a, b) for a, b in zip(said, said[1:])]
     elif fmt == "instruction":
         answer = "output" if "output" in columns else "response"
@@ -103,4 +127,4 @@ def _answers(value) -> tuple[str, ...]:
 
 
 def examples(spec: dict, name: str, split: str) -> list:
-    return to_examples(load_records(spec, name, split), spec["format"], name)
+    return to_examples(load_records(spec, name, split), spec["format"], name, spec.get("sample", "pair"))

@@ -71,10 +71,13 @@ def load_examples(spec: dict, name: str) -> tuple[list[Example], list[Example]]:
 
         examples = datasets_io.examples(spec, name, spec.get("split", "train"))
         if spec.get("eval_split") and spec["source"] == "hub":  # a local file is split by eval_fraction
+            examples = examples[: spec["max_examples"]] if spec.get("max_examples") else examples
             held_out = datasets_io.examples(spec, name, spec["eval_split"])
             return examples, held_out[: spec["max_eval"]] if spec.get("max_eval") else held_out
     else:
         raise QlbenchError(f"dataset {name!r}: source {spec['source']!r} is not supported")
+    if spec.get("max_examples"):  # a subset, then the split (QLoRA's diagnostic: 1,000 examples, 90/10)
+        examples = examples[: spec["max_examples"]]
     if not examples:
         raise QlbenchError(f"dataset {name!r}: no examples")
     train, held_out = split(examples, spec.get("eval_fraction", 0.1))

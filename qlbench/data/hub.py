@@ -18,12 +18,15 @@ def offline() -> bool:
                for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
-def cached(repo_id: str, repo_type: str = "model") -> str | None:
-    """The local snapshot folder of `repo_id` if the Hugging Face cache holds one (no network)."""
+PARQUET_EXPORT = "refs/convert/parquet"  # the hub's own parquet conversion of every public dataset, as a branch
+
+
+def cached(repo_id: str, repo_type: str = "model", revision: str | None = None) -> str | None:
+    """The local snapshot folder of `repo_id` (at `revision`) if the Hugging Face cache holds one (no network)."""
     from huggingface_hub import snapshot_download
 
     try:
-        return snapshot_download(repo_id, repo_type=repo_type, local_files_only=True)
+        return snapshot_download(repo_id, repo_type=repo_type, revision=revision, local_files_only=True)
     except Exception:  # not cached, or not a valid repo id: either way nothing local
         return None
 
@@ -44,9 +47,9 @@ def reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
         return False
 
 
-def resolve(repo_id: str, what: str, repo_type: str = "model") -> tuple[str, bool]:
+def resolve(repo_id: str, what: str, repo_type: str = "model", revision: str | None = None) -> tuple[str, bool]:
     """(what to load, local_files_only) for a hub name; a QlbenchError line at once if it cannot be had."""
-    local = cached(repo_id, repo_type)
+    local = cached(repo_id, repo_type, revision)
     if local is not None:
         return local, True
     if offline():
@@ -57,3 +60,34 @@ def resolve(repo_id: str, what: str, repo_type: str = "model") -> tuple[str, boo
         raise QlbenchError(f"{what}: {repo_id!r} is not in the local Hugging Face cache and {host}:{port} cannot "
                            "be reached (set HF_HUB_OFFLINE=1 on machines without internet, or give a local path)")
     return repo_id, False
+
+
+def repo_files(where: str, local: bool, repo_type: str = "dataset") -> list[str]:
+    """The files of a resolved repository: a local snapshot's, or the hub's listing."""
+    from pathlib import Path
+
+    if local:
+        root = Path(where)
+        return sorted(str(f.relative_to(root)) for f in root.rglob("*") if f.is_file())
+    from huggingface_hub import list_repo_files
+
+    return list_repo_files(where, repo_type=repo_type)
+
+
+def parquet_export(repo_id: str, what: str, config: str, split: str) -> list[str]:
+    """The parquet files of one split of a dataset's hub conversion (branch refs/convert/parquet): the way to a
+    dataset whose repository holds only a loading script, which `datasets` >= 4 refuses to run. Layouts:
+    `{config}/{split}/0000.parquet` (today) and `{config}/{name}-{split}.parquet` (older conversions)."""
+    from pathlib import Path
+
+    where, local = resolve(repo_id, f"{what} (parquet export)", "dataset", PARQUET_EXPORT)
+    if not local:
+        from huggingface_hub import snapshot_download
+
+        where = snapshot_download(repo_id, repo_type="dataset", revision=PARQUET_EXPORT,
+                                  allow_patterns=[f"{config}/{split}/*", f"{config}/*-{split}.parquet"])
+    root = Path(where) / config
+    files = sorted(root.glob(f"{split}/*.parquet")) or sorted(root.glob(f"*-{split}.parquet"))
+    if not files:
+        raise QlbenchError(f"{what}: the parquet export of {repo_id!r} has no {config}/{split} files")
+    return [str(f) for f in files]
