@@ -319,6 +319,17 @@ def sensitivity(cells_parquet, out, budget, budget_bits):
         raise QlbenchError(f"sensitivity: {e}") from None
 
 
+@main.command("qlora-figure")
+@click.argument("study_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="the figure .png")
+def qlora_figure(study_dir, out):
+    """The QLoRA study's four panels from STUDY_DIR (results/STUDY): memory per rank, r*, the per-layer ΔW
+    similarity matrix and the target variants (each where the grid supports it)."""
+    from qlbench.analysis.commands import run_qlora_figure
+
+    click.echo(run_qlora_figure(Path(study_dir), Path(out)))
+
+
 @main.command("validate-recommendation")
 @click.argument("cells_parquet", type=click.Path(exists=True, dir_okay=False))
 @click.argument("recommendation_parquet", type=click.Path(exists=True, dir_okay=False))

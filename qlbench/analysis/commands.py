@@ -143,3 +143,15 @@ def run_validation(cells_parquet: Path, recommendation_parquet: Path, rows: list
     return "\n".join(f"{r['model']} r={r['rank']} {r['bits']} bits, {r['mask']}: predicted "
                      f"{r['predicted_degradation']:+.4f}, measured {r['measured_degradation']:+.4f}"
                      for r in table.iter_rows(named=True))
+
+
+def run_qlora_figure(study_dir: Path, out: Path) -> str:
+    from qlbench.analysis.figures import qlora_figure
+
+    read = lambda name: pl.read_parquet(study_dir / name) if (study_dir / name).exists() else pl.DataFrame()
+    cells, pairs, layers, rstar = (read(n) for n in ("cells.parquet", "similarity.parquet",
+                                                     "similarity_layers.parquet", "rstar.parquet"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    qlora_figure(cells, pairs, layers, rstar, out, f"{study_dir.name}: LoRA against QLoRA")
+    found = "; ".join(f"{r['metric']} at {r['bits']} bits: r* = {r['r_star']}" for r in rstar.iter_rows(named=True))
+    return f"{study_dir.name}: {pairs.height} pairs -> {out}" + (f"; {found}" if found else "")

@@ -257,3 +257,76 @@ def sensitivity_figure(ranked: pl.DataFrame, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def qlora_figure(cells: pl.DataFrame, pairs: pl.DataFrame, layers: pl.DataFrame, rstar: pl.DataFrame, path: Path,
+                 title: str) -> None:
+    """The QLoRA study's four panels: peak memory of LoRA (16-bit base) against QLoRA (quantized base) per rank;
+    similarity against rank with the threshold and r*; the per-layer ΔW cosine matrix (module × rank) at the
+    lowest width; and the target variants compared. A panel the grid cannot fill says so."""
+    import numpy as np
+
+    plt = _plt()
+    fig, axes = plt.subplots(2, 2, figsize=(14, 10), dpi=100)
+    ax = axes.ravel()
+    mem = "peak_mem_mb" if "peak_mem_mb" in cells.columns and cells["peak_mem_mb"].is_not_null().any() else None
+    if mem:
+        m = cells.group_by("rank", "bits").agg(pl.col(mem).mean(), pl.col("weight_mem_mb").mean()
+                                               if "weight_mem_mb" in cells.columns else pl.lit(None).alias("w"))
+        ranks = sorted(m["rank"].unique().to_list())
+        widths = sorted(m["bits"].unique().to_list(), reverse=True)
+        x = np.arange(len(ranks))
+        for i, b in enumerate(widths):
+            g = {r["rank"]: r[mem] for r in m.filter(pl.col("bits") == b).iter_rows(named=True)}
+            ax[0].bar(x + (i - (len(widths) - 1) / 2) * 0.8 / len(widths), [g.get(r, 0) for r in ranks],
+                      0.8 / len(widths), label="LoRA (16-bit base)" if b == 16 else f"QLoRA ({b}-bit base)")
+        ax[0].set_xticks(x, [str(r) for r in ranks])
+        ax[0].set(xlabel="rank", ylabel="peak memory (MB)", title="memory: LoRA vs QLoRA per rank")
+        ax[0].legend(fontsize=8)
+    else:
+        ax[0].axis("off")
+        ax[0].text(0.5, 0.5, "no peak memory recorded", ha="center", va="center")
+    if rstar.height:
+        for i, r in enumerate(rstar.iter_rows(named=True)):
+            line = ax[1].plot(r["ranks"], r["similarity"], "o-", label=f"{r['metric']} {r['bits']} bits: r* = "
+                              f"{r['r_star'] if r['r_star'] is not None else 'none'}")
+            if r["r_star"] is not None:
+                ax[1].axvline(r["r_star"], color=line[0].get_color(), ls=":", alpha=0.7)
+        ax[1].axhline(rstar["threshold"][0], color="k", ls="--", lw=0.8)
+        ax[1].set(xscale="log", xlabel="rank", ylabel="similarity to the 16-bit adapter",
+                  title=f"rank threshold: r* = smallest rank with similarity ≥ {rstar['threshold'][0]:g}")
+        ax[1].legend(fontsize=7)
+    else:
+        ax[1].axis("off")
+        ax[1].text(0.5, 0.5, "no quantized/16-bit pairs: no r*", ha="center", va="center")
+    if layers.height and "dw_cos" in layers.columns:
+        low = layers.filter(pl.col("bits") == layers["bits"].min())
+        mat = low.group_by("module", "rank").agg(pl.col("dw_cos").mean()).pivot(on="rank", index="module",
+                                                                                   values="dw_cos")
+        rank_cols = sorted((c for c in mat.columns if c != "module"), key=int)
+        mat = mat.sort("module")
+        image = ax[2].imshow(mat.select(rank_cols).to_numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1)
+        ax[2].set_xticks(range(len(rank_cols)), rank_cols)
+        ax[2].set_yticks(range(mat.height), [m.replace("base_model.model.", "") for m in mat["module"]], fontsize=6)
+        ax[2].set(xlabel="rank", title=f"per-layer cos(ΔW, ΔW_16) at {low['bits'][0]} bits (mean over seeds)")
+        fig.colorbar(image, ax=ax[2])
+    else:
+        ax[2].axis("off")
+        ax[2].text(0.5, 0.5, "no per-layer ΔW similarity", ha="center", va="center")
+    if pairs.height and "targets" in pairs.columns and pairs["targets"].drop_nulls().n_unique() > 1:
+        t = pairs.group_by("targets", "rank").agg(pl.col("dw_cos_mean").mean(), pl.col("eval_loss_delta").mean())
+        for target, g in t.sort("rank").group_by(["targets"], maintain_order=True):
+            ax[3].plot(g["rank"], g["eval_loss_delta"], "o-", label=f"{target[0]}")
+        ax[3].set(xscale="log", xlabel="rank", ylabel="eval loss, quantized − 16-bit",
+                  title="target variants: cost of the quantized base")
+        ax[3].legend(fontsize=8)
+    else:
+        ax[3].axis("off")
+        ax[3].text(0.5, 0.5, "one LoRA target set in this study:\nno target-variant comparison", ha="center",
+                   va="center")
+    for a in ax[:2]:
+        a.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -104,3 +104,25 @@ rule validate_recommendation:
     shell:
         "qlbench validate-recommendation {input.cells} {input.recommendation} {input.rows} "
         "--out {output.validation} > {log} 2>&1"
+
+
+rule qlora_figure:
+    input:
+        cells=f"{RESULTS}/{{study}}/cells.parquet",
+        pairs=f"{RESULTS}/{{study}}/similarity.parquet",
+        layers=f"{RESULTS}/{{study}}/similarity_layers.parquet",
+        rstar=f"{RESULTS}/{{study}}/rstar.parquet",
+    output:
+        report(
+            f"{RESULTS}/{{study}}/figures/qlora.png",
+            caption="../report/qlora.rst",
+            category="Similarity",
+        ),
+    log:
+        f"{RESULTS}/{{study}}/logs/qlora_figure.log",
+    params:
+        study_dir=lambda wildcards, input: os.path.dirname(input.cells),
+    conda:
+        ENV
+    shell:
+        "qlbench qlora-figure {params.study_dir} --out {output} > {log} 2>&1"

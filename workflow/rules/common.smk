@@ -97,7 +97,7 @@ def final_targets():
     targets = cell_rows(None)
     targets += [f"{base}/summary.md", f"{base}/summary.csv", f"{base}/figures/eval_loss_vs_bits.png"]
     if 16 in STUDY.bits and min(STUDY.bits) < 16:  # quantized cells and their 16-bit references
-        targets += [f"{base}/similarity.parquet", f"{base}/rstar.parquet"]
+        targets += [f"{base}/similarity.parquet", f"{base}/rstar.parquet", f"{base}/figures/qlora.png"]
     if analysis_applies("bounds"):
         targets.append(f"{base}/bounds/bounds.png")
     if analysis_applies("sensitivity"):
