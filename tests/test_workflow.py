@@ -63,7 +63,8 @@ def test_deleting_a_cell_reruns_only_it_and_the_aggregates(ran, micro):
     shutil.rmtree(folder)
     dry = snakemake(work, "-n", "--config", "study=micro")
     counts = job_counts(dry.stdout)
-    aggregates = {"aggregate", "summarize", "similarity", "bounds", "sensitivity", "validate_recommendation"}
+    aggregates = {"aggregate", "summarize", "similarity", "qlora_figure", "bounds", "sensitivity",
+                  "validate_recommendation"}
     assert counts["cell"] == 1 and counts["aggregate"] == 1, dry.stdout[-2000:]
     assert set(counts) - {"cell", "all", "total"} <= aggregates  # no base is prepared again, no other cell runs
     rerun = snakemake(work, "--cores", "2", "--config", "study=micro")
