@@ -19,6 +19,14 @@ BAD = [
      "backend 'bnb' cannot quantize 'nf' at 3 bits"),
     ("unknown model", lambda c: c["studies"]["demo"].update(models=["gpt5"]), "unknown model 'gpt5'"),
     ("unknown dataset", lambda c: c["studies"]["demo"].update(dataset="wiki"), "unknown dataset 'wiki'"),
+    ("missing data file", lambda c: (c["datasets"].update(mine={"source": "path", "name": "no/such.jsonl",
+                                                                 "format": "qa"}),
+                                     c["studies"]["demo"].update(dataset="mine")),
+     "studies.demo: dataset 'mine': no such file or folder 'no/such.jsonl'"),
+    ("missing model folder", lambda c: (c["models"].update(mine={"source": "path", "name": "no/model", "arch": "gpt2",
+                                                                 "n_layer": 2}),
+                                        c["studies"]["demo"].update(models=["mine"])),
+     "studies.demo: model 'mine': no such file or folder 'no/model'"),
 ]
 
 
@@ -41,7 +49,8 @@ def test_overrides_are_validated(repo_config):
 
 
 @pytest.mark.workflow
-@pytest.mark.parametrize("name,change,message", [BAD[0], BAD[1], BAD[3], BAD[4]], ids=[BAD[i][0] for i in (0, 1, 3, 4)])
+@pytest.mark.parametrize("name,change,message", [BAD[i] for i in (0, 1, 3, 4, 8, 9)],
+                         ids=[BAD[i][0] for i in (0, 1, 3, 4, 8, 9)])
 def test_snakemake_stops_before_any_job(tmp_path, repo_config, name, change, message):
     config = copy.deepcopy(repo_config)
     change(config)
@@ -50,3 +59,25 @@ def test_snakemake_stops_before_any_job(tmp_path, repo_config, name, change, mes
     lines = [line for line in run.stdout.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], run.stdout
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+def test_one_cell_by_hand_is_checked_against_its_own_bits(workdir, repo_config):
+    """`--set backend=bnb` for a 4-bit cell of a study that also has 2- and 3-bit cells: allowed (bitsandbytes can
+    do 4 bits); for a 3-bit cell: refused with one line, before anything is loaded."""
+    import subprocess
+
+    from conftest import BIN
+
+    config = copy.deepcopy(repo_config)
+    config["studies"]["micro"].update(bits=[16, 4, 3, 2], steps=2)
+    path = write_config(workdir / "wide.yaml", config)
+    base = [BIN / "qlbench", "run", "-c", path, "--study", "micro", "--model", "micro-gpt2", "--rank", "4",
+            "--set", "backend=bnb", "--set", "format=nf"]
+    ok = subprocess.run([*base, "--bits", "4", "--out", workdir / "b4"], cwd=workdir, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert (workdir / "b4/row.parquet").exists()
+    refused = subprocess.run([*base, "--bits", "3", "--out", workdir / "b3"], cwd=workdir, capture_output=True,
+                             text=True)
+    assert refused.returncode == 1 and not (workdir / "b3").exists()
+    assert refused.stderr.strip().splitlines() == [
+        "Error: --set: backend 'bnb' cannot quantize 'nf' at 3 bits (it can do 4, 8; the 'fake' backend simulates 2-8)"]

@@ -149,6 +149,13 @@ def load(config: dict, study: str | None = None) -> Study:
         raise QlbenchError(
             f"{where}.dataset: unknown dataset {raw['dataset']!r}; datasets: {', '.join(config['datasets'])}"
         )
+    # local files must exist now, not fail in every cell after it queued on a cluster
+    local = [(f"dataset {raw['dataset']!r}", config["datasets"][raw["dataset"]])]
+    local += [(f"model {m!r}", config["models"][m]) for m in raw["models"]]
+    for what, spec in local:
+        if spec["source"] == "path" and not Path(spec["name"]).exists():
+            raise QlbenchError(f"{where}: {what}: no such file or folder {spec['name']!r} "
+                               f"(relative paths start from {Path.cwd()})")
     settings = {**DEFAULTS, **{k: v for k, v in raw.items() if k not in AXES}}
     n_train = raw.get("n_train")
     n_train_axis = n_train if isinstance(n_train, list) else [n_train]
