@@ -140,8 +140,11 @@ def run_validation(cells_parquet: Path, recommendation_parquet: Path, rows: list
     write_parquet(table, out)
     _tables(out.parent, out.stem, table, f"{table['model'][0] if table.height else ''}: the recommendation, run: "
             "predicted against measured degradation")
+    def measured(r):
+        return "not run" if r["measured_degradation"] is None else f"{r['measured_degradation']:+.4f}"
+
     return "\n".join(f"{r['model']} r={r['rank']} {r['bits']} bits, {r['mask']}: predicted "
-                     f"{r['predicted_degradation']:+.4f}, measured {r['measured_degradation']:+.4f}"
+                     f"{r['predicted_degradation']:+.4f}, measured {measured(r)}"
                      for r in table.iter_rows(named=True))
 
 
