@@ -1,6 +1,7 @@
 """The micro study through the real snakemake on the CPU: the grid, the rows, re-running one cell, lint."""
 
 import shutil
+import statistics
 
 import polars as pl
 import pytest
@@ -53,6 +54,16 @@ def test_every_cell_has_a_complete_row(ran, micro):
     assert curves.height == cells.height * micro.settings["steps"]
     for name in ("summary.md", "summary.csv", "figures/eval_loss_vs_bits.png"):
         assert (work / "results/micro" / name).stat().st_size > 0
+    # the summary's means and standard deviations are those of the rows, configuration by configuration
+    summary = pl.read_csv(work / "results/micro/summary.csv")
+    for conf in summary.iter_rows(named=True):
+        rows = cells.filter((pl.col("bits") == conf["bits"]) & (pl.col("rank") == conf["rank"])
+                            & (pl.col("mask") == conf["mask"]))
+        assert conf["seeds"] == rows.height == len(micro.seeds)
+        assert conf["eval_loss_mean"] == pytest.approx(sum(rows["eval_loss"]) / rows.height, rel=1e-12)
+        if rows.height > 1:
+            assert conf["eval_loss_sd"] == pytest.approx(statistics.stdev(rows["eval_loss"]), rel=1e-9)
+    assert summary.height == len(grid.cells(micro)) // len(micro.seeds)
 
 
 def test_deleting_a_cell_reruns_only_it_and_the_aggregates(ran, micro):
