@@ -19,12 +19,13 @@ bnbf = pytest.importorskip("bitsandbytes.functional")
 SETTINGS = {"format": "nf", "double_quant": False, "group_size": None, "symmetric": True, "compute_dtype": "float32"}
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # a 16-bit base (base_dtype) too
 @pytest.mark.parametrize("double_quant", [False, True])
 @pytest.mark.parametrize("fmt,quant_type", [("nf", "nf4"), ("fp", "fp4")])
 # whole blocks, a ragged tail, under one block; 48 and 5 (ragged) blocks of 256 scales for double quantization
 @pytest.mark.parametrize("shape", [(192, 64), (48, 40), (7, 9), (1024, 768), (300, 257)])
-def test_fake_4bit_equals_bitsandbytes_dequantize(fmt, quant_type, shape, double_quant):
-    w = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 0.05
+def test_fake_4bit_equals_bitsandbytes_dequantize(fmt, quant_type, shape, double_quant, dtype):
+    w = (torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 0.05).to(dtype)
     packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type=quant_type, compress_statistics=double_quant)
     assert state.nested is double_quant
     oracle = bnbf.dequantize_4bit(packed, state)

@@ -161,3 +161,21 @@ def test_smollm2_needs_preparing_first(tmp_path):
 
 def _no_network(*args, **kwargs):
     raise OSError("tests never open network connections")
+
+
+def test_base_dtype_is_bf16_on_a_gpu_and_fp32_on_a_cpu_unless_named(micro_resources):
+    import torch
+
+    from qlbench.cell.load import base_dtype
+    from qlbench.quant.memory import weight_mem_mb
+
+    assert base_dtype("auto", torch.device("cpu")) is torch.float32  # the CPU studies' numbers as they were
+    assert base_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    assert base_dtype("float16", torch.device("cpu")) is torch.float16
+    spec = {"source": "path", "name": str(micro_resources / "models" / "micro-gpt2")}
+    fp32, _ = models.load(spec, "micro", "unused", dtype=torch.float32)
+    bf16, _ = models.load(spec, "micro", "unused", dtype=torch.bfloat16)
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    assert weight_mem_mb(bf16, []) * 2 == weight_mem_mb(fp32, [])  # a real 16-bit reference: half the bytes
+    as_saved, _ = models.load(spec, "micro", "unused")
+    assert all(torch.equal(a, b) for a, b in zip(as_saved.state_dict().values(), fp32.state_dict().values()))

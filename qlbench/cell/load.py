@@ -19,12 +19,24 @@ class Base:
     base_params: int  # parameters of the unquantized base, tied weights once
 
 
+def base_dtype(setting: str, device):
+    """The dtype the base is loaded in: as named, or for `auto` bfloat16 on a GPU (a real 16-bit reference, as
+    QLoRA's) and float32 on a CPU (where bf16 matmuls are slow and today's CPU numbers stay as they were)."""
+    import torch
+
+    if setting == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, setting)
+
+
 def load(ctx: Context) -> Base:
     from qlbench.cell import measure
     from qlbench.data import examples, models
 
     settings, cell = ctx.settings, ctx.cell
-    model, tokenizer = models.load(ctx.spec, cell.model, ctx.study.config.get("resources", "resources"))
+    dtype = base_dtype(settings["base_dtype"], ctx.device)
+    model, tokenizer = models.load(ctx.spec, cell.model, ctx.study.config.get("resources", "resources"), dtype=dtype)
+    ctx.log.info(f"base weights in {str(dtype).removeprefix('torch.')} ({settings['base_dtype']})")
     train_ex, eval_ex = examples.load_examples(ctx.study.config["datasets"][settings["dataset"]], settings["dataset"])
     if cell.n_train is not None:
         train_ex = train_ex[: cell.n_train]
