@@ -18,6 +18,9 @@ def run_bounds(cells_parquet: Path, out: Path, tolerance: float, noise: pl.DataF
     from qlbench.analysis.figures import bounds_figure, gap_figure, noise_figure
 
     cells = pl.read_parquet(cells_parquet)
+    models = sorted(cells["model"].unique().to_list())
+    if len(models) > 1:  # L* is a property of the base: one fit per base model, the first one here
+        cells = cells.filter(pl.col("model") == models[0])
     pts = bounds.points(cells)
     if pts.height < 4 or pts.filter(pl.col("bits") < 16).is_empty():
         raise ValueError("the bound needs at least 4 (rank, bits, N) points of mask `all`, some quantized")
@@ -55,7 +58,7 @@ def run_bounds(cells_parquet: Path, out: Path, tolerance: float, noise: pl.DataF
         noise_figure(noise, out / "noise_check.png", f"{study}: uniform noise model on qlbench's quantizers")
     bounds_figure(cells, pts, fits, bstar, grad, verdicts, out / "bounds.png", f"{study}: quantization bound")
     gap_figure(gaps, best, out / "gaps.png", f"{study}: gap to 16 bits")
-    return (f"{pts.height} points; supported form {best['form']} (R² {best['r2']:.3f}, LOO RMSE "
+    return (("" if len(models) == 1 else f"{models[0]} (of {len(models)} models): ") + f"{pts.height} points; supported form {best['form']} (R² {best['r2']:.3f}, LOO RMSE "
             f"{best['loo_rmse']:.4f}); " + "; ".join(f"{v['claim'].split(':')[0]}: {v['verdict']}"
                                                     for v in verdicts.iter_rows(named=True)))
 
