@@ -330,6 +330,24 @@ def qlora_figure(study_dir, out):
     click.echo(run_qlora_figure(Path(study_dir), Path(out)))
 
 
+@main.command()
+@_config_option
+@click.argument("study", required=False)
+@click.option("--results", default=None, help="results folder (default: the config's, or results/)")
+def findings(config_files, study, results):
+    """Print, as Markdown, every number the README states about STUDY, from its results (tables, gaps,
+    similarity, bound fit and verdicts, sensitivity ranking, validated recommendation)."""
+    from qlbench.analysis.findings import findings as study_findings
+    from qlbench.study import config as studylib
+
+    name = study or studylib.read_config(config_files).get("study") or "demo"
+    root = Path(results or studylib.read_config(config_files).get("results", "results"))
+    try:
+        click.echo(study_findings(root / name))
+    except FileNotFoundError as e:
+        raise QlbenchError(f"findings: {e}") from None
+
+
 @main.command("validate-recommendation")
 @click.argument("cells_parquet", type=click.Path(exists=True, dir_okay=False))
 @click.argument("recommendation_parquet", type=click.Path(exists=True, dir_okay=False))

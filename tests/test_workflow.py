@@ -89,3 +89,19 @@ def test_deleting_a_cell_reruns_only_it_and_the_aggregates(ran, micro):
 def test_lint_is_clean():
     run = snakemake(REPO, "--lint")
     assert "Congratulations" in run.stdout or run.stdout.strip() == "", run.stdout[-3000:]
+
+
+def test_findings_print_the_numbers_of_the_results(ran, micro):
+    """`qlbench findings` (the README's tables) reads the study's results: its numbers are the rows' numbers."""
+    import subprocess
+
+    from conftest import BIN
+
+    work, _, _ = ran
+    out = subprocess.run([BIN / "qlbench", "findings", "-c", REPO / "config.yaml", "micro"], cwd=work,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    cells = pl.read_parquet(work / "results/micro/cells.parquet")
+    sixteen = cells.filter(pl.col("bits") == 16)["eval_loss"][0]
+    gap = cells.filter((pl.col("bits") == 4) & (pl.col("mask") == "all"))["eval_loss"][0] - sixteen
+    assert f"| {sixteen:.4f} |" in out.stdout and f"| 4 | 4 | {gap:.4g} |" in out.stdout, out.stdout
