@@ -43,6 +43,13 @@ def findings(study_dir: Path) -> str:
     return "\n".join(parts)
 
 
+def _varying(cells: pl.DataFrame) -> list[str]:
+    """The coordinates that vary among the quantized cells (seeds and bits aside): a table's row keys."""
+    quantized = cells.filter(pl.col("bits") < 16)
+    return [k for k in ("targets", "n_train", "rank", "mask") if k in quantized.columns
+            and quantized[k].n_unique() > 1] or ["rank"]
+
+
 def _mean_sd(values: pl.Series) -> str:
     sd = values.std() if values.len() > 1 else None
     return f"{values.mean():.4f} ± {sd:.4f}" if sd is not None else f"{values.mean():.4f}"
@@ -52,7 +59,7 @@ def eval_loss_table(cells: pl.DataFrame, study: str) -> str:
     """Mean ± sd over seeds of the eval loss after LoRA, a row per rank (and mask...), a column per bit width; the
     16-bit cell (one per rank and seed, mask `none`) fills the 16-bit column of every row."""
     quantized = cells.filter(pl.col("bits") < 16)
-    keys = [k for k in ("targets", "n_train", "rank", "mask") if quantized[k].n_unique() > 1] or ["rank"]
+    keys = _varying(cells)
     shared = [k for k in keys if k != "mask"]
     rows = []
     for key, group in quantized.sort(keys).group_by(keys, maintain_order=True):
@@ -68,24 +75,27 @@ def eval_loss_table(cells: pl.DataFrame, study: str) -> str:
 
 
 def gap_table(cells: pl.DataFrame, study: str) -> str:
-    """The eval-loss gap to the 16-bit cell of the same rank and seed, averaged over seeds, per bits and rank."""
+    """The eval-loss gap to the 16-bit cell of the same rank and seed, averaged over seeds, per bits (and rank,
+    mask... where they vary)."""
     keys = [k for k in ("model", "n_train", "targets", "rank", "seed") if k in cells.columns]
+    group = _varying(cells)
     ref = cells.filter(pl.col("bits") == 16).select(*keys, pl.col("eval_loss").alias("ref"))
     gaps = (cells.filter(pl.col("bits") < 16).join(ref, on=keys, how="inner", nulls_equal=True)
             .with_columns((pl.col("eval_loss") - pl.col("ref")).alias("gap"))
-            .group_by("rank", "bits").agg(pl.col("gap").mean().round(4).alias("gap to 16 bits (nats)"),
+            .group_by(*group, "bits").agg(pl.col("gap").mean().round(4).alias("gap to 16 bits (nats)"),
                                           (pl.col("eval_loss").exp() / pl.col("ref").exp()).mean().round(3)
                                           .alias("perplexity ratio"))
-            .sort("rank", "bits", descending=[False, True]))
+            .sort(*group, "bits", descending=[False] * len(group) + [True]))
     return markdown(gaps, f"{study}: cost of quantization against the 16-bit cell (mean over seeds)")
 
 
 def similarity_table(pairs: pl.DataFrame, study: str) -> str:
-    table = (pairs.group_by("rank", "bits")
+    group = _varying(pairs)
+    table = (pairs.group_by(*group, "bits")
              .agg(pl.col("dw_cos_mean").mean().round(4).alias("ΔW cosine"),
                   (100 * pl.col("token_match").mean()).round(1).alias("token match %"),
                   pl.col("embed_cos").mean().round(4).alias("embedding cosine"))
-             .sort("rank", "bits", descending=[False, True]))
+             .sort(*group, "bits", descending=[False] * len(group) + [True]))
     return markdown(table, f"{study}: quantized cells against their 16-bit reference (mean over seeds)")
 
 
