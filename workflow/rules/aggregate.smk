@@ -12,7 +12,7 @@ rule aggregate:
     conda:
         ENV
     shell:
-        "qlbench aggregate " + CONFIG_ARGS + " {wildcards.study} --results {params.results} > {log} 2>&1"
+        f"qlbench aggregate {CONFIG_ARGS} {{wildcards.study}} --results {{params.results}} > {{log}} 2>&1"
 
 
 rule summarize:
@@ -62,4 +62,4 @@ rule similarity:
     conda:
         ENV
     shell:
-        "qlbench similarity " + CONFIG_ARGS + " {wildcards.study} --results {params.results} > {log} 2>&1"
+        f"qlbench similarity {CONFIG_ARGS} {{wildcards.study}} --results {{params.results}} > {{log}} 2>&1"

@@ -23,5 +23,5 @@ rule cell:
         ENV
     shell:
         # the config files are not a param: passing another --configfile (planted trouble) must not rerun cells
-        "qlbench run " + CONFIG_ARGS + " --study {wildcards.study} {params.coords} --out {params.out} "
-        "--threads {threads} 2> /dev/null  # the cell writes {log} itself"
+        f"qlbench run {CONFIG_ARGS} --study {{wildcards.study}} {{params.coords}} --out {{params.out}} "
+        f"--threads {{threads}} 2> /dev/null  # the cell writes {{log}} itself"

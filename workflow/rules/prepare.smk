@@ -9,4 +9,4 @@ rule prepare_base:
     conda:
         ENV
     shell:
-        "qlbench prepare " + CONFIG_ARGS + " {wildcards.model} --out {output} --threads {threads} > {log} 2>&1"
+        f"qlbench prepare {CONFIG_ARGS} {{wildcards.model}} --out {{output}} --threads {{threads}} > {{log}} 2>&1"
