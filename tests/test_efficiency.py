@@ -54,3 +54,16 @@ def test_auto_base_dtype_is_bf16_on_a_gpu_and_fp32_on_a_cpu():
     assert efficiency.base_dtype(s, "NVIDIA H100 80GB HBM3") == "bfloat16"
     assert efficiency.base_dtype(json.dumps({"base_dtype": "float16"}), "cpu (2 threads)") == "float16"
     assert efficiency.base_dtype(json.dumps({}), "cpu") is None
+
+
+def test_the_reference_is_the_16_bit_base_when_there_is_one():
+    cells = pl.DataFrame([
+        _cell(16, 0, 2000.0, 800.0, 0.10, 0, base_dtype="float32"),
+        _cell(16, 0, 1000.0, 400.0, 0.05, 0, base_dtype="bfloat16"),
+        _cell(4, 0, 600.0, 120.0, 0.10, 80 * MB, base_dtype="bfloat16"),
+    ])
+    t = efficiency.table(cells)
+    nf4 = t.filter(pl.col("bits") == 4).row(0, named=True)
+    assert nf4["mem_reduction_pct"] == pytest.approx(40.0) and nf4["relative_speed"] == pytest.approx(0.5)
+    fp32 = t.filter((pl.col("bits") == 16) & (pl.col("base_dtype") == "float32")).row(0, named=True)
+    assert fp32["mem_reduction_pct"] == pytest.approx(-100.0)  # the fp32 base takes twice a real 16-bit one

@@ -69,8 +69,9 @@ def _predicted_weight_mb(row: dict) -> float | None:
 
 def table(cells: pl.DataFrame) -> pl.DataFrame:
     """One row per configuration: medians over seeds of time and throughput, maxima of memory; then memory
-    reduction and relative speed against the 16-bit configuration (`bits` 16) of the same model, rank and
-    targets, and the predicted weight memory where the row counts its quantized parameters."""
+    reduction and relative speed against the 16-bit configuration (`bits` 16; with a bf16/fp16 base where the
+    study has one, else the fp32 one) of the same model, rank and targets, and the predicted weight memory where
+    the row counts its quantized parameters (`quantized_params`)."""
     cells = _with_settings(cells)
     keys = [k for k in KEYS if k in cells.columns]
     wanted = {
@@ -93,7 +94,10 @@ def table(cells: pl.DataFrame) -> pl.DataFrame:
     have = [c for c in ("peak_mem_mb", "weight_mem_mb", "step_time_ms", "base_params") if c in out.columns]
     if "bits" not in out.columns or not have:
         return out.drop([c for c in out.columns if c.startswith("_")])
-    ref = out.filter(pl.col("bits") == 16).group_by(match).agg(
+    ref = out.filter(pl.col("bits") == 16)
+    if "base_dtype" in ref.columns and ref["base_dtype"].is_in(["bfloat16", "float16"]).any():
+        ref = ref.filter(pl.col("base_dtype").is_in(["bfloat16", "float16"]))  # a real 16-bit base, when there is one
+    ref = ref.group_by(match).agg(
         [pl.col(c).mean().alias(f"ref_{c}") for c in have])
     out = out.join(ref, on=match, how="left", nulls_equal=True)
     extra = []
