@@ -276,3 +276,28 @@ def test_qlbench_bounds_on_planted_cells_writes_fits_verdicts_and_the_noise_chec
     assert noise.filter((pl.col("quantizer") == "int") & (pl.col("bits") == 8))["holds"].all()
     for name in ("bounds.png", "gaps.png", "noise_check.png", "fits.md", "bstar.md"):
         assert (tmp_path / "b" / name).stat().st_size > 0
+
+
+def test_qlbench_sensitivity_budget_bits_solves_per_module_widths(tmp_path):
+    from click.testing import CliRunner
+
+    from qlbench.cli import main
+
+    hurt = {"b0.attn.c_proj": 0.002, "b1.attn.c_proj": 0.003, "b0.mlp.c_fc": 0.010, "b1.mlp.c_fc": 0.011}
+    numel = {"attn.c_proj": 1_000_000, "mlp.c_fc": 4_000_000}
+    rows = []
+    for seed in (0, 1):
+        rows.append({"bits": 4, "rank": 8, "mask": "none", "seed": seed, "eval_loss": 2.0})
+        rows += [{"bits": 4, "rank": 8, "mask": m, "seed": seed, "eval_loss": 2.0 + d} for m, d in hurt.items()]
+    cells_from(rows).with_columns(pl.lit("syn").alias("study"), pl.lit(8).alias("high_bits")).write_parquet(
+        tmp_path / "cells.parquet")
+    pl.DataFrame([{"model": "m", "n_train": None, "rank": 8, "seed": s, "mask": "none",
+                   "module": f"transformer.h.{b}.{mod}", "estimate": 1.0, "numel": n}
+                  for s in (0, 1) for b in (0, 1) for mod, n in numel.items()],
+                 schema_overrides={"n_train": pl.Int64}).write_parquet(tmp_path / "probes.parquet")
+    result = CliRunner().invoke(main, ["sensitivity", str(tmp_path / "cells.parquet"), "--out", str(tmp_path / "s"),
+                                       "--budget-bits", "6"])
+    assert result.exit_code == 0, result.output
+    rec = pl.read_parquet(tmp_path / "s/recommendation.parquet").row(0, named=True)
+    assert rec["mask"] == "b0.mlp.c_fc+b0.attn.c_proj" and rec["avg_bits"] == pytest.approx(6.0)
+    assert rec["solver"] == "Optimal" and (tmp_path / "s/recommendation.html").exists()
