@@ -33,6 +33,17 @@ def test_fake_4bit_equals_bitsandbytes_dequantize(fmt, quant_type, shape, double
     assert torch.equal(ours, oracle), (ours - oracle).abs().max()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU: the CUDA kernels' parity is checked where one is lent")
+@pytest.mark.parametrize("double_quant", [False, True])
+@pytest.mark.parametrize("fmt,quant_type", [("nf", "nf4"), ("fp", "fp4")])
+def test_fake_4bit_equals_bitsandbytes_dequantize_on_cuda(fmt, quant_type, double_quant):
+    w = (torch.randn(2048, 768, generator=torch.Generator().manual_seed(0)) * 0.05).cuda()
+    packed, state = bnbf.quantize_4bit(w, blocksize=64, quant_type=quant_type, compress_statistics=double_quant)
+    oracle = bnbf.dequantize_4bit(packed, state)
+    ours = formats.quantize(w, 4, fmt, double_quant=double_quant)
+    assert torch.equal(ours, oracle), (ours - oracle).abs().max()
+
+
 def test_values_on_a_midpoint_are_scaled_as_bitsandbytes_scales_them():
     """bnb multiplies a block by 1/absmax; dividing differs in the last bit, and these values (found by search)
     then round to the other FP4 code: 0.0 here, 0.0052*absmax when divided."""

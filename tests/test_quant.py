@@ -104,3 +104,15 @@ def test_noise_ratio_of_a_min_max_quantizer_is_the_step_ratio_squared():
     stats = apply(model, {"transformer.h.0.mlp.c_fc": 3}, {**DEFAULTS, "format": "int"})
     assert stats[0]["noise_var_uniform"] == pytest.approx((1 / 4) ** 2 / 12, rel=1e-12)
     assert stats[0]["quant_mse"] / stats[0]["noise_var_uniform"] == pytest.approx(16 / 9 * 63 / 64, rel=0.02)
+
+
+def test_cuda_rule_for_the_dynamic_code_picks_a_nearest_code():
+    """bitsandbytes' CUDA binary search (emulated for the fake backend on a GPU) lands on the nearest of the 256
+    codes for values off a midpoint; on a midpoint, one of its two neighbours (which one depends on the search)."""
+    code = formats.dynamic_code()
+    x = torch.rand(100_000, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    mids = (code[1:] + code[:-1]) * 0.5
+    assert torch.equal(formats._dynamic_index_cuda(x, code), torch.searchsorted(mids, x))
+    assert torch.equal(formats._dynamic_index_cuda(code, code), torch.arange(256))
+    on = formats._dynamic_index_cuda(mids, code) - torch.arange(255)
+    assert set(on.tolist()) == {0, 1}

@@ -55,16 +55,35 @@ def dynamic_code() -> torch.Tensor:
 
 
 def _dynamic_index(scaled: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-    """Index of the code value bitsandbytes picks for each value in [-1, 1]. Its CPU kernel looks the value up in
-    a 65,536-bin table of nearest codes (bin i holds -1 + 2i/65535, rounded to the nearest bin), so a value within
-    half a bin of a midpoint may go to its second-nearest code; the CUDA kernel takes the nearest code."""
+    """Index of the code value bitsandbytes picks for each value in [-1, 1], as its kernel on that device does.
+    The CPU kernel looks the value up in a 65,536-bin table of nearest codes (bin i holds -1 + 2i/65535, the value
+    goes to the nearest bin), so a value within half a bin of a midpoint may go to its second-nearest code."""
+    if scaled.device.type != "cpu":
+        return _dynamic_index_cuda(scaled, code)
     mids = (code[1:] + code[:-1]) * 0.5
-    if scaled.device.type != "cpu":  # untested: no GPU was at hand when this was written
-        return torch.searchsorted(mids, scaled.contiguous())
     bins = -1.0 + (2.0 * torch.arange(65536, dtype=torch.float32, device=scaled.device)) / 65535.0
     table = torch.searchsorted(mids, bins)  # how many midpoints lie strictly below each bin
     t = (scaled.clamp(-1.0, 1.0) + 1.0) * 0.5 * 65535.0 + 0.5  # fp32 throughout, as the kernel
     return table[t.long()]
+
+
+def _dynamic_index_cuda(x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """The CUDA kernel's rule (`dQuantize`): a 7-step binary search from the middle code, then the nearer of the
+    last value and the tightest bound seen, a tie going to the value the search ended on. Untested against a GPU:
+    none was lent when this was written (the CPU tests check only that it picks a nearest code)."""
+    pivot = torch.full_like(x, 127, dtype=torch.long)
+    lower_pivot, upper_pivot = torch.zeros_like(pivot), torch.full_like(pivot, 255)
+    val = code[pivot]
+    for step in (64, 32, 16, 8, 4, 2, 1):
+        above = x > val
+        lower_pivot = torch.where(above, pivot, lower_pivot)
+        upper_pivot = torch.where(above, upper_pivot, pivot)
+        pivot = torch.where(above, pivot + step, pivot - step)
+        val = code[pivot]
+    above = x > val
+    up = torch.where(x > (code[upper_pivot] + val) * 0.5, upper_pivot, pivot)
+    down = torch.where(x < (code[lower_pivot] + val) * 0.5, lower_pivot, pivot)
+    return torch.where(above, up, down)
 
 
 def double_quantize(absmax: torch.Tensor, block: int = 256) -> torch.Tensor:
