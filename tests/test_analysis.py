@@ -105,6 +105,13 @@ def test_without_rank_coupling_the_coupling_is_not_supported():
     assert verdict["exponential bit scaling"] == "supported"
 
 
+def test_cells_without_gradient_variance_nan_fit_without_the_grad_var_form():
+    cells = planted().with_columns(pl.lit(float("nan")).alias("grad_var_mean"))  # how unmeasured cells store it
+    pts, fits = fitted(cells)
+    assert "bound_grad_var" not in fits["form"].to_list() and bounds.supported(fits)["form"] == "bound"
+    assert bounds.grad_var_scaling(cells).is_empty()
+
+
 def test_one_rank_makes_the_coupling_not_testable():
     cells = planted(ranks=(8,), examples=(1000,))
     pts, fits = fitted(cells)

@@ -46,8 +46,7 @@ def run_bounds(cells_parquet: Path, out: Path, tolerance: float, noise: pl.DataF
     fit_view = fits.select("form", *[pl.format("{} [{}, {}]", *(pl.col(c + e).round_sig_figs(3) for e in ("", "_lo", "_hi")))
                                      .alias(c) for c in coef_cols],
                            "r2", "loo_rmse", "aicc", "delta_aicc", "bic", "supported")
-    best_note = f"Supported form: {best['form']}" + ("" if best["form"] in bounds.RANK_COUPLED else
-                                                    " (the bound's rank-coupled form is rejected)") + "."
+    best_note = f"Supported form: {best['form']}: {bounds.verdict_on_form(best['form'])}."
     _tables(out, "fits", fit_view, f"{study}: L(r, b, N) fitted over {pts.height} points (weighted by seed "
             "uncertainty; 95% CIs by bootstrap over seeds)", best_note)
     _tables(out, "verdicts", verdicts, f"{study}: the bounds paper's claims, tested")

@@ -113,8 +113,9 @@ def bounds_figure(cells: pl.DataFrame, pts: pl.DataFrame, fits: pl.DataFrame, bs
     rank_ticks = sorted(pts["rank"].unique().to_list())
     ax[1].set_xticks(rank_ticks, [str(r) for r in rank_ticks])
     ax[1].minorticks_off()
-    if "grad_var_mean" in used.columns and used["grad_var_mean"].is_not_null().any():
-        gv = used.group_by("rank", "bits").agg(pl.col("grad_var_mean").mean()).sort("bits")
+    if "grad_var_mean" in used.columns and used["grad_var_mean"].is_finite().fill_null(False).any():
+        gv = (used.filter(pl.col("grad_var_mean").is_finite()).group_by("rank", "bits")
+              .agg(pl.col("grad_var_mean").mean()).sort("bits"))
         for i, ((r,), p) in enumerate(gv.group_by(["rank"], maintain_order=True)):
             ax[2].plot(p["bits"], p["grad_var_mean"], marker="o", color=f"C{i % 10}", label=f"r={r}")
         slopes = "; ".join(f"{s['term']} {s['measured_slope']:+.2f} [{s['ci_lo']:+.2f}, {s['ci_hi']:+.2f}] "
