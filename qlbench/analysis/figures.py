@@ -106,6 +106,7 @@ def bounds_figure(cells: pl.DataFrame, pts: pl.DataFrame, fits: pl.DataFrame, bs
     ax[0].set(xlabel="bits (16 = not quantized)", ylabel="eval loss", xscale="log",
               title=f"A  bits vs eval loss; lines: `{best['form']}` fit")
     ax[0].set_xticks(bits_ticks, [str(b) for b in bits_ticks])
+    ax[0].minorticks_off()
     for i, ((b, n), p) in enumerate(pts.sort("rank").group_by(["bits", "train_examples"], maintain_order=True)):
         ax[1].errorbar(p["rank"], p["loss"], yerr=p["se"], marker="o", capsize=2, color=f"C{i % 10}",
                        label=f"{b} bits N={n}")
