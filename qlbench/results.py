@@ -33,6 +33,7 @@ METRICS = {
     "peak_mem_mb": pl.Float64,
     "trainable_params": pl.Int64,
     "n_quantized": pl.Int64,  # modules below 16 bits
+    "quantized_params": pl.Int64,  # weights those modules hold (QLoRA's predicted bytes count these)
     "base_params": pl.Int64,  # parameters of the base model (tied weights once)
     "bits_per_param": pl.Float64,  # weight_mem_mb in bits over base_params
     "train_examples": pl.Int64,  # N of the bounds: examples the LoRA trained on

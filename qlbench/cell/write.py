@@ -69,6 +69,7 @@ def _row(ctx: Context, model, base: Base, quantized: Quantized, loss_before: flo
         "peak_mem_mb": evaluated.peak_mem_mb,
         "trainable_params": measure.trainable_params(model),
         "n_quantized": len(quantized.plan),
+        "quantized_params": sum(q["numel"] for q in stats),
         "train_examples": base.train_examples,
         "quant_mse": _mean(q["quant_mse"] for q in stats),
         "quant_rel_err": _mean(q["quant_rel_err"] for q in stats),
