@@ -289,20 +289,25 @@ def qlora_figure(cells: pl.DataFrame, pairs: pl.DataFrame, layers: pl.DataFrame,
         ax[0].axis("off")
         ax[0].text(0.5, 0.5, "no peak memory recorded", ha="center", va="center")
     if rstar.height:
-        for i, r in enumerate(rstar.iter_rows(named=True)):
-            line = ax[1].plot(r["ranks"], r["similarity"], "o-", label=f"{r['metric']} {r['bits']} bits: r* = "
-                              f"{r['r_star'] if r['r_star'] is not None else 'none'}")
-            if r["r_star"] is not None:
-                ax[1].axvline(r["r_star"], color=line[0].get_color(), ls=":", alpha=0.7)
+        widths = sorted(rstar["bits"].unique().to_list())
+        styles = {m: ls for m, ls in zip(sorted(rstar["metric"].unique().to_list()), ("-", "--", ":", "-."))}
+        for r in rstar.iter_rows(named=True):
+            color = f"C{widths.index(r['bits']) % 10}"
+            ax[1].plot(r["ranks"], r["similarity"], marker="o", ls=styles[r["metric"]], color=color,
+                       label=f"{r['bits']} bits, {r['metric']}: r* = {r['r_star'] if r['r_star'] is not None else '–'}")
         ax[1].axhline(rstar["threshold"][0], color="k", ls="--", lw=0.8)
-        ax[1].set(xscale="log", xlabel="rank", ylabel="similarity to the 16-bit adapter",
+        all_ranks = sorted({x for rs in rstar["ranks"].to_list() for x in rs})
+        ax[1].set(xscale="log", xlabel="rank", ylabel="similarity to the 16-bit cell",
                   title=f"rank threshold: r* = smallest rank with similarity ≥ {rstar['threshold'][0]:g}")
-        ax[1].legend(fontsize=7)
+        ax[1].set_xticks(all_ranks, [str(x) for x in all_ranks])
+        ax[1].minorticks_off()
+        ax[1].legend(fontsize=6, ncol=2)
     else:
         ax[1].axis("off")
         ax[1].text(0.5, 0.5, "no quantized/16-bit pairs: no r*", ha="center", va="center")
     if layers.height and "dw_cos" in layers.columns:
-        low = layers.filter(pl.col("bits") == layers["bits"].min())
+        shown = 4 if 4 in layers["bits"].to_list() else layers["bits"].min()  # QLoRA's width where scanned
+        low = layers.filter(pl.col("bits") == shown)
         mat = low.group_by("module", "rank").agg(pl.col("dw_cos").mean()).pivot(on="rank", index="module",
                                                                                    values="dw_cos")
         rank_cols = sorted((c for c in mat.columns if c != "module"), key=int)
@@ -311,6 +316,8 @@ def qlora_figure(cells: pl.DataFrame, pairs: pl.DataFrame, layers: pl.DataFrame,
         ax[2].set_xticks(range(len(rank_cols)), rank_cols)
         ax[2].set_yticks(range(mat.height), [m.replace("base_model.model.", "") for m in mat["module"]], fontsize=6)
         ax[2].set(xlabel="rank", title=f"per-layer cos(ΔW, ΔW_16) at {low['bits'][0]} bits (mean over seeds)")
+        for (i, j), v in np.ndenumerate(mat.select(rank_cols).to_numpy()):
+            ax[2].text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
         fig.colorbar(image, ax=ax[2])
     else:
         ax[2].axis("off")
