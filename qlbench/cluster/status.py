@@ -79,7 +79,7 @@ def cell_status(cell_dir: Path, path: str, now: float | None = None, identity: t
     row = cell_dir / grid.ROW
     if row.exists():
         state, chash, settings_json = _row_status(row)
-        if identity is not None and chash != identity[1]:
+        if identity is not None and chash is not None and chash != identity[1]:
             return CellStatus(path, "stale", "made under other settings: " + changed_settings(settings_json,
                                                                                                 identity[0]))
         return CellStatus(path, "done" if state == "ok" else state)
@@ -107,12 +107,15 @@ def cell_status(cell_dir: Path, path: str, now: float | None = None, identity: t
     return CellStatus(path, "failed", reason)
 
 
-def _row_status(row: Path) -> tuple[str, str, str]:
-    """(status, config_hash, settings_json) of a finished cell's row."""
+def _row_status(row: Path) -> tuple[str, str | None, str]:
+    """(status, config_hash, settings_json) of a finished cell's row; no hash where the row has none."""
     import pyarrow.parquet as pq
 
-    table = pq.ParquetFile(row).read(columns=["status", "config_hash", "settings_json"])  # faster than read_table
-    return tuple(str(table.column(i)[0]) for i in range(3))
+    file = pq.ParquetFile(row)
+    columns = [c for c in ("status", "config_hash", "settings_json") if c in file.schema_arrow.names]
+    table = file.read(columns=columns)  # faster than read_table
+    values = {c: str(table.column(c)[0]) for c in columns}
+    return values["status"], values.get("config_hash"), values.get("settings_json", "{}")
 
 
 def _marker(marker: Path, now: float) -> dict | None:

@@ -1,0 +1,5 @@
+"""`python -m qlbench.cli`: the same command."""
+
+from qlbench.cli import main
+
+main()

@@ -1,0 +1,141 @@
+"""Commands that read a study's results (parquet) and write tables and figures: no model, no torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from qlbench.cli import config_option, load_study, main
+from qlbench.errors import QlbenchError
+
+
+@main.command()
+@config_option
+@click.argument("study", required=False)
+@click.option("--results", default=None, help="results folder (default: the config's, or results/)")
+def similarity(config_files, study, results):
+    """Quantized cells against their 16-bit references: token match, embedding cosine and per-layer ΔW similarity
+    (results/STUDY/similarity.parquet, similarity_layers.parquet) and r*, the smallest rank at similarity >= 0.95
+    (rstar.parquet). Reads stored outputs only."""
+    from qlbench.analysis import similarity as sim
+    from qlbench.results import write_parquet
+
+    st = load_study(config_files, study)
+    root = Path(results or st.config.get("results", "results"))
+    pairs, layers, skipped = sim.pairs(st, str(root))
+    write_parquet(pairs, root / st.name / "similarity.parquet")
+    write_parquet(layers, root / st.name / "similarity_layers.parquet")
+    write_parquet(sim.r_star(pairs), root / st.name / "rstar.parquet")
+    click.echo(f"{st.name}: {pairs.height} quantized/16-bit pairs, {layers.height} layer rows"
+               + (f", {len(skipped)} skipped for missing outputs (first: {skipped[0]})" if skipped else ""))
+
+
+@main.command()
+@click.argument("cells_parquet", type=click.Path(exists=True, dir_okay=False))
+@click.option("--table", "table_path", required=True, type=click.Path(dir_okay=False), help="summary .md")
+@click.option("--csv", "csv_path", required=True, type=click.Path(dir_okay=False), help="summary .csv")
+@click.option("--figure", "figure_path", required=True, type=click.Path(dir_okay=False), help="eval loss vs bits .png")
+@click.option("--efficiency", "efficiency_path", default=None, type=click.Path(dir_okay=False),
+              help="efficiency table .md (memory, time, throughput per configuration)")
+def summarize(cells_parquet, table_path, csv_path, figure_path, efficiency_path):
+    """The summary table (Markdown, CSV) and the eval-loss-against-bits figure of an aggregated study."""
+    from qlbench.analysis.commands import run_summary
+
+    click.echo(run_summary(Path(cells_parquet), Path(table_path), Path(csv_path), Path(figure_path),
+                           Path(efficiency_path) if efficiency_path else None))
+
+
+@main.command()
+@click.argument("cells_parquet", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for tables and figures")
+@click.option("--tolerance", default=0.01, show_default=True, help="eval-loss gap (nats) b* must stay within")
+@click.option("--noise-check/--no-noise-check", default=True, show_default=True,
+              help="quantize the 16-bit cells' trained adapters with qlbench's quantizers and compare the error "
+                   "variance with Δ²/12 (a Gaussian tensor when no adapter is found)")
+def bounds(cells_parquet, out, tolerance, noise_check):
+    """Fit L(r, b, N) = L* + c1·sqrt(r/N) + c2·r·2^(-2b) and its rivals to every cell's eval loss (16-bit
+    included), with CIs, R², LOO error and AICc; the supported form, b*(r, N), a verdict per claim of the bounds
+    paper, gradient-variance slopes, and the noise check on the real quantizers."""
+    from qlbench.analysis.commands import run_bounds
+
+    noise = _noise_check(Path(cells_parquet)) if noise_check else None
+    try:
+        click.echo(run_bounds(Path(cells_parquet), Path(out), tolerance, noise))
+    except ValueError as e:
+        raise QlbenchError(f"bounds: {e}") from None
+
+
+def _noise_check(cells_parquet: Path):
+    """Here, not in analysis/: the check quantizes tensors, and analysis never touches a quantizer."""
+    import polars as pl
+
+    from qlbench.quant import noise
+
+    widths = set(pl.read_parquet(cells_parquet, columns=["bits"])["bits"].to_list()) - {16} | {2, 3, 4, 8}
+    tensors = noise.adapter_tensors(cells_parquet.parent / "cells")
+    source = "adapters of the 16-bit cells"
+    if not tensors:
+        tensors, source = noise.gaussian_tensors(), "a Gaussian tensor (no adapter found)"
+    return pl.DataFrame(noise.check(tensors, sorted(widths))).with_columns(pl.lit(source).alias("source"))
+
+
+@main.command()
+@click.argument("cells_parquet", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for tables and sensitivity.png")
+@click.option("--budget", default=0.5, show_default=True,
+              help="shorthand: this fraction of the blocks/modules (by count) to low bits")
+@click.option("--budget-bits", type=float, default=None,
+              help="average bits per quantized weight (parameter-weighted): a width per block/module by an exact "
+                   "integer program (CBC), instead of --budget")
+def sensitivity(cells_parquet, out, budget, budget_bits):
+    """Rank blocks and modules by the eval loss they cost at low bits; recommend a mixed-precision configuration."""
+    from qlbench.analysis.commands import run_sensitivity
+
+    try:
+        click.echo(run_sensitivity(Path(cells_parquet), Path(out), budget, budget_bits))
+    except ValueError as e:
+        raise QlbenchError(f"sensitivity: {e}") from None
+
+
+@main.command("qlora-figure")
+@click.argument("study_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="the figure .png")
+def qlora_figure(study_dir, out):
+    """The QLoRA study's four panels from STUDY_DIR (results/STUDY): memory per rank, r*, the per-layer ΔW
+    similarity matrix and the target variants (each where the grid supports it)."""
+    from qlbench.analysis.commands import run_qlora_figure
+
+    click.echo(run_qlora_figure(Path(study_dir), Path(out)))
+
+
+@main.command()
+@config_option
+@click.argument("study", required=False)
+@click.option("--results", default=None, help="results folder (default: the config's, or results/)")
+def findings(config_files, study, results):
+    """Print, as Markdown, every number the README states about STUDY, from its results (tables, gaps,
+    similarity, bound fit and verdicts, sensitivity ranking, validated recommendation)."""
+    from qlbench.analysis.findings import findings as study_findings
+    from qlbench.study import config as studylib
+
+    name = study or studylib.read_config(config_files).get("study") or "demo"
+    root = Path(results or studylib.read_config(config_files).get("results", "results"))
+    try:
+        click.echo(study_findings(root / name))
+    except FileNotFoundError as e:
+        raise QlbenchError(f"findings: {e}") from None
+
+
+@main.command("validate-recommendation")
+@click.argument("cells_parquet", type=click.Path(exists=True, dir_okay=False))
+@click.argument("recommendation_parquet", type=click.Path(exists=True, dir_okay=False))
+@click.argument("rows", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="validation .parquet")
+def validate_recommendation(cells_parquet, recommendation_parquet, rows, out):
+    """Measured against predicted degradation of the recommended mixed-precision masks (their cells' ROWS)."""
+    from qlbench.analysis.commands import run_validation
+
+    lines = run_validation(Path(cells_parquet), Path(recommendation_parquet), [Path(r) for r in rows], Path(out))
+    if lines:
+        click.echo(lines)
