@@ -7,10 +7,10 @@ rule aggregate:
         probes=f"{RESULTS}/{{study}}/probes.parquet",
     log:
         f"{RESULTS}/{{study}}/logs/aggregate.log",
-    params:
-        results=lambda wildcards, output: os.path.dirname(os.path.dirname(output.cells)),
     conda:
         ENV
+    params:
+        results=lambda wildcards, output: os.path.dirname(os.path.dirname(output.cells)),
     shell:
         f"qlbench aggregate {CONFIG_ARGS} {{wildcards.study}} --results {{params.results}} > {{log}} 2>&1"
 
@@ -57,9 +57,9 @@ rule similarity:
         rstar=f"{RESULTS}/{{study}}/rstar.parquet",
     log:
         f"{RESULTS}/{{study}}/logs/similarity.log",
-    params:
-        results=lambda wildcards, output: os.path.dirname(os.path.dirname(output.pairs)),
     conda:
         ENV
+    params:
+        results=lambda wildcards, output: os.path.dirname(os.path.dirname(output.pairs)),
     shell:
         f"qlbench similarity {CONFIG_ARGS} {{wildcards.study}} --results {{params.results}} > {{log}} 2>&1"

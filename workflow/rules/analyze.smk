@@ -41,10 +41,10 @@ rule bounds:
         ),
     log:
         f"{RESULTS}/{{study}}/logs/bounds.log",
-    params:
-        out=lambda wildcards, output: os.path.dirname(output.fits),
     conda:
         ENV
+    params:
+        out=lambda wildcards, output: os.path.dirname(output.fits),
     shell:
         "qlbench bounds {input} --out {params.out} > {log} 2>&1"
 
@@ -75,11 +75,11 @@ checkpoint sensitivity:
         ),
     log:
         f"{RESULTS}/{{study}}/logs/sensitivity.log",
+    conda:
+        ENV
     params:
         out=lambda wildcards, output: os.path.dirname(output.ranking),
         budget=budget_args(),
-    conda:
-        ENV
     shell:
         "qlbench sensitivity {input.cells} --out {params.out} {params.budget} > {log} 2>&1"
 
@@ -120,9 +120,9 @@ rule qlora_figure:
         ),
     log:
         f"{RESULTS}/{{study}}/logs/qlora_figure.log",
-    params:
-        study_dir=lambda wildcards, input: os.path.dirname(input.cells),
     conda:
         ENV
+    params:
+        study_dir=lambda wildcards, input: os.path.dirname(input.cells),
     shell:
         "qlbench qlora-figure {params.study_dir} --out {output} > {log} 2>&1"

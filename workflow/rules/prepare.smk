@@ -3,10 +3,10 @@ rule prepare_base:
         directory(f"{RESOURCES}/models/{{model}}"),
     log:
         f"{RESOURCES}/logs/prepare_{{model}}.log",
-    params:
-        spec=base_hash,  # a changed model entry (shape, pretraining) prepares the base again
-    threads: 2
     conda:
         ENV
+    threads: 2
+    params:
+        spec=base_hash,  # a changed model entry (shape, pretraining) prepares the base again
     shell:
         f"qlbench prepare {CONFIG_ARGS} {{wildcards.model}} --out {{output}} --threads {{threads}} > {{log}} 2>&1"
