@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from qlbench.analysis import bounds, sensitivity
+from qlbench.analysis import bounds, claims, sensitivity
 from qlbench.analysis.pairs import with_reference
 
 
@@ -61,7 +61,7 @@ def test_bound_fit_over_all_cells_recovers_the_planted_law_and_picks_it():
     assert best["r2"] > 0.999 and best["loo_rmse"] < 0.005
     rivals = fits.filter(pl.col("form") != "bound")
     assert (rivals["delta_aicc"] > 10).all()  # every rival clearly worse
-    exps = {r["exponent"]: r for r in bounds.exponents(pts).iter_rows(named=True)}
+    exps = {r["exponent"]: r for r in claims.exponents(pts).iter_rows(named=True)}
     assert exps["kappa"]["ci_lo"] <= 2.0 <= exps["kappa"]["ci_hi"]
     assert exps["rho"]["ci_lo"] <= 1.0 <= exps["rho"]["ci_hi"]
     verdict = _verdicts(cells, pts, fits)
@@ -88,7 +88,7 @@ def _verdicts(cells, pts, fits):
     best = bounds.supported(fits)
     ranks, ns = sorted(pts["rank"].unique()), sorted(pts["train_examples"].unique())
     table = bounds.rank_precision(gaps, bounds.b_star(best, ranks, ns, 0.01), 0.01)
-    v = bounds.verdicts(fits, bounds.exponents(pts), bounds.grad_var_scaling(cells), table, len(ranks), len(ns))
+    v = claims.verdicts(fits, claims.exponents(pts), claims.grad_var_scaling(cells), table, len(ranks), len(ns))
     return {row["claim"].split(":")[0] + (" N" if "log₂ N" in row["claim"] else ""): row["verdict"]
             for row in v.iter_rows(named=True)} | {"rows": v}
 
@@ -109,7 +109,7 @@ def test_cells_without_gradient_variance_nan_fit_without_the_grad_var_form():
     cells = planted().with_columns(pl.lit(float("nan")).alias("grad_var_mean"))  # how unmeasured cells store it
     pts, fits = fitted(cells)
     assert "bound_grad_var" not in fits["form"].to_list() and bounds.supported(fits)["form"] == "bound"
-    assert bounds.grad_var_scaling(cells).is_empty()
+    assert claims.grad_var_scaling(cells).is_empty()
 
 
 def test_one_rank_makes_the_coupling_not_testable():
@@ -137,7 +137,7 @@ def test_grad_var_slopes_are_recovered_with_intervals_that_cover_them():
             rows += [{"bits": b, "rank": r, "mask": "all", "seed": seed, "eval_loss": 2.1,
                       "grad_var_mean": 1.0 + 50.0 * r * 2.0 ** (-2 * b) * math.exp(g.normal(0, 0.1))}
                      for b in (2, 3, 4, 6)]
-    slopes = {s["term"]: s for s in bounds.grad_var_scaling(cells_from(rows)).iter_rows(named=True)}
+    slopes = {s["term"]: s for s in claims.grad_var_scaling(cells_from(rows)).iter_rows(named=True)}
     for term, truth in (("log2_rank", 1.0), ("bits", -2.0)):
         s = slopes[term]
         assert s["ci_lo"] < truth < s["ci_hi"] and s["measured_slope"] == pytest.approx(truth, abs=0.05)

@@ -14,8 +14,8 @@ BSTAR_RANKS = [2, 4, 8, 16, 32, 64]
 def run_bounds(cells_parquet: Path, out: Path, tolerance: float, noise: pl.DataFrame | None = None) -> str:
     """Fits, verdicts, b*, gradient-variance slopes, the gap view and the nine-panel figure; `noise` (the noise
     check on qlbench's quantizers, computed by the caller: analysis never quantizes) is written and drawn."""
-    from qlbench.analysis import bounds
-    from qlbench.analysis.figures import bounds_figure, gap_figure, noise_figure
+    from qlbench.analysis import bounds, claims
+    from qlbench.analysis.figures_bounds import bounds_figure, gap_figure, noise_figure
 
     cells = pl.read_parquet(cells_parquet)
     models = sorted(cells["model"].unique().to_list())
@@ -27,8 +27,8 @@ def run_bounds(cells_parquet: Path, out: Path, tolerance: float, noise: pl.DataF
     fits = bounds.fit(pts, bounds.fit_cells(cells))
     best = bounds.supported(fits)
     gaps = bounds.gaps(cells)
-    exps = bounds.exponents(pts)
-    grad = bounds.grad_var_scaling(cells)
+    exps = claims.exponents(pts)
+    grad = claims.grad_var_scaling(cells)
     g_rel = ({r: v for r, v in zip(pts["rank"], pts["grad_var_rel"]) if v is not None}
              if "grad_var_rel" in pts.columns else None)
     examples = sorted(pts["train_examples"].unique().to_list())
@@ -36,7 +36,7 @@ def run_bounds(cells_parquet: Path, out: Path, tolerance: float, noise: pl.DataF
     table = bounds.rank_precision(gaps, bounds.b_star(best, sorted(pts["rank"].unique().to_list()), examples,
                                                       tolerance, grad_var_rel=g_rel), tolerance) \
         if gaps.height else pl.DataFrame()
-    verdicts = bounds.verdicts(fits, exps, grad, table, pts["rank"].n_unique(), pts["train_examples"].n_unique())
+    verdicts = claims.verdicts(fits, exps, grad, table, pts["rank"].n_unique(), pts["train_examples"].n_unique())
     out.mkdir(parents=True, exist_ok=True)
     study = cells["study"][0]
     for name, frame in (("points", pts), ("gaps", gaps), ("fits", fits), ("bstar", bstar), ("exponents", exps),
