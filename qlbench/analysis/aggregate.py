@@ -29,7 +29,8 @@ def aggregate(study: Study, results: str) -> tuple[dict[str, pl.DataFrame], list
     made under other settings ({path: what changed}) — left out, so no table mixes settings."""
     folders = {cell: Path(grid.cell_dir(results, study.name, cell)) for cell in grid.cells(study)}
     done = [cell for cell, folder in folders.items() if (folder / grid.ROW).exists()]
-    missing = [cell.path for cell in folders if cell not in set(done)]
+    finished = set(done)
+    missing = [cell.path for cell in folders if cell not in finished]
     rows = read_all([folders[cell] / grid.ROW for cell in done])
     identities = [cell_identity(study, cell) for cell in done]
     stale = {cell.path: changed_settings(settings_json, identity)
