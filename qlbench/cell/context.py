@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from qlbench.errors import QlbenchError
@@ -32,7 +32,7 @@ class Context:
     base_bits: int  # the width `bits` gives the base's masked layers (16 when `bits` go to the adapters)
     masked: list[str]  # the module names the cell's mask selects
     task: object  # the task module (qlbench.tasks)
-    t_start: float = field(default_factory=time.perf_counter)
+    t_start: float  # when the cell began, for its wall time
 
     @property
     def spec(self) -> dict:

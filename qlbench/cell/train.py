@@ -42,9 +42,9 @@ def train(ctx: Context, model, base: Base, quantized: Quantized) -> Trained:
 def current_checkpoint(ctx: Context):
     """The cell's checkpoint path, after removing a checkpoint made under other settings (its stamp, the config
     hash beside it, differs): resuming that would mix two settings in one run."""
-    from qlbench.study.grid import CHECKPOINT
+    from qlbench.study.grid import CHECKPOINT, CHECKPOINT_STAMP
 
-    checkpoint, stamp = ctx.out / CHECKPOINT, ctx.out / (CHECKPOINT + ".config")
+    checkpoint, stamp = ctx.out / CHECKPOINT, ctx.out / CHECKPOINT_STAMP
     if checkpoint.exists() and (not stamp.exists() or stamp.read_text().strip() != ctx.config_hash):
         ctx.log.info("a checkpoint made under other settings: starting over")
         checkpoint.unlink()

@@ -35,7 +35,7 @@ def write(ctx: Context, model, base: Base, quantized: Quantized, loss_before: fl
         save_file(lora.adapter_state(model), str(tmp))
     results.write_parquet(results.curve_frame(coords, trained.curve), out / grid.CURVE)
     results.write_parquet(results.row_frame(row), out / grid.ROW)  # last: its presence marks the cell complete
-    for leftover in (grid.CHECKPOINT, grid.CHECKPOINT + ".config"):
+    for leftover in (grid.CHECKPOINT, grid.CHECKPOINT_STAMP):
         (out / leftover).unlink(missing_ok=True)
     ctx.log.info(f"done in {row['wall_s']:.1f}s: eval_loss {evaluated.eval_loss:.4f}, "
                  f"{row['step_time_s'] * 1000:.0f} ms/step")

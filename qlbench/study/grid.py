@@ -17,6 +17,7 @@ from qlbench.study.config import Study
 ROW, CURVE, ADAPTER, LAYERS, GENERATIONS, PROBE = (
     "row.parquet", "curve.parquet", "adapter.safetensors", "layers.parquet", "generations.parquet", "probe.parquet")
 LOG, CHECKPOINT = "log.txt", "checkpoint.pt"
+CHECKPOINT_STAMP = "checkpoint.pt.config"  # the config hash the checkpoint was made under
 
 _PATH = re.compile(
     r"^(?P<model>[^/]+)(?:/n(?P<n_train>\d+))?(?:/t(?P<targets>[a-z_]+))?/b(?P<bits>\d+)/r(?P<rank>\d+)/(?P<mask>[^/]+)"
