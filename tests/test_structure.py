@@ -1,7 +1,7 @@
 """The package's rooms and the direction of their imports (README, Layout): read from the source, nothing run.
 
-Each room may import only rooms on a lower floor (or itself): cli -> cell -> cluster, analysis -> quant, tasks ->
-data -> study -> results, errors. `study/` and `analysis/` import no torch, and `analysis/` never a model."""
+Each room may import only rooms on a lower floor (or itself): cli -> attack -> cell -> cluster, analysis -> quant,
+tasks -> data -> study -> results, errors. `study/` and `analysis/` import no torch, and `analysis/` never a model."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "qlbench"
-FLOOR = {"cli": 6, "__init__": 6, "cell": 5, "cluster": 4, "analysis": 4, "quant": 3, "tasks": 3, "data": 2,
+FLOOR = {"cli": 7, "__init__": 7, "attack": 6, "cell": 5, "cluster": 4, "analysis": 4, "quant": 3, "tasks": 3,
+         "data": 2,
          "study": 1, "results": 0, "errors": 0}
 NO_TORCH = {"study", "analysis", "cluster", "cli", "results", "errors"}
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes")

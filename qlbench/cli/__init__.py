@@ -44,4 +44,4 @@ def main():
     """
 
 
-from qlbench.cli import analyses, cells  # noqa: E402,F401  (registers the commands on `main`)
+from qlbench.cli import analyses, cells, robustness  # noqa: E402,F401  (registers the commands on `main`)

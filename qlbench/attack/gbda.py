@@ -1,0 +1,175 @@
+"""GBDA, the Gradient-based Distributional Attack (Guo, Sablayrolles, Jégou, Kiela 2021), white-box.
+
+For a text of T tokens it learns a matrix Θ (T × V) of token logits, initialised to `init_coeff` at the clean
+token of each position and 0 elsewhere. Each step draws `batch` Gumbel-softmax relaxations π ~ GS(Θ), feeds
+π·E (E: the input embeddings) to the classifier and minimises
+
+    margin(π) − λ_sim · BERTScore(clean, π) + λ_perp · NLL_LM(π)
+
+with Adam: margin is Carlini-Wagner's, max(0, z_y − max_{k≠y} z_k + κ); NLL_LM is the causal LM's cross-entropy of
+the relaxed sequence, −1/(T−1) Σ_t Σ_v π_{t+1,v} log p_LM(v | π_≤t) (the paper's `log_perplexity`); BERTScore is
+the recall of the paper's code, Σ_i w_i max_j cos(h_i, h'_j), over the causal LM's hidden states of layer
+`embed_layer` (for a GPT-2 victim the paper's own reference model is GPT-2, so the LM is the similarity encoder
+there too, and no BERT is needed offline), w_i the clean tokens' idf weights from the training texts. Then hard
+texts are drawn from Θ: up to `samples` of them, the first the classifier gets wrong is kept (else the last).
+
+Defaults are those of facebookresearch/text-adversarial-attack (whitebox_attack.py): 100 steps, Adam lr 0.3,
+10 Gumbel samples per step, initial coefficient 15, κ 5, λ_sim 1, λ_perp 1, the last hidden layer, 100 samples.
+Texts of equal token length are attacked together as a group (one Θ each, the losses summed): Adam is per
+parameter, so each text's optimisation is its own. GPT-2 has no [CLS]/[SEP], so no position is held fixed; the
+EOS/pad token is never sampled (the classifier would read it as padding).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class GBDASettings:
+    steps: int = 100
+    lr: float = 0.3
+    batch: int = 10  # Gumbel-softmax samples per step
+    init_coeff: float = 15.0
+    kappa: float = 5.0
+    lam_sim: float = 1.0
+    lam_perp: float = 1.0
+    embed_layer: int = -1
+    samples: int = 100  # hard texts drawn at the end; the first misclassified one is kept
+    group: int = 16  # texts of one length attacked at once
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "GBDASettings":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (values or {}).items() if k in names})
+
+
+def log_perplexity(logits: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """The causal LM's cross-entropy of each relaxed sequence [B]: logits [B, T, V'] of the LM fed π·E, coeffs π
+    [B, T, V]; position t predicts the distribution π_{t+1}. With one-hot π it is the LM's own loss on those tokens."""
+    shift_logits = logits[:, :-1, : coeffs.shape[-1]]
+    return -(coeffs[:, 1:] * F.log_softmax(shift_logits.float(), dim=-1)).sum(-1).mean(-1)
+
+
+def bert_score(refs: torch.Tensor, cands: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """BERTScore recall: refs [B, T, D] (clean), cands [B, T', D]; weights [B, T] sum to 1 per row (idf), or uniform."""
+    refs_n = refs / refs.norm(dim=-1, keepdim=True)
+    cands_n = cands / cands.norm(dim=-1, keepdim=True)
+    cosines = refs_n @ cands_n.transpose(1, 2)  # [B, T, T']
+    best = cosines.max(-1).values
+    if weights is None:
+        return best.mean(-1)
+    return (best * weights).sum(-1)
+
+
+def margin_loss(logits: torch.Tensor, labels: torch.Tensor, kappa: float) -> torch.Tensor:
+    """Carlini-Wagner: max(0, z_y − max_{k≠y} z_k + κ), per row."""
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf")).max(1).values
+    return (true - other + kappa).clamp(min=0)
+
+
+def idf_weights(token_lists: list[list[int]], vocab: int) -> torch.Tensor:
+    """BERTScore's idf over the training texts: log((M + 1) / (df + 1)) per token id."""
+    df = torch.zeros(vocab)
+    for ids in token_lists:
+        df[torch.tensor(sorted(set(ids)), dtype=torch.long)] += 1
+    return torch.log((len(token_lists) + 1) / (df + 1))
+
+
+@dataclass
+class Relaxation:
+    """What one step computes: the relaxed inputs and the three terms (per text of the group)."""
+
+    coeffs: torch.Tensor  # π [G·B, T, V]
+    margin: torch.Tensor  # [G]
+    similarity: torch.Tensor  # [G]
+    fluency: torch.Tensor  # [G]
+
+
+class GBDA:
+    """A white-box attack on `classifier` (any `*ForSequenceClassification`, LoRA-wrapped or not) with `lm` (the
+    causal LM of the same vocabulary) as fluency and similarity model."""
+
+    def __init__(self, classifier, lm, vocab: int, banned: list[int], idf: torch.Tensor | None,
+                 settings: GBDASettings = GBDASettings()):
+        self.classifier, self.lm, self.s = classifier, lm, settings
+        self.embeddings = classifier.get_input_embeddings().weight[:vocab].detach()
+        self.lm_embeddings = lm.get_input_embeddings().weight[:vocab].detach()
+        self.ban = torch.zeros(vocab)
+        self.ban[banned] = -1e4  # never sampled: relaxed weight e^-1e4
+        self.idf = idf
+
+    def relax(self, log_coeffs: torch.Tensor, labels: torch.Tensor, clean_hidden: torch.Tensor,
+              weights: torch.Tensor | None) -> Relaxation:
+        """One draw of `batch` relaxations per text of the group and the terms of the loss."""
+        g, t, v = log_coeffs.shape
+        b = self.s.batch
+        theta = (log_coeffs + self.ban.to(log_coeffs.device)).repeat_interleave(b, 0)  # [G·B, T, V]
+        coeffs = F.gumbel_softmax(theta, hard=False)
+        pred = self.classifier(inputs_embeds=coeffs @ self.embeddings).logits.float()
+        margin = margin_loss(pred, labels.repeat_interleave(b), self.s.kappa).view(g, b).mean(1)
+        out = self.lm(inputs_embeds=coeffs @ self.lm_embeddings, output_hidden_states=True)
+        sim = torch.zeros(g, device=log_coeffs.device)
+        if self.s.lam_sim > 0:
+            hidden = out.hidden_states[self.s.embed_layer].float()
+            w = None if weights is None else weights.repeat_interleave(b, 0)
+            sim = bert_score(clean_hidden.repeat_interleave(b, 0), hidden, w).view(g, b).mean(1)
+        return Relaxation(coeffs, margin, sim, log_perplexity(out.logits, coeffs).view(g, b).mean(1))
+
+    def optimise(self, ids: torch.Tensor, labels: torch.Tensor, generator_seed: int, log=None) -> tuple:
+        """Θ for a group of equal-length texts ids [G, T] with their labels [G]; and the final terms."""
+        device = self.embeddings.device
+        ids, labels = ids.to(device), labels.to(device)
+        g, t = ids.shape
+        v = self.embeddings.shape[0]
+        with torch.no_grad():
+            clean_hidden = self.lm(input_ids=ids, output_hidden_states=True).hidden_states[self.s.embed_layer].float()
+            weights = None
+            if self.idf is not None:
+                weights = self.idf.to(device)[ids]
+                weights = weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
+        log_coeffs = torch.zeros(g, t, v, device=device)
+        log_coeffs.scatter_(2, ids[..., None], self.s.init_coeff)
+        log_coeffs.requires_grad_(True)
+        optimizer = torch.optim.Adam([log_coeffs], lr=self.s.lr)
+        torch.manual_seed(generator_seed)  # the Gumbel noise
+        for step in range(self.s.steps):
+            optimizer.zero_grad()
+            r = self.relax(log_coeffs, labels, clean_hidden, weights)
+            total = r.margin - self.s.lam_sim * r.similarity + self.s.lam_perp * r.fluency
+            total.sum().backward()
+            optimizer.step()
+            if log and (step % 25 == 0 or step == self.s.steps - 1):
+                log(f"  step {step:3d}: margin {r.margin.mean():.3f}  sim {r.similarity.mean():.3f}  "
+                    f"nll {r.fluency.mean():.3f}")
+        terms = {"margin": r.margin.detach().cpu(), "similarity": r.similarity.detach().cpu(),
+                 "fluency": r.fluency.detach().cpu()}
+        return log_coeffs.detach(), terms
+
+    @torch.no_grad()
+    def draw(self, log_coeffs: torch.Tensor, n: int) -> torch.Tensor:
+        """n hard token sequences per text from Θ [G, T, V] (a Gumbel-max draw is a draw from softmax(Θ)): [G, n, T]."""
+        theta = log_coeffs + self.ban.to(log_coeffs.device)
+        gumbel = -torch.empty(theta.shape[0], n, *theta.shape[1:], device=theta.device).exponential_().log()
+        return (theta[:, None] + gumbel).argmax(-1)
+
+
+def token_change_rate(clean: list[int], adv: list[int]) -> float:
+    """Word error rate over token ids (Levenshtein distance / clean length): the paper's token error rate."""
+    prev = list(range(len(adv) + 1))
+    for i, a in enumerate(clean, 1):
+        cur = [i] + [0] * len(adv)
+        for j, b in enumerate(adv, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a != b))
+        prev = cur
+    return prev[-1] / max(1, len(clean))
+
+
+def mean_or_nan(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else math.nan

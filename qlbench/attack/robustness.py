@@ -1,0 +1,137 @@
+"""The robustness study's two steps, each one job: attack a finished full-precision classification cell once
+(adversarial.parquet), then evaluate that model at one precision on the clean texts and the attack's texts
+(one row: <precision>.parquet).
+
+Precisions: `fp32` (the attacked model), `fake8`/`fake4` (every block linear rounded after training, the study's
+`format`: int min-max per channel by default), `bnb8`/`bnb4` (bitsandbytes LLM.int8 / NF4 modules) and `random`
+(random precision inference: a width from `random_widths` drawn per forward pass, one text per pass, fake backend).
+The study's `robustness:` mapping sets `examples` (held-out texts attacked), `precisions`, `random_widths` and
+`attack` (GBDA's settings; `qlbench.attack.gbda.GBDASettings`, the paper's defaults where left out).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from qlbench.study.config import Study
+from qlbench.study.grid import Cell
+
+PRECISIONS = ("fp32", "fake8", "fake4", "bnb8", "bnb4", "random")
+DEFAULTS = {"examples": 32, "precisions": list(PRECISIONS), "random_widths": [4, 6, 8], "attack": {}}
+
+
+def options(settings: dict) -> dict:
+    return {**DEFAULTS, **(settings.get("robustness") or {})}
+
+
+def _device_and_threads(settings: dict, threads: int):
+    from qlbench.cell.measure import pick_device
+
+    torch.set_num_threads(threads)
+    return pick_device(settings["device"])
+
+
+def attack(study: Study, cell: Cell, settings: dict, cell_dir: Path, out: Path, threads: int = 1, log=print) -> dict:
+    """GBDA on the first `examples` held-out texts against the cell's fine-tuned classifier -> adversarial.parquet."""
+    import polars as pl
+
+    from qlbench import results
+    from qlbench.attack import gbda, texts, victim
+
+    t0 = time.perf_counter()
+    device = _device_and_threads(settings, threads)
+    opts = options(settings)
+    v = victim.build(study, cell, settings, cell_dir, device)
+    n = min(opts["examples"], len(v.data.eval_examples))
+    chosen = [e.prompt for e in v.data.eval_examples[:n]]
+    labels = v.data.eval["labels"][:n].tolist()
+    gbda_settings = gbda.GBDASettings.from_dict(opts["attack"])
+    idf = gbda.idf_weights(texts.token_ids(v.tokenizer, v.train_texts, settings["seq_len"]), len(v.tokenizer))
+    log(f"GBDA on {n} texts: {gbda_settings}")
+    rows = texts.attack_texts(v.classifier, v.lm, v.tokenizer, chosen, labels, settings["seq_len"], gbda_settings,
+                              cell.seed, idf, device, log)
+    clean_nll = texts.lm_nll(v.lm, v.tokenizer, chosen, settings["seq_len"], device)
+    adv_nll = texts.lm_nll(v.lm, v.tokenizer, [r["adv_text"] for r in rows], settings["seq_len"], device)
+    for r, c, a in zip(rows, clean_nll, adv_nll):
+        r.update(label_name=v.data.labels[r["label"]], clean_lm_nll=c, adv_lm_nll=a)
+    frame = pl.DataFrame([{"study": study.name, **cell.coords(), **r} for r in rows])
+    results.write_parquet(frame, out)
+    summary = {"examples": n, "clean_accuracy": _mean(r["clean_pred"] == r["label"] for r in rows),
+               "adv_accuracy": _mean(r["adv_pred"] == r["label"] for r in rows),
+               "token_change": _mean(r["token_change"] for r in rows), "wall_s": time.perf_counter() - t0}
+    log(f"attack done: clean accuracy {summary['clean_accuracy']:.3f} -> adversarial {summary['adv_accuracy']:.3f} "
+        f"({summary['token_change']:.0%} of tokens changed) in {summary['wall_s']:.0f}s")
+    return summary
+
+
+def model_at(v, precision: str, settings: dict, seed: int):
+    """The attacked model at one precision, and a handle on random precision (None for a fixed width)."""
+    from qlbench.attack import victim
+
+    if precision == "fp32":
+        return v.classifier, None
+    if precision == "random":
+        import copy
+
+        from qlbench.attack.precision import RandomPrecision
+
+        model = copy.deepcopy(v.classifier)
+        widths = options(settings)["random_widths"]
+        return model, RandomPrecision(model, v.module_names, widths, {**settings, "double_quant": False}, seed)
+    backend, bits = precision[:-1], int(precision[-1])
+    return victim.quantized(v, backend, bits, settings), None
+
+
+def evaluate(study: Study, cell: Cell, settings: dict, cell_dir: Path, adversarial: Path, precision: str, out: Path,
+             threads: int = 1, log=print) -> dict:
+    """Clean and adversarial accuracy of the cell's classifier at `precision` -> one row."""
+    import polars as pl
+
+    from qlbench import results
+    from qlbench.attack import victim
+    from qlbench.tasks import classification
+
+    t0 = time.perf_counter()
+    device = _device_and_threads(settings, threads)
+    v = victim.build(study, cell, settings, cell_dir, device)
+    adv = pl.read_parquet(adversarial).sort("index")
+    model, switching = model_at(v, precision, settings, cell.seed)
+    batch_size = 1 if switching else 64  # random precision: one text per forward pass, one width each
+    labels = adv["label"].to_list()
+
+    def predict(texts: list[str]) -> list[int]:
+        batch = classification.encode(v.tokenizer, texts, [0] * len(texts), settings["seq_len"])
+        return classification.predict(model, batch, batch_size, device).argmax(-1).tolist()
+
+    clean = predict(adv["text"].to_list())
+    attacked = predict(adv["adv_text"].to_list())
+    held_out = classification.predict(model, v.data.eval, batch_size, device).argmax(-1)
+    right = [c == y for c, y in zip(clean, labels)]
+    flipped = [a != y for a, y, r in zip(attacked, labels, right) if r]
+    row = {
+        "study": study.name, **cell.coords(), "precision": precision,
+        "backend": "none" if precision == "fp32" else ("fake" if switching else precision[:-1]),
+        "bits": 32 if precision == "fp32" else (0 if switching else int(precision[-1])),
+        "widths": ",".join(map(str, options(settings)["random_widths"])) if switching else "",
+        "examples": len(labels),
+        "clean_accuracy": _mean(right),
+        "adv_accuracy": _mean(a == y for a, y in zip(attacked, labels)),
+        "attack_success": _mean(flipped),  # of the texts this model got right, the share the attack flips
+        "eval_accuracy": (held_out == v.data.eval["labels"]).float().mean().item(),
+        "eval_examples": len(v.data.eval_examples),
+        "forward_passes": len(switching.history) if switching else 0,
+        "distinct_widths": len(set(switching.history)) if switching else 1,
+        "wall_s": time.perf_counter() - t0,
+    }
+    results.write_parquet(pl.DataFrame([row]), out)
+    log(f"{precision}: clean {row['clean_accuracy']:.3f}, adversarial {row['adv_accuracy']:.3f}, "
+        f"attack success {row['attack_success']:.3f}, held-out {row['eval_accuracy']:.3f}")
+    return row
+
+
+def _mean(values) -> float:
+    values = [float(v) for v in values]
+    return sum(values) / len(values) if values else float("nan")
