@@ -19,7 +19,7 @@ COORDS = {
 }
 SETTINGS = {
     "dataset": pl.String, "format": pl.String, "backend": pl.String, "high_bits": pl.Int64,
-    "adapter_bits": pl.Int64, "act_bits": pl.Int64, "kv_bits": pl.Int64, "targets": pl.String,
+    "adapter_bits": pl.Int64, "act_bits": pl.String, "kv_bits": pl.String, "targets": pl.String,
     "lora_alpha": pl.Float64, "steps": pl.Int64, "lr": pl.Float64, "batch_size": pl.Int64, "seq_len": pl.Int64, "settings_json": pl.String,
 }
 METRICS = {

@@ -3,6 +3,13 @@ import torch
 from qlbench.quant.activations import apply, per_token
 
 
+def all_at(model, bits: int = 8) -> dict:
+    """Every linear of `model` at `bits`: the widths the hooks read (a layer at 16 bits is left alone)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return {n: bits for n, m in model.named_modules() if isinstance(m, (Conv1D, torch.nn.Linear)) and "head" not in n}
+
+
 def test_per_token_scales_and_straight_through_gradient():
     x = torch.randn(2, 5, 16)
     x[0, 0] *= 1000  # a loud token must not coarsen the others
@@ -27,7 +34,8 @@ def test_hooks_quantize_linear_inputs_and_gpt2_keys_values_only():
     spy = c_attn.register_forward_hook(lambda m, a, out: seen.__setitem__("plain", out.detach()))
     model(x)
     spy.remove()
-    handles = apply(model, [], act_bits=16, kv_bits=3, arch="gpt2", n_layer=2)
+    handles = apply(model, [], act_bits=16, kv_bits=3, arch="gpt2", n_layer=2,
+                    widths=all_at(model))
     c_attn.register_forward_hook(lambda m, a, out: seen.__setitem__("qkv", out.detach()))  # runs after ours
     quantized = model(x).logits
     assert not torch.allclose(quantized, reference)
@@ -39,7 +47,8 @@ def test_hooks_quantize_linear_inputs_and_gpt2_keys_values_only():
     for h in handles:
         h.remove()
     assert torch.allclose(model(x).logits, reference)
-    handles = apply(model, ["transformer.h.1.mlp.c_fc"], act_bits=2, kv_bits=16, arch="gpt2", n_layer=2)
+    handles = apply(model, ["transformer.h.1.mlp.c_fc"], act_bits=2, kv_bits=16, arch="gpt2", n_layer=2,
+                    widths=all_at(model))
     assert not torch.allclose(model(x).logits, reference) and len(handles) == 1
 
 
@@ -56,7 +65,7 @@ def test_gpt2_values_are_quantized_too_and_linear_inputs_take_at_most_2b_minus_1
     x = torch.randint(0, 64, (2, 8))
     seen = {}
     apply(model, ["transformer.h.1.mlp.c_fc", "transformer.h.0.attn.c_proj"], act_bits=3, kv_bits=4, arch="gpt2",
-          n_layer=2)
+          n_layer=2, widths=all_at(model))
     for name in ("transformer.h.1.mlp.c_fc", "transformer.h.0.attn.c_proj"):  # pre-hooks run after ours
         model.get_submodule(name).register_forward_pre_hook(lambda m, a, name=name: seen.__setitem__(name, a[0]))
     for i in range(2):
@@ -79,7 +88,8 @@ def test_llama_keys_values_and_inputs_are_quantized_where_llama_keeps_them():
     model = LlamaForCausalLM(cfg).eval()
     x = torch.randint(0, 64, (2, 8))
     reference = model(x).logits
-    handles = apply(model, ["model.layers.1.mlp.down_proj"], act_bits=4, kv_bits=3, arch="llama", n_layer=2)
+    handles = apply(model, ["model.layers.1.mlp.down_proj"], act_bits=4, kv_bits=3, arch="llama", n_layer=2,
+                    widths=all_at(model))
     assert len(handles) == 1 + 2 * 2  # one input hook; k_proj and v_proj in each block
     seen = {}
     for i in range(2):

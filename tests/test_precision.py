@@ -36,30 +36,49 @@ def test_a_width_outside_switch_bits_is_refused(workdir):
     assert done.returncode != 0 and "switch_bits" in done.stderr
 
 
-def test_each_width_trains_its_own_adapter_and_random_switching_follows_its_draws():
-    """In one process on a tiny GPT-2: the cyclic schedule trains every width's adapter (B leaves zero), the
-    adapters differ, each width computes with its own base weights; the random-switch loss equals the token-weighted
-    mean of each batch's loss at the width drawn for it (random.Random(seed), one draw per batch)."""
-    import random
-
+def tiny_gpt2():
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
-
-    from qlbench.cell import lora
-    from qlbench.cell.loop import LoopSettings, train
-    from qlbench.cell.precision import Switching, adapter_name
-    from qlbench.quant.formats import quantize_module
-    from qlbench.study.config import DEFAULTS
-    from qlbench.tasks import causal_lm
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=16))
     model.requires_grad_(False)
-    masked = [f"transformer.h.{i}.{m}" for i in range(2) for m in ("attn.c_attn", "mlp.c_fc")]
-    widths, settings = [2, 4, 8], {**DEFAULTS, "targets": ["c_attn"]}
-    originals = {n: model.get_submodule(n).weight.detach().clone() for n in masked}
-    sw = Switching(model, masked, widths, settings, seed=3)
-    model = sw.attach(lora.attach(model, 4, settings, "gpt2"))
+    return model
+
+
+MASKED = [f"transformer.h.{i}.{m}" for i in range(2) for m in ("attn.c_attn", "mlp.c_fc")]
+
+
+def switchable(model, widths, settings, seed=3):
+    from qlbench.cell import lora
+    from qlbench.cell.precision import Precision
+
+    precision = Precision(model, MASKED, {n: widths[0] for n in MASKED}, settings, seed, MASKED, adapter_widths=widths)
+    from qlbench.quant import fake
+
+    fake.apply(model, {n: widths[0] for n in MASKED}, settings)  # what the quantize stage does after keeping weights
+    return precision, precision.attach(lora.attach(model, 4, settings, "gpt2"))
+
+
+def test_each_width_trains_its_own_adapter_and_random_switching_follows_its_draws():
+    """In one process on a tiny GPT-2: the cyclic schedule trains every width's adapter (B leaves zero), the
+    adapters differ, each width computes with its own base weights; random precision inference draws a width per
+    forward pass (random.Random(seed)), and its loss is the token-weighted mean of each batch's loss at its width."""
+    import random
+
+    import torch
+
+    from qlbench.cell.loop import LoopSettings, train
+    from qlbench.cell.precision import adapter_name
+    from qlbench.quant.formats import quantize_module
+    from qlbench.study.config import DEFAULTS
+    from qlbench.tasks import causal_lm
+
+    model = tiny_gpt2()
+    widths = [2, 4, 8]
+    settings = {**DEFAULTS, "targets": ["c_attn"], "switch_bits": widths, "steps": 9}
+    originals = {n: model.get_submodule(n).weight.detach().clone() for n in MASKED}
+    sw, model = switchable(model, widths, settings)
     data = torch.randint(0, 64, (40, 16))
     train(model, causal_lm.batch_sampler(data, 4, 0), LoopSettings(steps=9, lr=1e-2, warmup=0.0),
           device=torch.device("cpu"), before_step=sw.before_step, log=lambda m: None)
@@ -68,8 +87,8 @@ def test_each_width_trains_its_own_adapter_and_random_switching_follows_its_draw
     assert all(b[w].abs().sum() > 0 for w in widths)  # every width's adapter trained (B starts at zero)
     assert not torch.equal(b[2], b[4]) and not torch.equal(b[4], b[8])
     for w in widths:
-        sw.use(w)
-        for n in masked:
+        sw.set(sw.uniform(w))
+        for n in MASKED:
             module = model.base_model.model.get_submodule(n)
             module = getattr(module, "base_layer", module)  # the Conv1D under a LoRA wrapper
             assert torch.equal(module.weight, quantize_module(module, originals[n], w, settings))
@@ -78,13 +97,128 @@ def test_each_width_trains_its_own_adapter_and_random_switching_follows_its_draw
     loss_of = lambda blocks: causal_lm.eval_loss(model, blocks, 4, torch.device("cpu"))  # noqa: E731
     per_width = {}
     for w in widths:
-        sw.use(w)
+        sw.set(sw.uniform(w))
         per_width[w] = [loss_of(eval_blocks[i : i + 4]) for i in range(0, 10, 4)]
-    out = sw.evaluate(eval_blocks, 4, loss_of, final_width=4)
+    handle, drawn = sw.random_inference(widths, seed=3)
+    random_loss = loss_of(eval_blocks)
+    handle.remove()
     draw = random.Random(3)
-    drawn = [draw.choice(widths) for _ in range(3)]
+    assert drawn == [draw.choice(widths) for _ in range(3)]  # one draw per forward pass
     assert len(set(drawn)) > 1  # these draws switch: a model that never switched could not match
     sizes = [eval_blocks[i : i + 4, 1:].numel() for i in range(0, 10, 4)]
     expected = sum(per_width[w][k] * n for k, (w, n) in enumerate(zip(drawn, sizes))) / sum(sizes)
-    assert out["eval_loss_random_switch"] == pytest.approx(expected, rel=1e-12)
-    assert {out[f"eval_loss_b{w}"] for w in widths} == {loss_of(eval_blocks) for w in widths for _ in [sw.use(w)]}
+    assert random_loss == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_per_layer_map_selects_each_layers_adapter_and_equals_a_hand_built_model():
+    """One layer switched to 4 bits changes the output; the switched model equals, to the bit, a plain model built
+    by hand with that layer's 4-bit weights and its 4-bit adapter merged in, the others at 8 bits with theirs."""
+    import torch
+
+    from qlbench.cell.precision import adapter_name
+    from qlbench.quant.formats import quantize_module
+    from qlbench.study.config import DEFAULTS
+
+    widths = [8, 4]
+    settings = {**DEFAULTS, "targets": ["c_attn", "c_fc"], "switch_bits": widths}
+    plain = tiny_gpt2()
+    originals = {n: plain.get_submodule(n).weight.detach().clone() for n in MASKED}
+    sw, model = switchable(tiny_gpt2(), widths, settings)
+    with torch.no_grad():  # distinct, non-zero adapters per width
+        g = torch.Generator().manual_seed(1)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    x = torch.randint(0, 64, (2, 16))
+    model.eval()
+    sw.set(sw.uniform(8))
+    all8 = model(x).logits
+    one = "transformer.h.1.mlp.c_fc"
+    sw.set({**sw.uniform(8), one: 4})
+    switched = model(x).logits
+    assert not torch.allclose(all8, switched)
+    layers = {n.removeprefix("base_model.model."): m for n, m in model.named_modules() if hasattr(m, "lora_A")}
+    assert layers[one].active_adapter == [adapter_name(4, widths)]
+    assert layers["transformer.h.0.mlp.c_fc"].active_adapter == [adapter_name(8, widths)]
+    scale = 2.0  # lora_alpha 2r: alpha / r
+    for n in MASKED:  # by hand: W_q(width) + scale * (B A)^T (Conv1D stores (in, out))
+        width = 4 if n == one else 8
+        module = plain.get_submodule(n)
+        layer = layers[n]
+        name = adapter_name(width, widths)
+        delta = (layer.lora_B[name].weight @ layer.lora_A[name].weight).T * scale
+        with torch.no_grad():
+            module.weight.copy_(quantize_module(module, originals[n], width, settings) + delta)
+    torch.testing.assert_close(plain.eval()(x).logits, switched, rtol=0, atol=1e-5)
+
+
+def test_cpt_visits_every_width_with_its_period_and_trains_one_shared_adapter():
+    import torch
+
+    from qlbench.cell import lora
+    from qlbench.cell.loop import LoopSettings, train
+    from qlbench.cell.precision import Precision
+    from qlbench.study.config import DEFAULTS
+    from qlbench.study.schedules import cpt_period, cpt_width
+    from qlbench.tasks import causal_lm
+
+    period = cpt_period(64, 4)
+    assert period == 16
+    cycle = [cpt_width(t, 4, 8, period) for t in range(period)]
+    assert cycle[0] == 4 and set(cycle) == {4, 5, 6, 7, 8} and cycle == sorted(cycle)  # rises low -> high
+    assert [cpt_width(t, 4, 8, period) for t in range(period, 2 * period)] == cycle  # and again, each period
+    tri = [cpt_width(t, 4, 8, period, "triangular") for t in range(period)]
+    assert tri[0] == 4 and max(tri) == 8 and tri[period // 2] == 8 and tri[-1] < 8  # up, then back down
+
+    settings = {**DEFAULTS, "targets": ["c_attn"], "cpt_bits": [4, 8], "cpt_cycles": 4, "steps": 64}
+    model = tiny_gpt2()
+    precision = Precision(model, MASKED, {n: 4 for n in MASKED}, settings, 0, MASKED)
+    model = precision.attach(lora.attach(model, 4, settings, "gpt2"))
+    assert list(model.peft_config) == ["default"]  # one adapter for every width
+    seen = []
+    data = torch.randint(0, 64, (40, 16))
+
+    def before(step):
+        precision.before_step(step)
+        seen.append(dict(precision.width))
+
+    train(model, causal_lm.batch_sampler(data, 4, 0), LoopSettings(steps=20, lr=1e-2, warmup=0.0),
+          device=torch.device("cpu"), before_step=before, log=lambda m: None)
+    assert [s[MASKED[0]] for s in seen] == [cpt_width(t, 4, 8, 16) for t in range(20)]
+    assert all(len(set(s.values())) == 1 for s in seen)  # every masked layer at the step's width
+
+
+def test_follow_quantizes_each_layers_input_at_its_own_width_in_switch_mode_too():
+    import torch
+
+    from qlbench.quant import activations
+    from qlbench.study.config import DEFAULTS
+
+    widths = [8, 3]
+    settings = {**DEFAULTS, "targets": ["c_attn"], "switch_bits": widths}
+    sw, model = switchable(tiny_gpt2(), widths, settings)
+    model.eval()  # no dropout: two passes must be comparable
+    handles = activations.apply(model, MASKED, "follow", 16, "gpt2", 2, widths=sw.width)
+    seen = {}
+    for n in MASKED:  # registered after ours: sees the quantized input
+        model.base_model.model.get_submodule(n).register_forward_pre_hook(
+            lambda m, a, n=n: seen.__setitem__(n, a[0].detach()))
+    x = torch.randint(0, 64, (2, 16))
+
+    def levels(t):
+        return max(len(torch.unique(tok)) for tok in t.reshape(-1, t.shape[-1]))
+
+    sw.set({**sw.uniform(8), "transformer.h.1.mlp.c_fc": 3})
+    model(x)
+    assert levels(seen["transformer.h.1.mlp.c_fc"]) <= 2**3 - 1  # 3 bits: -3..3
+    assert levels(seen["transformer.h.0.mlp.c_fc"]) > 2**3 - 1  # 8 bits: finer
+    sw.set(sw.uniform(3))
+    model(x)
+    assert all(levels(seen[n]) <= 7 for n in MASKED)
+    sw.set({n: 16 for n in MASKED})  # full precision: inputs left alone
+    model(x)
+    hooked = dict(seen)
+    for h in handles:
+        h.remove()
+    model(x)
+    assert all(torch.equal(hooked[n], seen[n]) for n in MASKED)

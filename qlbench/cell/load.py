@@ -29,13 +29,21 @@ def base_dtype(setting: str, device):
     return getattr(torch, setting)
 
 
+def head_kwargs(ctx: Context) -> dict | None:
+    """What a task's new head needs to know before loading (a classifier: its labels), from the dataset entry."""
+    if not hasattr(ctx.task, "head_kwargs"):
+        return None
+    return ctx.task.head_kwargs(ctx.study.config["datasets"][ctx.settings["dataset"]])
+
+
 def load(ctx: Context) -> Base:
     from qlbench.cell import measure
     from qlbench.data import examples, models
 
     settings, cell = ctx.settings, ctx.cell
     dtype = base_dtype(settings["base_dtype"], ctx.device)
-    model, tokenizer = models.load(ctx.spec, cell.model, ctx.study.config.get("resources", "resources"), dtype=dtype)
+    model, tokenizer = models.load(ctx.spec, cell.model, ctx.study.config.get("resources", "resources"), dtype=dtype,
+                                   head=ctx.task.HEAD, head_kwargs=head_kwargs(ctx))
     ctx.log.info(f"base weights in {str(dtype).removeprefix('torch.')} ({settings['base_dtype']})")
     train_ex, eval_ex = examples.load_examples(ctx.study.config["datasets"][settings["dataset"]], settings["dataset"])
     if cell.n_train is not None:
@@ -43,7 +51,7 @@ def load(ctx: Context) -> Base:
     data = ctx.task.prepare(tokenizer, train_ex, eval_ex, settings)
     ctx.log.info(f"data: {data.describe(len(train_ex))}")
     model.to(ctx.device)
-    model.requires_grad_(False)
+    model.requires_grad_(False)  # a task's new head trains: attach turns it on
     return Base(model=model, tokenizer=tokenizer, data=data, train_examples=len(train_ex),
                 sample=ctx.task.batch_sampler(data.train, settings["batch_size"], cell.seed),
                 base_params=measure.unique_params(model))  # before quantization packs any weight

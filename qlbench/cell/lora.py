@@ -22,7 +22,9 @@ def slice_rows(out_features: int, parts: tuple[str, ...]):
     return keep
 
 
-def attach(model, rank: int, settings: dict, arch: str):
+def attach(model, rank: int, settings: dict, arch: str, task_type: str | None = "CAUSAL_LM",
+           head_modules: tuple[str, ...] = ()):
+    """LoRA on the study's targets; a task's new head (`head_modules`) trains beside it, one head for every adapter."""
     from peft import LoraConfig, get_peft_model
 
     modules, slices = resolve(settings["targets"] or DEFAULT_TARGETS[arch], arch)
@@ -35,9 +37,11 @@ def attach(model, rank: int, settings: dict, arch: str):
         target_modules=modules,
         fan_in_fan_out=fan_in_fan_out,
         bias="none",
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     model = get_peft_model(model, config)
+    for name in head_modules:
+        model.get_submodule(f"base_model.model.{name}").requires_grad_(True)
     if slices:
         restrict_slices(model, slices)
     return model
@@ -66,4 +70,8 @@ def adapter_state(model) -> dict:
     from qlbench.quant import adapters
 
     state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-    return adapters.effective_state(model, state)
+    state = adapters.effective_state(model, state)
+    for name, p in model.named_parameters():  # a trained head (extractive QA's span head) is part of the adapter
+        if p.requires_grad and "lora_" not in name and "modules_to_save" not in name and "original_module" not in name:
+            state[name.removeprefix("base_model.model.")] = p.detach().cpu().contiguous()
+    return state

@@ -12,11 +12,11 @@ from qlbench.cell.load import Base
 
 @dataclass
 class Quantized:
-    plan: dict[str, int]  # module -> bit width of every module below 16 bits (switching modules not included)
+    plan: dict[str, int]  # module -> bit width of every module below 16 bits, as training starts
     stats: list[dict]  # one row per quantized module: error, bytes
     weight_mem_mb: float  # what the base's weights take at these widths
     probe: list[dict] = field(default_factory=list)  # one-pass sensitivity estimates (reference cells only)
-    switching: object = None  # QaLoF's switchable precision: one bank of quantized weights per width
+    precision: object = None  # QaLoF: widths that change after quantization (cell.precision.Precision), or None
 
 
 def quantize(ctx: Context, base: Base) -> Quantized:
@@ -36,14 +36,31 @@ def quantize(ctx: Context, base: Base) -> Quantized:
         plan = quant.plan(lay.all_names(), ctx.masked, ctx.base_bits, settings["high_bits"])
         plan = quant.with_layer_bits(plan, {m: b for mask, b in settings["layer_bits"].items()
                                             for m in masks.resolve(mask, lay)})
-    switching = None
-    if settings["switch_bits"] and ctx.base_bits < 16:  # QaLoF: the masked layers switch width, one adapter each
-        from qlbench.cell.precision import Switching
+    precision = None
+    changing = changing_modules(ctx)
+    if changing:  # QaLoF: widths that change after quantization; their full-precision weights are kept first
+        from qlbench.cell.precision import Precision
 
-        plan = {m: b for m, b in plan.items() if m not in set(ctx.masked)}
-        switching = Switching(model, ctx.masked, settings["switch_bits"], settings, ctx.cell.seed)
-        switching.use(ctx.cell.bits)
+        switch = settings["switch_bits"] if ctx.base_bits < 16 else []
+        precision = Precision(model, changing, plan, settings, ctx.cell.seed, ctx.masked, adapter_widths=switch or None)
     stats = quant.backend(settings["backend"]).apply(model, plan, settings)
     ctx.log.info(f"quantized {len(plan)} modules ({settings['backend']} {settings['format']}), mask {ctx.cell.mask!r}")
     return Quantized(plan=plan, stats=stats, weight_mem_mb=memory.weight_mem_mb(model, stats), probe=probe,
-                     switching=switching)
+                     precision=precision)
+
+
+def changing_modules(ctx: Context) -> list[str]:
+    """The modules whose width may change after quantization: the masked ones when training switches precision
+    (switchable, CPT) or the trained model is evaluated at other widths, and every module a per-layer map or the
+    layer-wise scan names. Empty for a cell of fixed precision."""
+    from qlbench.study import masks
+
+    s, lay = ctx.settings, ctx.layout
+    names: set[str] = set()
+    if (s["switch_bits"] or s["cpt_bits"]) and ctx.base_bits < 16 or s["eval_bits"]:
+        names |= set(ctx.masked)
+    for mapping in s["eval_maps"].values():
+        names |= {m for mask in mapping for m in masks.resolve(mask, lay)}
+    if s["eval_scan"]:
+        names |= set(lay.all_names())
+    return sorted(names)

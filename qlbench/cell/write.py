@@ -55,7 +55,7 @@ def _row(ctx: Context, model, base: Base, quantized: Quantized, loss_before: flo
         **coords,
         "dataset": s["dataset"], "format": s["format"], "backend": s["backend"],
         "high_bits": s["high_bits"], "adapter_bits": s["adapter_bits"],
-        "act_bits": s["act_bits"], "kv_bits": s["kv_bits"],
+        "act_bits": str(s["act_bits"]), "kv_bits": str(s["kv_bits"]),  # a width, or `follow`
         "targets": label(s["targets"]), "lora_alpha": alpha_for(s["lora_alpha"], ctx.cell.rank),
         "steps": s["steps"], "lr": s["lr"], "batch_size": s["batch_size"],
         "seq_len": s["seq_len"], "settings_json": json.dumps(ctx.identity, sort_keys=True, default=str),
@@ -81,7 +81,7 @@ def _row(ctx: Context, model, base: Base, quantized: Quantized, loss_before: flo
                                    if q.get("noise_var_uniform")),  # measured / uniform model Δ²/12
         **trained.grad_var,
         **generate.row_columns(evaluated.generations),
-        **evaluated.switch_columns,
+        **evaluated.columns,
         "steps_done": len(trained.curve),
         "resumed_from": trained.resumed_from,
         "wall_s": time.perf_counter() - ctx.t_start,

@@ -112,7 +112,9 @@ def to_examples(records, fmt: str, name: str, sample: str = "pair") -> list:
         for row in records:
             answers = _answers(row[answer])
             if answers:
-                out.append(Example(qa_prompt(row["context"], row["question"]), answers[0], answers))
+                out.append(Example(qa_prompt(row["context"], row["question"]), answers[0], answers,
+                                   context=row["context"], question=row["question"],
+                                   answer_start=_answer_start(row[answer], answers[0])))
     else:
         raise QlbenchError(f"dataset {name!r}: unknown format {fmt!r}")
     return out
@@ -124,6 +126,16 @@ def _answers(value) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     return tuple(dict.fromkeys(str(a).strip() for a in value if str(a).strip()))
+
+
+def _answer_start(value, first: str) -> int:
+    """SQuAD's `answer_start` of the first answer where the data gives it (-1: the task searches the context)."""
+    if isinstance(value, dict) and value.get("answer_start") is not None:
+        texts, starts = list(value.get("text", [])), list(value["answer_start"])
+        for text, start in zip(texts, starts):
+            if str(text).strip() == first:
+                return int(start) + (len(str(text)) - len(str(text).lstrip()))
+    return -1
 
 
 def examples(spec: dict, name: str, split: str) -> list:

@@ -10,6 +10,9 @@ class Example:
     prompt: str
     response: str
     answers: tuple[str, ...] = ()  # every accepted answer (QA data), for EM/F1; empty otherwise
+    context: str = ""  # extractive QA: the passage the answer is a span of
+    question: str = ""
+    answer_start: int = -1  # character offset of the first answer in `context` (-1: not known, searched for)
 
     @property
     def text(self) -> str:

@@ -62,10 +62,21 @@ def split(examples: list[Example], eval_fraction: float) -> tuple[list[Example],
 
 def load_examples(spec: dict, name: str) -> tuple[list[Example], list[Example]]:
     """A dataset from config.yaml -> (train, eval) examples."""
+    if spec["format"] == "classification":  # labelled texts: qlbench.data.labelled
+        from qlbench.data import labelled
+
+        return labelled.load(spec, name)
     if spec["source"] == "chatterbot":
         examples = chatterbot_pairs(spec.get("topics"))
         if spec["format"] == "qa":  # trivia: the reply is the answer
             examples = [Example(e.prompt, e.response, (e.response,)) for e in examples]
+        if spec["format"] == "extractive":  # contexts of several exchanges, built on each side of the split
+            from qlbench.data import passages
+
+            train, held_out = split(examples, spec.get("eval_fraction", 0.1))
+            k, copies = spec.get("passages", 3), spec.get("copies", 4)
+            held_out = passages.build(held_out, k, copies)
+            return passages.build(train, k, copies), held_out[: spec.get("max_eval") or len(held_out)]
     elif spec["source"] in ("hub", "path"):
         from qlbench.data import datasets_io
 

@@ -84,8 +84,10 @@ def convert_smollm2(spec: dict, out: Path, log=print) -> Path:
     return out
 
 
-def load(spec: dict, name: str, resources: str, dtype=None):
-    """(model, tokenizer) for a model entry of config.yaml; fails at once, with one line, if it cannot be had."""
+def load(spec: dict, name: str, resources: str, dtype=None, head: str = "AutoModelForCausalLM",
+         head_kwargs: dict | None = None):
+    """(model, tokenizer) for a model entry of config.yaml, with the task's head (a transformers auto class: a new
+    head starts from the global torch seed); fails at once, with one line, if it cannot be had."""
     source = spec["source"]
     if source in PREPARED:
         where = base_dir(resources, name)
@@ -102,14 +104,18 @@ def load(spec: dict, name: str, resources: str, dtype=None):
         ref, local_only = hub.resolve(spec["name"], f"model {name!r}")
     else:
         raise QlbenchError(f"model {name!r}: source {source!r} is not supported")
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # after the checks: a failure costs no import
+    import transformers  # after the checks: a failure costs no import
+    from transformers import AutoTokenizer
 
     kwargs = {"dtype": dtype} if dtype is not None else {}
+    kwargs.update(head_kwargs or {})  # a classification head's size and label names (tasks.classification)
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(ref, local_files_only=local_only, **kwargs)
+        model = getattr(transformers, head).from_pretrained(ref, local_files_only=local_only, **kwargs)
     except OSError as e:
         raise QlbenchError(f"model {name!r}: cannot load {ref!r}: {str(e).strip().splitlines()[0]}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if head == "AutoModelForSequenceClassification" and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # how the head finds each padded text's last token
     return model, tokenizer

@@ -3,6 +3,9 @@
 Forward hooks, not module surgery: `act_bits` quantizes the input of every quantized linear, `kv_bits` the keys
 and values each attention layer computes (what a KV cache would hold). Install them after LoRA is attached, so
 the adapter's path sees the same quantized activations as the base.
+
+A hook reads its layer's width when it runs (`widths`: module -> bits now, which switchable precision changes):
+a layer at full precision is left alone, and `follow` quantizes at the layer's own width (QaLoF's choice).
 """
 
 from __future__ import annotations
@@ -37,21 +40,41 @@ def _kv_modules(arch: str, n_layer: int) -> list[tuple[str, str]]:
     return [(prefix.format(i=i) + f"self_attn.{p}_proj", "whole") for i in range(n_layer) for p in ("k", "v")]
 
 
-def apply(model, modules: list[str], act_bits: int, kv_bits: int, arch: str, n_layer: int) -> list:
-    """Install the hooks; returns their handles (call .remove() on each to undo)."""
+def bits_now(setting, name: str, widths: dict) -> int:
+    """The width a hook quantizes at now: 16 (none) while its layer is at full precision; else the setting, or the
+    layer's own width for `follow`."""
+    width = widths.get(name, 16)
+    if width >= 16:
+        return 16
+    return width if setting == "follow" else setting
+
+
+def apply(model, modules: list[str], act_bits, kv_bits, arch: str, n_layer: int, widths: dict) -> list:
+    """Install the hooks on `modules` (and the attention layers' K/V projections); returns their handles (call
+    .remove() on each to undo). `widths` is read at every forward pass."""
     handles = []
-    if act_bits < 16:
+    if act_bits != 16:
         for name in modules:
-            handles.append(_find(model, name).register_forward_pre_hook(
-                lambda m, args: (per_token(args[0], act_bits), *args[1:])))
-    if kv_bits < 16:
+            handles.append(_find(model, name).register_forward_pre_hook(_act_hook(name, act_bits, widths)))
+    if kv_bits != 16:
         for name, layout in _kv_modules(arch, n_layer):
-            handles.append(_find(model, name).register_forward_hook(_kv_hook(layout, kv_bits)))
+            handles.append(_find(model, name).register_forward_hook(_kv_hook(name, layout, kv_bits, widths)))
     return handles
 
 
-def _kv_hook(layout: str, bits: int):
+def _act_hook(name: str, setting, widths: dict):
+    def hook(module, args):
+        bits = bits_now(setting, name, widths)
+        return args if bits >= 16 else (per_token(args[0], bits), *args[1:])
+
+    return hook
+
+
+def _kv_hook(name: str, layout: str, setting, widths: dict):
     def hook(module, args, output):
+        bits = bits_now(setting, name, widths)
+        if bits >= 16:
+            return output
         if layout == "whole":
             return per_token(output, bits)
         q, k, v = output.chunk(3, dim=-1)

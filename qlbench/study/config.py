@@ -33,6 +33,13 @@ DEFAULTS: dict = {
     "layer_bits": {},  # {mask: bits} pinned widths on top of the cell's mask and high_bits (QaLoF's per-layer map)
     "switch_bits": [],  # QaLoF switchable precision: widths the masked layers cycle through, one adapter each
     "switch_schedule": "cyclic",  # or random
+    "cpt_bits": [],  # cyclic precision training: [low, high] ([]: off)
+    "cpt_cycles": 32,  # CPT's periods over the run (QaLoF's num_cyclic_period)
+    "cpt_schedule": "cosine",  # or triangular
+    "eval_bits": [],  # widths the trained model is evaluated at without retraining ([]: the switchable/CPT widths)
+    "eval_maps": {},  # {label: {mask: bits}}: per-layer maps the trained model is evaluated on
+    "eval_scan": None,  # {each: block|module, bits, rest}: the layer-wise scan of the trained model
+    "task": "causal_lm",  # qlbench.tasks: causal_lm | extractive_qa
     "probe_bits": 0,  # reference cells estimate each module's sensitivity at this width (0: off)
     "probe_batches": 4,
     "targets": None,  # None: the architecture's attention input projection(s)
@@ -208,12 +215,43 @@ def check_settings(settings: dict, bits: list[int], where: str) -> None:
     if switch and (backend != "fake" or any(b not in switch for b in bits if b < 16)):
         raise QlbenchError(f"{where}.switch_bits {switch}: needs backend 'fake' and every quantized width of bits "
                            f"{sorted(b for b in bits if b < 16)} among its widths")
+    check_precision(settings, bits, where)
     if settings["adapter_bits"] != 16 and not 2 <= settings["adapter_bits"] <= 8:
         raise QlbenchError(f"{where}.adapter_bits: {settings['adapter_bits']} (use 2-8, or 16 for none)")
     if settings.get("fail") is not None:
         from qlbench.study import fail
 
         fail.parse(settings["fail"])  # testing only; a typo must not pass silently
+
+
+def check_precision(settings: dict, bits: list[int], where: str) -> None:
+    """Widths that change after quantization: the fake backend only (it re-quantizes from kept weights); CPT's period
+    long enough to visit every width; a switchable model evaluated only at widths it has adapters for."""
+    from qlbench.study.schedules import cpt_period, cpt_width
+
+    switch, cpt = settings["switch_bits"], settings["cpt_bits"]
+    changing = switch or cpt or settings["eval_bits"] or settings["eval_maps"] or settings["eval_scan"]
+    if changing and settings["backend"] != "fake":
+        raise QlbenchError(f"{where}: switch_bits, cpt_bits and eval_* need backend 'fake' (it re-quantizes kept "
+                           f"full-precision weights); backend is {settings['backend']!r}")
+    if switch and cpt:
+        raise QlbenchError(f"{where}: switch_bits and cpt_bits exclude each other (one adapter per width, or one)")
+    if cpt:
+        low, high = cpt
+        period = cpt_period(settings["steps"], settings["cpt_cycles"])
+        seen = {cpt_width(t, low, high, period, settings["cpt_schedule"]) for t in range(period)}
+        if low >= high or seen != set(range(low, high + 1)):
+            raise QlbenchError(f"{where}.cpt_bits {cpt}: a period of {period} steps ({settings['steps']} steps / "
+                               f"{settings['cpt_cycles']} cycles) visits {sorted(seen)}, not every width from low "
+                               f"to high: fewer cycles, more steps, or low < high")
+    if switch:
+        asked = set(settings["eval_bits"]) | {b for m in settings["eval_maps"].values() for b in m.values() if b < 16}
+        if settings["eval_scan"]:
+            asked |= {settings["eval_scan"]["bits"], settings["eval_scan"]["rest"]}
+        missing = sorted(asked - set(switch))
+        if missing:
+            raise QlbenchError(f"{where}: the switchable model has adapters for {switch} bits only; evaluated at "
+                               f"{missing}")
 
 
 def parse_override(text: str) -> tuple[str, object]:

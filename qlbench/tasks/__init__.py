@@ -1,17 +1,43 @@
-"""Tasks, one file each: what a cell trains on and measures — the batches, the loss, the evaluation metrics.
+"""Tasks, one file each: what a cell trains and measures — the head on the base, the batches, the loss, the metrics.
 
-`causal_lm` (language modelling on text blocks) is the task of every study today. A task module exposes `prepare`,
-`batch_sampler`, `loss`, `eval_loss`, `perplexity` and `generations`; the cell's stages ask it, and stay the same.
+A task module exposes:
+- `NAME`, `HEAD` (the transformers auto class the base loads with), `PEFT_TASK` (peft's task type, or None) and
+  `HEAD_MODULES` (modules of a new head that train beside the LoRA weights);
+- `prepare(tokenizer, train_examples, eval_examples, settings) -> Data` (`.train`, `.eval`, `.describe(n)`);
+- `batch_sampler(train, batch_size, seed)`: step -> batch, a pure function of (seed, step);
+- `loss(model, batch)`, `eval_loss(model, eval, batch_size, device, autocast_dtype)`;
+- `metrics(model, tokenizer, data, device, autocast_dtype, batch_size) -> dict`: the task's scores beyond the loss
+  (EM/F1, accuracy), cheap enough to take at every width a trained model is evaluated at;
+- `outputs(model, tokenizer, data, device, autocast_dtype) -> list[dict]`: one row per probed example, in the
+  schema of `qlbench.tasks.generate.frame` (generations, or predicted spans).
+
+The cell's stages ask the task and stay the same. A batch is a tensor or a `Batch` (named tensors).
 """
 
 from __future__ import annotations
 
 import importlib
 
-TASKS = ("causal_lm",)
+TASKS = ("causal_lm", "extractive_qa", "classification")
 
 
 def get(name: str = "causal_lm"):
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
     return importlib.import_module(f"qlbench.tasks.{name}")
+
+
+class Batch(dict):
+    """Named tensors of equal first dimension, moved and sliced together, as the loop and probes use a tensor."""
+
+    def to(self, device) -> "Batch":
+        return Batch({k: v.to(device) for k, v in self.items()})
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return dict.__getitem__(self, key)
+        return Batch({k: v[key] for k, v in self.items()})
+
+    @property
+    def shape(self):
+        return next(iter(self.values())).shape

@@ -16,6 +16,9 @@ from qlbench.errors import QlbenchError
 from qlbench.tasks import generate
 
 NAME = "causal_lm"
+HEAD = "AutoModelForCausalLM"
+PEFT_TASK = "CAUSAL_LM"
+HEAD_MODULES: tuple[str, ...] = ()  # the LM head is the base's own, frozen
 
 
 @dataclass
@@ -89,6 +92,11 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else float("inf")
 
 
-def generations(model, tokenizer, data: Data, device, autocast_dtype=None) -> list[dict]:
+def metrics(model, tokenizer, data: Data, device, autocast_dtype=None, batch_size: int = 16) -> dict:
+    """Nothing beyond the loss at each width: generation is the costly part, done once, in `outputs`."""
+    return {}
+
+
+def outputs(model, tokenizer, data: Data, device, autocast_dtype=None) -> list[dict]:
     """Greedy outputs of the probe prompts (the first held-out examples), one dict each."""
     return generate.generate(model, tokenizer, generate.probe_examples(data.eval_examples), device, autocast_dtype)
