@@ -16,9 +16,10 @@ include: "workflow/rules/prepare.smk"
 include: "workflow/rules/cells.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/analyze.smk"
+include: "workflow/rules/robustness.smk"
 
 
 rule all:
     default_target: True
     input:
-        final_targets(),
+        final_targets() + robustness_targets(),

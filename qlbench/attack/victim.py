@@ -50,7 +50,7 @@ def load_adapter(model, path: Path, head_modules: tuple[str, ...]):
     state = load_file(str(path))
     head = {k: v for k, v in state.items() if any(f"{m}." in k for m in head_modules) and "lora_" not in k}
     trained_head = {k: v for k, v in head.items() if "original_module" not in k}  # peft's untrained copy
-    result = set_peft_model_state_dict(model, {k: v for k, v in state.items() if k not in head})
+    result = set_peft_model_state_dict(model, {k: v for k, v in state.items() if k not in head or k in trained_head})
     unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
     if unexpected:
         raise QlbenchError(f"{path}: LoRA weights the model has no place for: {unexpected[:3]}")
@@ -76,9 +76,10 @@ def build(study: Study, cell: Cell, settings: dict, cell_dir: Path, device) -> V
     spec = study.model(cell.model)
     lm, tokenizer = models.load(spec, cell.model, study.config.get("resources", "resources"), dtype=torch.float32)
     dataset = study.config["datasets"][settings["dataset"]]
-    classifier = classifier_from_lm(lm, classification.head_kwargs(dataset, tokenizer))
+    classifier = classifier_from_lm(lm, {**classification.head_kwargs(dataset), "pad_token_id": tokenizer.pad_token_id})
     torch.manual_seed(cell.seed)
-    peft_model = lora.attach(classifier, cell.rank, {**settings, "backend": "fake"}, spec["arch"])
+    peft_model = lora.attach(classifier, cell.rank, {**settings, "backend": "fake"}, spec["arch"],
+                             task_type=classification.PEFT_TASK, head_modules=classification.HEAD_MODULES)
     classifier = load_adapter(peft_model, cell_dir / ADAPTER, classification.HEAD_MODULES)
     train_ex, eval_ex = labelled.load(dataset, settings["dataset"])
     data = classification.prepare(tokenizer, train_ex, eval_ex, settings)

@@ -22,14 +22,13 @@ PEFT_TASK = "SEQ_CLS"  # peft then trains the new head (`score`) beside the LoRA
 HEAD_MODULES: tuple[str, ...] = ("score",)
 
 
-def head_kwargs(dataset_spec: dict, tokenizer) -> dict:
-    """What the head's config needs before loading: its number of labels, their names, and the pad token the
-    model looks for to find each text's last token."""
+def head_kwargs(dataset_spec: dict) -> dict:
+    """What the head's config needs before loading (`qlbench.data.models.load(..., head_kwargs=...)`): its number of
+    labels and their names. (The loader also sets the pad token the head looks for to find each text's end.)"""
     from qlbench.data.labelled import label_names
 
     names = sorted(label_names(dataset_spec))
-    return {"num_labels": len(names), "id2label": dict(enumerate(names)),
-            "label2id": {n: i for i, n in enumerate(names)}, "pad_token_id": tokenizer.pad_token_id}
+    return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
 
 
 @dataclass

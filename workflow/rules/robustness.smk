@@ -1,0 +1,69 @@
+# QaLoF's adversarial-robustness experiment (a study with `task: classification` and `robustness:`): GBDA runs once
+# per finished 16-bit cell (model, rank, seed), then that classifier is evaluated at each precision on its texts.
+
+
+include: "robustness_common.smk"
+
+
+wildcard_constraints:
+    precision="|".join(ROBUST_PRECISIONS),
+
+
+rule attack:
+    input:
+        # a cell's row is written last, after its adapter.safetensors (LoRA and the trained head)
+        row=f"{RESULTS}/{{study}}/cells/{{cell}}/row.parquet",
+    output:
+        f"{RESULTS}/{{study}}/robustness/{{cell}}/adversarial.parquet",
+    log:
+        f"{RESULTS}/{{study}}/robustness/{{cell}}/attack.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        gpu=STUDY.settings["gpus"],
+    params:
+        coords=robust_args,
+        cell_dir=lambda wildcards, input: os.path.dirname(input.row),
+    shell:
+        f"qlbench attack {CONFIG_ARGS} --study {{wildcards.study}} {{params.coords}} --cell-dir {{params.cell_dir}} "
+        f"--threads {{threads}} --out {{output}} > {{log}} 2>&1"
+
+
+rule robust_eval:
+    input:
+        adversarial=f"{RESULTS}/{{study}}/robustness/{{cell}}/adversarial.parquet",
+        row=f"{RESULTS}/{{study}}/cells/{{cell}}/row.parquet",
+    output:
+        f"{RESULTS}/{{study}}/robustness/{{cell}}/{{precision}}.parquet",
+    log:
+        f"{RESULTS}/{{study}}/robustness/{{cell}}/{{precision}}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        gpu=STUDY.settings["gpus"],
+    params:
+        coords=robust_args,
+        cell_dir=lambda wildcards, input: os.path.dirname(input.row),
+    shell:
+        f"qlbench robust-eval {CONFIG_ARGS} --study {{wildcards.study}} {{params.coords}} --cell-dir {{params.cell_dir}} "
+        f"--precision {{wildcards.precision}} --adversarial {{input.adversarial}} --threads {{threads}} "
+        f"--out {{output}} > {{log}} 2>&1"
+
+
+rule robustness:
+    input:
+        robustness_rows,
+    output:
+        table=report(f"{RESULTS}/{{study}}/robustness.md", category="robustness"),
+        parquet=f"{RESULTS}/{{study}}/robustness.parquet",
+    log:
+        f"{RESULTS}/{{study}}/logs/robustness.log",
+    conda:
+        ENV
+    params:
+        folder=lambda wildcards: f"{RESULTS}/{wildcards.study}/robustness",
+        out=lambda wildcards: f"{RESULTS}/{wildcards.study}",
+    shell:
+        "qlbench robustness {params.folder} --out {params.out} > {log} 2>&1"
