@@ -1,0 +1,161 @@
+"""GBDA against known answers: the fluency term is the causal LM's loss (by the library, and by hand on a relaxed
+sequence), the margin and BERTScore by hand, the attack flips a small classifier's decisions on the texts it
+was run on, and random precision inference changes the width between forward passes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from qlbench.attack.gbda import GBDA, GBDASettings, bert_score, idf_weights, log_perplexity, margin_loss
+
+
+def tiny_lm(vocab=40, seed=0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=vocab, n_positions=32, n_embd=16, n_layer=2, n_head=2, resid_pdrop=0.0,
+                     embd_pdrop=0.0, attn_pdrop=0.0)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def test_fluency_term_is_the_causal_lm_loss_on_one_hot_tokens():
+    lm = tiny_lm()
+    ids = torch.tensor([[3, 17, 5, 28, 9, 11]])
+    coeffs = torch.nn.functional.one_hot(ids, 40).float()
+    with torch.no_grad():
+        relaxed = log_perplexity(lm(inputs_embeds=coeffs @ lm.get_input_embeddings().weight).logits, coeffs)
+        reference = lm(input_ids=ids, labels=ids).loss
+    assert relaxed.item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+def test_fluency_term_of_a_relaxed_sequence_by_hand():
+    """The term the attack minimises, from its own Gumbel draw, recomputed position by position with explicit sums."""
+    lm = tiny_lm()
+    clf = tiny_classifier_like(lm)
+    settings = GBDASettings(batch=2, lam_sim=0.0)
+    gbda = GBDA(clf, lm, 40, banned=[], idf=None, settings=settings)
+    theta = torch.randn(1, 5, 40)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        r = gbda.relax(theta, torch.tensor([1]), clean_hidden=None, weights=None)
+        emb = lm.get_input_embeddings().weight
+        by_hand = []
+        for pi in r.coeffs:  # each relaxed sequence: [T, V]
+            embeds = torch.stack([sum(pi[t, v] * emb[v] for v in range(40)) for t in range(5)])
+            logp = torch.log_softmax(lm(inputs_embeds=embeds[None]).logits[0], -1)
+            nll = [-sum(pi[t + 1, v] * logp[t, v] for v in range(40)) for t in range(4)]
+            by_hand.append(sum(nll) / 4)
+    assert r.fluency.item() == pytest.approx(float(sum(by_hand) / 2), rel=1e-4)
+    assert not torch.allclose(r.coeffs[0], torch.nn.functional.one_hot(r.coeffs[0].argmax(-1), 40).float())
+
+
+def tiny_classifier_like(lm, labels=3):
+    from transformers import GPT2ForSequenceClassification
+
+    clf = GPT2ForSequenceClassification(lm.config.__class__.from_dict({**lm.config.to_dict(), "num_labels": labels,
+                                                                        "pad_token_id": 0}))
+    clf.load_state_dict(lm.state_dict(), strict=False)
+    return clf.eval()
+
+
+def test_margin_is_carlini_wagner_by_hand():
+    logits = torch.tensor([[2.0, 0.5, 1.0], [0.0, 3.0, -1.0], [1.0, 1.0, 0.9]])
+    got = margin_loss(logits, torch.tensor([0, 0, 2]), kappa=5.0)
+    assert got.tolist() == pytest.approx([2.0 - 1.0 + 5.0, max(0.0, 0.0 - 3.0 + 5.0), 0.9 - 1.0 + 5.0])
+    assert margin_loss(logits, torch.tensor([1, 0, 2]), kappa=0.0)[0].item() == 0.0  # already wrong: no loss
+
+
+def test_bert_score_is_one_for_the_clean_text_and_idf_weighted_recall_by_hand():
+    h = torch.randn(1, 4, 8)
+    assert bert_score(h, h).item() == pytest.approx(1.0, abs=1e-6)
+    cand = torch.randn(1, 3, 8)
+    w = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
+    cos = torch.nn.functional.cosine_similarity(h[0, :, None], cand[0, None], dim=-1)
+    assert bert_score(h, cand, w).item() == pytest.approx((cos.max(1).values * w[0]).sum().item(), rel=1e-5)
+    idf = idf_weights([[1, 2], [2, 3], [2]], vocab=5)
+    assert idf[2].item() == pytest.approx(math.log(4 / 4)) and idf[1].item() == pytest.approx(math.log(4 / 2))
+
+
+@pytest.fixture(scope="module")
+def small_classifier(micro_resources):
+    """The micro base with a LoRA + head classifier trained on chatterbot's topics (LoRA on every block linear)."""
+    from peft import LoraConfig, get_peft_model
+
+    from qlbench.attack.victim import classifier_from_lm
+    from qlbench.cell.loop import LoopSettings, train
+    from qlbench.data import labelled, models
+    from qlbench.tasks import classification as task
+
+    torch.set_num_threads(2)
+    spec = {"source": "pretrain", "arch": "gpt2"}
+    lm, tok = models.load(spec, "micro-gpt2", str(micro_resources), dtype=torch.float32)
+    ds = {"source": "chatterbot", "format": "classification", "topics": ["ai", "emotion", "trivia"],
+          "per_class": 100, "eval_fraction": 0.2}
+    train_ex, eval_ex = labelled.load(ds, "topics")
+    data = task.prepare(tok, train_ex, eval_ex, {"seq_len": 16})
+    clf = classifier_from_lm(lm, {**task.head_kwargs(ds), "pad_token_id": tok.pad_token_id})
+    torch.manual_seed(0)
+    model = get_peft_model(clf, LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn", "c_proj", "c_fc"],
+                                           fan_in_fan_out=True, task_type="SEQ_CLS"))
+    train(model, task.batch_sampler(data.train, 16, 0), LoopSettings(steps=200, lr=5e-3), device=torch.device("cpu"),
+          loss=task.loss, log=lambda s: None)
+    merged = model.merge_and_unload().eval().requires_grad_(False)
+    return merged, lm.eval().requires_grad_(False), tok, data, train_ex
+
+
+def test_attack_lowers_accuracy_on_the_texts_it_was_run_on(small_classifier):
+    """Measured: the 12 held-out texts the classifier gets right go from 100% to 0-8% accuracy (100 steps)."""
+    from qlbench.attack import texts
+
+    clf, lm, tok, data, train_ex = small_classifier
+    from qlbench.tasks import classification as task
+
+    pred = task.predict(clf, data.eval, 64, torch.device("cpu")).argmax(-1)
+    right = [i for i in range(len(pred)) if pred[i] == data.eval["labels"][i]][:12]
+    assert len(right) == 12
+    chosen = [data.eval_examples[i].prompt for i in right]
+    labels = [int(data.eval["labels"][i]) for i in right]
+    idf = idf_weights(texts.token_ids(tok, [e.prompt for e in train_ex], 16), len(tok))
+    rows = texts.attack_texts(clf, lm, tok, chosen, labels, 16, GBDASettings(samples=50), 0, idf,
+                              torch.device("cpu"), log=lambda s: None)
+    clean = sum(r["clean_pred"] == r["label"] for r in rows) / len(rows)
+    adversarial = sum(r["adv_pred"] == r["label"] for r in rows) / len(rows)
+    assert clean == 1.0
+    assert adversarial <= 0.25, rows
+    # the adversarial texts are texts: re-tokenised and classified afresh they are still misclassified
+    again = texts._classify(clf, tok, [r["adv_text"] for r in rows], 16, torch.device("cpu"))
+    assert [a for a in again] == [r["adv_pred"] for r in rows]
+    assert all(r["adv_text"] != r["text"] for r in rows if r["adv_pred"] != r["label"])
+
+
+def test_random_precision_changes_the_width_between_forward_passes():
+    from qlbench.attack.precision import RandomPrecision
+    from qlbench.quant.formats import quantize_module
+
+    lm = tiny_lm()
+    clf = tiny_classifier_like(lm)
+    names = [f"transformer.h.{i}.{m}" for i in range(2) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc")]
+    settings = {"format": "int", "symmetric": True, "group_size": None, "double_quant": False}
+    fixed = {}
+    for width in (2, 8):  # the outputs a fixed-width model gives, quantized by hand
+        import copy
+
+        ref = copy.deepcopy(clf)
+        with torch.no_grad():
+            for n in names:
+                m = ref.get_submodule(n)
+                m.weight.copy_(quantize_module(m, m.weight, width, settings))
+        fixed[width] = ref
+    rp = RandomPrecision(clf, names, [2, 8], settings, seed=0)
+    x = torch.tensor([[5, 9, 2, 31, 7]])
+    with torch.no_grad():
+        outs = [clf(input_ids=x).logits for _ in range(12)]
+        expected = {w: fixed[w](input_ids=x).logits for w in (2, 8)}
+    assert len(rp.history) == 12 and set(rp.history) == {2, 8}
+    assert any(a != b for a, b in zip(rp.history, rp.history[1:]))  # the width changes between passes
+    for width, out in zip(rp.history, outs):
+        assert torch.allclose(out, expected[width], atol=1e-6)
+    assert not torch.allclose(expected[2], expected[8], atol=1e-3)
