@@ -67,7 +67,8 @@ def run_sensitivity(cells_parquet: Path, out: Path, budget: float, budget_bits: 
     from qlbench.analysis.figures import sensitivity_figure
 
     cells = pl.read_parquet(cells_parquet)
-    ranked = sensitivity.ranking(cells)
+    metric = sensitivity.task_metric(cells)
+    ranked = sensitivity.ranking(cells, metric).with_columns(pl.lit(metric).alias("metric"))
     if ranked.is_empty():
         raise ValueError("no single-block or single-module masks with a reference cell to rank")
     probes_path = cells_parquet.with_name("probes.parquet")
@@ -91,7 +92,7 @@ def run_sensitivity(cells_parquet: Path, out: Path, budget: float, budget_bits: 
     budget_line = "".join(f"\n{r['level']}: {r['mask']} at {r['bits']} bits, {r.get('avg_bits', 0) or 0:.2f} bits "
                           f"per weight, predicted {r['predicted_degradation']:+.4f}"
                           for r in rec.iter_rows(named=True)) if budget_bits is not None else ""
-    return f"{ranked.height} masks ranked; most sensitive: {top['mask']} ({top['degradation']:+.4f}){agree}{budget_line}"
+    return f"{ranked.height} masks ranked by {metric}; most sensitive: {top['mask']} ({top['degradation']:+.4f}){agree}{budget_line}"
 
 
 def _tables(out: Path, name: str, table: pl.DataFrame, title: str, note: str = "") -> None:

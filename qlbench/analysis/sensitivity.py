@@ -31,9 +31,22 @@ def level(mask: str) -> str:
     return "other"
 
 
-def ranking(cells: pl.DataFrame) -> pl.DataFrame:
-    """One row per (model, n_train, rank, bits, mask) of single-block or single-module masks."""
-    paired = with_reference(cells).filter(pl.col("mask") != "all")
+HIGHER_IS_BETTER = ("em", "f1", "eval_em", "eval_f1", "eval_accuracy", "accuracy")
+
+
+def task_metric(cells: pl.DataFrame) -> str:
+    """What a study's sensitivity ranks by: the task's metric (F1 for extractive QA), else the eval loss."""
+    if "task" in cells.columns and set(cells["task"].drop_nulls().unique()) == {"extractive_qa"}:
+        return "f1"
+    return "eval_loss"
+
+
+def ranking(cells: pl.DataFrame, metric: str = "eval_loss") -> pl.DataFrame:
+    """One row per (model, n_train, rank, bits, mask) of single-block or single-module masks. `degradation` is how
+    much worse `metric` is than the reference's: a loss's rise, or a score's (EM, F1) fall."""
+    sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
+    paired = with_reference(cells, metric).filter(pl.col("mask") != "all")
+    paired = paired.with_columns((sign * pl.col(f"delta_{metric}")).alias("worse"))  # per seed: worse than ref by
     paired = paired.with_columns(pl.col("mask").map_elements(level, return_dtype=pl.String).alias("level"))
     paired = paired.filter(pl.col("level") != "other")
     if paired.is_empty():
@@ -41,8 +54,8 @@ def ranking(cells: pl.DataFrame) -> pl.DataFrame:
     group = [g for g in GROUP if g in paired.columns] + ["level"]
     summary = (
         paired.group_by(*group, "mask")
-        .agg(pl.col("delta_eval_loss").mean().alias("degradation"),
-             pl.col("delta_eval_loss").std().alias("sd"), pl.len().alias("seeds"))
+        .agg(pl.col("worse").mean().alias("degradation"),
+             pl.col("worse").std().alias("sd"), pl.len().alias("seeds"))
         .with_columns(
             (pl.col("seeds").map_elements(lambda n: t_quantile(0.975, n - 1) if n > 1 else None,
                                           return_dtype=pl.Float64)
@@ -79,7 +92,7 @@ def with_estimates(ranked: pl.DataFrame, probes: pl.DataFrame) -> pl.DataFrame:
 def _seed_stability(paired: pl.DataFrame, group: list[str]) -> pl.DataFrame:
     rows = []
     for key, g in paired.group_by(group, maintain_order=True):
-        by_seed = {s: dict(zip(d["mask"], d["delta_eval_loss"])) for (s,), d in g.group_by(["seed"])}
+        by_seed = {s: dict(zip(d["mask"], d["worse"])) for (s,), d in g.group_by(["seed"])}
         masks = sorted(set.intersection(*(set(v) for v in by_seed.values()))) if by_seed else []
         rhos = [spearman([a[m] for m in masks], [b[m] for m in masks])
                 for a, b in itertools.combinations(by_seed.values(), 2)] if len(masks) > 2 else []

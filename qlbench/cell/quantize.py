@@ -42,11 +42,18 @@ def quantize(ctx: Context, base: Base) -> Quantized:
         from qlbench.cell.precision import Precision
 
         switch = settings["switch_bits"] if ctx.base_bits < 16 else []
-        precision = Precision(model, changing, plan, settings, ctx.cell.seed, ctx.masked, adapter_widths=switch or None)
+        precision = Precision(model, changing, plan, settings, ctx.cell.seed, switched_modules(ctx),
+                              adapter_widths=switch or None)
     stats = quant.backend(settings["backend"]).apply(model, plan, settings)
     ctx.log.info(f"quantized {len(plan)} modules ({settings['backend']} {settings['format']}), mask {ctx.cell.mask!r}")
     return Quantized(plan=plan, stats=stats, weight_mem_mb=memory.weight_mem_mb(model, stats), probe=probe,
                      precision=precision)
+
+
+def switched_modules(ctx: Context) -> list[str]:
+    """The modules a width applies to (training's schedule, `eval_bits`): the mask's; for a 16-bit reference cell,
+    whose mask is `none`, every module — its static PTQ quantizes the whole model, as QaLoF's."""
+    return ctx.masked if ctx.masked else ctx.layout.all_names()
 
 
 def changing_modules(ctx: Context) -> list[str]:
@@ -58,7 +65,7 @@ def changing_modules(ctx: Context) -> list[str]:
     s, lay = ctx.settings, ctx.layout
     names: set[str] = set()
     if (s["switch_bits"] or s["cpt_bits"]) and ctx.base_bits < 16 or s["eval_bits"]:
-        names |= set(ctx.masked)
+        names |= set(switched_modules(ctx))
     for mapping in s["eval_maps"].values():
         names |= {m for mask in mapping for m in masks.resolve(mask, lay)}
     if s["eval_scan"]:

@@ -53,7 +53,7 @@ def _row(ctx: Context, model, base: Base, quantized: Quantized, loss_before: flo
     step_time = measure.step_time_s(trained.curve)
     return {
         **coords,
-        "dataset": s["dataset"], "format": s["format"], "backend": s["backend"],
+        "task": s["task"], "dataset": s["dataset"], "format": s["format"], "backend": s["backend"],
         "high_bits": s["high_bits"], "adapter_bits": s["adapter_bits"],
         "act_bits": str(s["act_bits"]), "kv_bits": str(s["kv_bits"]),  # a width, or `follow`
         "targets": label(s["targets"]), "lora_alpha": alpha_for(s["lora_alpha"], ctx.cell.rank),

@@ -139,3 +139,40 @@ def validate_recommendation(cells_parquet, recommendation_parquet, rows, out):
     lines = run_validation(Path(cells_parquet), Path(recommendation_parquet), [Path(r) for r in rows], Path(out))
     if lines:
         click.echo(lines)
+
+
+@main.command("qalof-table")
+@click.argument("cells_parquets", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for qalof_table.* and qalof_scan.*")
+@click.option("--metric", type=click.Choice(["f1", "em"]), default="f1", show_default=True,
+              help="the metric the layer-wise scans rank by")
+def qalof_table(cells_parquets, out, metric):
+    """QaLoF's table from one or more studies' CELLS_PARQUETS (e.g. results/qalof-qa-cpu*/cells.parquet): EM/F1
+    per configuration (FP, static PTQ, LoRA, switchable, CPT, hybrid, random precision), and the layer-wise scan of
+    a switchable model beside the scan retrained per mask (ranks, Spearman agreement, cost)."""
+    import polars as pl
+
+    from qlbench.analysis import qalof
+    from qlbench.results import write_parquet
+
+    cells = pl.concat([pl.read_parquet(p) for p in cells_parquets], how="diagonal_relaxed")
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = qalof.table(cells)
+    if table.is_empty():
+        raise QlbenchError("qalof-table: no cell reports EM/F1 (an extractive_qa study's cells.parquet)")
+    write_parquet(table, folder / "qalof_table.parquet")
+    text = "## QaLoF's table: EM / F1 (%) per configuration, mean and 95% CI over seeds\n\n" + qalof.markdown(
+        table, ["model", "rank", "configuration", "seeds", "em", "em_ci95", "f1", "f1_ci95"])
+    scan = qalof.scan(cells, metric)
+    if not scan.is_empty():
+        write_parquet(scan, folder / "qalof_scan.parquet")
+        first = scan.row(0, named=True)
+        text += (f"\n## Layer-wise scan ({metric} drop at the low width): one switchable model vs a cell per mask\n\n"
+                 + qalof.markdown(scan, ["model", "rank", "mask", "scan_drop", "rank_scan", "retrain_drop",
+                                         "rank_retrain"], digits=2)
+                 + f"\nSpearman agreement {first['spearman'] if first['spearman'] is None else round(first['spearman'], 2)}"
+                 f"; cost: scan {first['scan_s'] or 0:.0f} s of evaluation, retraining {first['retrain_s'] or 0:.0f} s "
+                 f"of cells\n")
+    (folder / "qalof_table.md").write_text(text)
+    click.echo(text)

@@ -1,0 +1,82 @@
+"""Extractive QA (QaLoF's task): answer spans from token offsets, and EM/F1 as SQuAD v1.1's evaluate script
+computes them, on a small hand-made set whose scores are worked out by hand."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from qlbench.data.example import Example
+from qlbench.tasks import extractive_qa as qa
+
+SET = [  # context, answer, the span the "model" predicts
+    ("Botany is the study of what? The plants.\nWho wrote Hamlet? Shakespeare", "The plants.", "plants."),
+    ("Who was the 37th President? Richard Nixon\nWhat is H2O? Water", "Richard Nixon", "Nixon"),
+    ("What year was Kennedy shot? 1963\nWhat is the capital of France? Paris", "1963", "shot? 1963"),
+]
+
+
+def examples():
+    out = []
+    for context, answer, _ in SET:
+        question = context.split("?")[0] + "?"
+        out.append(Example("", answer, (answer,), context=context, question=question,
+                           answer_start=context.index(answer)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from qlbench.data.models import train_tokenizer
+
+    text = " ".join(c for c, _, _ in SET) * 20
+    return train_tokenizer(text, 300)
+
+
+def test_answer_tokens_cover_the_answer_exactly(tokenizer):
+    feats = qa.featurize(tokenizer, examples(), 64)
+    for k, (_, answer, _) in enumerate(SET):
+        s, e = int(feats.batch["start_positions"][k]), int(feats.batch["end_positions"][k])
+        assert feats.text[k][feats.offsets[k][s][0] : feats.offsets[k][e][1]].strip() == answer
+        assert all(feats.offsets[k][i] != (0, 0) for i in range(s, e + 1))  # inside the context
+
+
+def test_a_span_cut_off_by_truncation_is_not_a_training_target(tokenizer):
+    feats = qa.featurize(tokenizer, examples(), 12)
+    assert (feats.batch["start_positions"] == -1).any()
+
+
+def test_em_f1_equal_squad_v11_by_hand(tokenizer):
+    """Predictions: "plants." for "The plants." (articles and punctuation dropped: EM 1, F1 1); "Nixon" for
+    "Richard Nixon" (EM 0; P 1, R 1/2: F1 2/3); "shot? 1963" for "1963" (EM 0; P 1/2, R 1: F1 2/3).
+    SQuAD v1.1: EM 100/3 = 33.33, F1 100 * (1 + 2/3 + 2/3) / 3 = 77.78."""
+    exs = examples()
+    data = qa.prepare(tokenizer, exs, exs, {"seq_len": 64})
+    feats = data.eval_features
+    start = torch.full(data.eval["input_ids"].shape, -10.0)
+    end = start.clone()
+    for k, (_, _, predicted) in enumerate(SET):
+        lo = feats.text[k].index(predicted, feats.text[k].index("Context: "))
+        hi = lo + len(predicted)
+        tokens = [i for i, (s, e) in enumerate(feats.offsets[k]) if (s, e) != (0, 0) and s < hi and e > lo]
+        start[k, tokens[0]], end[k, tokens[-1]] = 5.0, 5.0
+
+    def model(input_ids, attention_mask, output_hidden_states=False):
+        rows = [next(k for k in range(len(SET)) if torch.equal(data.eval["input_ids"][k], ids)) for ids in input_ids]
+        return SimpleNamespace(start_logits=start[rows], end_logits=end[rows],
+                               hidden_states=[torch.zeros(len(rows), input_ids.shape[1], 4)])
+
+    model.training, model.eval, model.train = False, lambda: None, lambda mode=True: None
+    scores = qa.metrics(model, tokenizer, data, torch.device("cpu"), batch_size=2)
+    assert scores["em"] == pytest.approx(100 / 3)
+    assert scores["f1"] == pytest.approx(100 * (1 + 2 / 3 + 2 / 3) / 3)
+    outputs = qa.outputs(model, tokenizer, data, torch.device("cpu"))
+    assert [o["output"] for o in outputs] == ["plants.", "Nixon", "shot? 1963"]
+
+
+def test_best_span_keeps_to_the_context_and_to_order():
+    offsets = [(0, 0), (0, 0), (10, 14), (15, 19)]  # two question tokens, two context tokens
+    text = "Question: abcd efgh"
+    start = torch.tensor([9.0, 0.0, 1.0, 2.0])  # the best start is in the question: not an answer
+    end = torch.tensor([0.0, 0.0, 3.0, 1.0])  # the best end comes before the best context start
+    assert qa.best_span(start, end, offsets, text) == "abcd"  # start 2 + end 2 (3 + 1 = 4) beats end before start
