@@ -107,19 +107,20 @@ def small_classifier(micro_resources):
 
 
 def test_attack_lowers_accuracy_on_the_texts_it_was_run_on(small_classifier):
-    """Measured: the 12 held-out texts the classifier gets right go from 100% to 0-8% accuracy (100 steps)."""
+    """Measured (2026-11-23): the 12 held-out texts the classifier gets right went from 100% to at most 25% accuracy
+    with the paper's 100 steps; 8 texts keep the test short."""
     from qlbench.attack import texts
 
     clf, lm, tok, data, train_ex = small_classifier
     from qlbench.tasks import classification as task
 
     pred = task.predict(clf, data.eval, 64, torch.device("cpu")).argmax(-1)
-    right = [i for i in range(len(pred)) if pred[i] == data.eval["labels"][i]][:12]
-    assert len(right) == 12
+    right = [i for i in range(len(pred)) if pred[i] == data.eval["labels"][i]][:8]
+    assert len(right) == 8
     chosen = [data.eval_examples[i].prompt for i in right]
     labels = [int(data.eval["labels"][i]) for i in right]
     idf = idf_weights(texts.token_ids(tok, [e.prompt for e in train_ex], 16), len(tok))
-    rows = texts.attack_texts(clf, lm, tok, chosen, labels, 16, GBDASettings(samples=50), 0, idf,
+    rows = texts.attack_texts(clf, lm, tok, chosen, labels, 16, GBDASettings(samples=30), 0, idf,
                               torch.device("cpu"), log=lambda s: None)
     clean = sum(r["clean_pred"] == r["label"] for r in rows) / len(rows)
     adversarial = sum(r["adv_pred"] == r["label"] for r in rows) / len(rows)
