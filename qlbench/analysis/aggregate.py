@@ -2,24 +2,19 @@
 `probes.parquet` (the one-pass sensitivity estimates of the reference cells that made one).
 
 Reads parquet only, and only the cells of the study's grid, so folders of an older grid never leak in; a row made
-under other settings than the config's (its `config_hash` differs) is left out and named, never mixed in.
+under other settings than the config's (its `config_hash` differs) is left out and named, never mixed in. One stat
+per file and one vectorised read of whatever changed since the last read (study/finished.py): 10,000 cells
+aggregate in seconds.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import polars as pl
 
-from qlbench.study import grid
-from qlbench.study.config import Study, cell_identity, changed_settings
-
-
-def read_all(paths: list[Path]) -> pl.DataFrame:
-    if not paths:
-        return pl.DataFrame()
-    return pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed")
-
+from qlbench.results import PROBE_SCHEMA
+from qlbench.study import finished, grid
+from qlbench.study.config import Study, changed_settings
+from qlbench.study.identities import cell_identities
 
 TABLES = {"cells": grid.ROW, "curves": grid.CURVE, "probes": grid.PROBE}
 
@@ -27,19 +22,38 @@ TABLES = {"cells": grid.ROW, "curves": grid.CURVE, "probes": grid.PROBE}
 def aggregate(study: Study, results: str) -> tuple[dict[str, pl.DataFrame], list[str], dict[str, str]]:
     """{table name: its rows over the grid's current cells}, the cells without a row, and the cells whose row was
     made under other settings ({path: what changed}) — left out, so no table mixes settings."""
-    folders = {cell: Path(grid.cell_dir(results, study.name, cell)) for cell in grid.cells(study)}
-    done = [cell for cell, folder in folders.items() if (folder / grid.ROW).exists()]
-    finished = set(done)
-    missing = [cell.path for cell in folders if cell not in finished]
-    rows = read_all([folders[cell] / grid.ROW for cell in done])
-    identities = [cell_identity(study, cell) for cell in done]
-    stale = {cell.path: changed_settings(settings_json, identity)
-             for cell, (identity, chash), row_hash, settings_json
-             in zip(done, identities, rows["config_hash"] if done else [], rows["settings_json"] if done else [])
-             if row_hash != chash}
-    current = [cell for cell in done if cell.path not in stale]
-    tables = {"cells": rows.filter(~pl.Series([c.path in stale for c in done], dtype=pl.Boolean)) if stale else rows}
+    cells = grid.cells(study)
+    done, rows = _existing(results, study.name, cells, grid.ROW)
+    finished_at = {cell for cell, _ in done}
+    missing = [cell.path for cell in cells if cell not in finished_at]
+    table = _stack(results, study.name, "cells", done)
+    stale = {}
+    if done:
+        identities = cell_identities(study, [cell for cell, _ in done])
+        current_hash = pl.Series([h for _, h in identities], dtype=pl.String)
+        is_stale = table["config_hash"].ne_missing(current_hash) if "config_hash" in table.columns else \
+            pl.Series([True] * len(done))
+        for i in is_stale.arg_true().to_list():
+            stale[done[i][0].path] = changed_settings(table["settings_json"][i], identities[i][0])
+        if stale:
+            table = table.filter(~is_stale)
+    tables = {"cells": table}
+    current = [cell for cell, _ in done if cell.path not in stale]
     for name, file in TABLES.items():
-        if name != "cells":
-            tables[name] = read_all([folders[cell] / file for cell in current if (folders[cell] / file).exists()])
+        if name == "probes" and not study.settings["probe_bits"]:  # no cell of this study probes: 0 rows each
+            tables[name] = pl.DataFrame(schema=PROBE_SCHEMA)
+        elif name != "cells":
+            tables[name] = _stack(results, study.name, name, _existing(results, study.name, current, file)[0])
     return tables, missing, stale
+
+
+def _existing(results: str, study: str, cells, name: str) -> tuple[list[tuple], list[str]]:
+    """[(cell, (path, stamp))] of the cells whose file `name` exists: one stat each, no separate existence check."""
+    paths = finished.cell_files(results, study, cells, name)
+    found = [(cell, (path, stamp)) for cell, path in zip(cells, paths) if (stamp := finished.stamp(path))]
+    return found, paths
+
+
+def _stack(results: str, study: str, table: str, found: list[tuple]) -> pl.DataFrame:
+    return finished.stack([p for _, (p, _) in found], [s for _, (_, s) in found],
+                          finished.cache_path(results, study, table))

@@ -15,9 +15,11 @@ from qlbench.errors import QlbenchError
 @main.command()
 @config_option
 @click.option("--study", default=None, help="study name in the config (default: the config's `study`)")
-@click.option("--model", required=True, help="model name in the config")
-@click.option("--bits", required=True, type=int, help="bit width of the masked layers: 2-8, or 16 for none")
-@click.option("--rank", required=True, type=int, help="LoRA rank")
+@click.option("--cell", "cell_path", default=None, metavar="PATH",
+              help="the cell's folder under cells/ (e.g. tiny-gpt2/b4/r16/all/s0) instead of the options below")
+@click.option("--model", default=None, help="model name in the config")
+@click.option("--bits", default=None, type=int, help="bit width of the masked layers: 2-8, or 16 for none")
+@click.option("--rank", default=None, type=int, help="LoRA rank")
 @click.option("--mask", default="all", show_default=True, help="which layers get --bits (see `qlbench masks`)")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--n-train", type=int, default=None, help="use the first N training examples")
@@ -26,16 +28,21 @@ from qlbench.errors import QlbenchError
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="the cell's folder")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a fixed setting of the study")
 @click.option("--threads", default=1, show_default=True, type=int, help="torch CPU threads")
-def run(config_files, study, model, bits, rank, mask, seed, n_train, targets, out, overrides, threads):
+def run(config_files, study, cell_path, model, bits, rank, mask, seed, n_train, targets, out, overrides, threads):
     """Run one cell: quantize, attach LoRA, train, evaluate, write row/curve/adapter/log into OUT."""
     from qlbench.study import config as studylib
     from qlbench.cell.run import run as run_cell
-    from qlbench.study.grid import Cell
+    from qlbench.study.grid import Cell, parse
     from qlbench.cluster.status import Heartbeat
 
+    if cell_path is not None:
+        cell = parse(cell_path)
+    elif None in (model, bits, rank):
+        raise click.UsageError("give --cell PATH, or --model, --bits and --rank")
+    else:
+        cell = Cell(model, bits, rank, mask, seed, n_train, targets)
     st = load_study(config_files, study)
-    settings = studylib.cell_settings(st, dict(studylib.parse_override(o) for o in overrides), bits)
-    cell = Cell(model, bits, rank, mask, seed, n_train, targets)
+    settings = studylib.cell_settings(st, dict(studylib.parse_override(o) for o in overrides), cell.bits)
     out_dir = Path(out)
     try:
         with Heartbeat(out_dir):  # how `qlbench status` tells a running cell from a killed one

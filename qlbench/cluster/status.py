@@ -20,7 +20,8 @@ from datetime import datetime
 from pathlib import Path
 
 from qlbench.study import grid
-from qlbench.study.config import Study, cell_identity, changed_settings
+from qlbench.study.config import Study, changed_settings
+from qlbench.study.identities import cell_identities
 
 STATES = ("done", "diverged", "stale", "failed", "running", "missing")
 RUNNING = ".running"
@@ -78,12 +79,20 @@ def cell_status(cell_dir: Path, path: str, now: float | None = None, identity: t
     """`identity`: the cell's current (settings, hash); a row made under other settings is then `stale`."""
     row = cell_dir / grid.ROW
     if row.exists():
-        state, chash, settings_json = _row_status(row)
-        if identity is not None and chash is not None and chash != identity[1]:
-            return CellStatus(path, "stale", "made under other settings: " + changed_settings(settings_json,
-                                                                                                identity[0]))
-        return CellStatus(path, "done" if state == "ok" else state)
-    now = time.time() if now is None else now
+        return row_state(path, _row_status(row), identity)
+    return unfinished_status(cell_dir, path, time.time() if now is None else now)
+
+
+def row_state(path: str, row: tuple[str, str | None, str], identity: tuple[dict, str] | None) -> CellStatus:
+    """A finished cell's state from its row's (status, config_hash, settings_json)."""
+    state, chash, settings_json = row
+    if identity is not None and chash is not None and chash != identity[1]:
+        return CellStatus(path, "stale", "made under other settings: " + changed_settings(settings_json, identity[0]))
+    return CellStatus(path, "done" if state == "ok" else state)
+
+
+def unfinished_status(cell_dir: Path, path: str, now: float) -> CellStatus:
+    """A cell without a row: running (a fresh heartbeat), failed (its log's reason) or missing."""
     marker = cell_dir / RUNNING
     info = _marker(marker, now)
     if info is not None and info["alive"]:
@@ -160,13 +169,24 @@ def _last_error(log: Path) -> str | None:
 
 
 def study_status(study: Study, results: str) -> list[CellStatus]:
-    from concurrent.futures import ThreadPoolExecutor
+    """Every cell's state: one stat per cell, the rows read together (and cached, study/finished.py), the logs and
+    heartbeats of unfinished cells only."""
+    from qlbench.study import finished
 
     now = time.time()
     cells = grid.cells(study)
-    with ThreadPoolExecutor(max_workers=8) as pool:  # parquet reads release the GIL
-        return list(pool.map(lambda c: cell_status(Path(grid.cell_dir(results, study.name, c)), c.path, now,
-                                                   cell_identity(study, c)), cells))
+    paths = finished.cell_files(results, study.name, cells, grid.ROW)
+    stamps = [finished.stamp(p) for p in paths]
+    done = [i for i, s in enumerate(stamps) if s]
+    columns = ["status", "config_hash", "settings_json"]
+    rows = finished.stack([paths[i] for i in done], [stamps[i] for i in done],
+                          finished.cache_path(results, study.name, "cells"), columns)
+    values = [rows[c].to_list() if c in rows.columns else [None] * len(done) for c in columns]
+    identities = cell_identities(study, [cells[i] for i in done])
+    by_cell = {i: row_state(cells[i].path, (state, chash, settings or "{}"), identity)
+               for i, state, chash, settings, identity in zip(done, *values, identities)}
+    return [by_cell[i] if i in by_cell else unfinished_status(Path(paths[i]).parent, c.path, now)
+            for i, c in enumerate(cells)]
 
 
 def counts(statuses: list[CellStatus]) -> dict[str, int]:

@@ -114,10 +114,8 @@ def sweep(
     _prepare_bases(st, config_args, cwd, submitter, poll_s, echo)
 
     todo = []
-    for cell in gridlib.cells(st):
-        out = Path(gridlib.cell_dir(root, st.name, cell))
-        if statuslib.cell_status(out, cell.path, identity=studylib.cell_identity(st, cell)).state in ("done",
-                                                                                                    "diverged"):
+    for cell, state in zip(gridlib.cells(st), statuslib.study_status(st, root)):  # one pass over the tree
+        if state.state in ("done", "diverged"):
             outcome.skipped.append(cell.path)
         else:  # missing, failed, or made under other settings (stale)
             todo.append(cell)

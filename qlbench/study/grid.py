@@ -8,7 +8,7 @@ A 16-bit cell quantizes nothing, so it does not depend on the mask: it runs once
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 
 from qlbench.errors import QlbenchError
 from qlbench.study.config import Study
@@ -53,9 +53,10 @@ class Cell:
 
     def coords(self) -> dict:
         """The coordinates; `targets` only where it is an axis (so the hashes of other cells stay as they were)."""
-        out = asdict(self)
-        if out["targets"] is None:
-            del out["targets"]
+        out = {"model": self.model, "bits": self.bits, "rank": self.rank, "mask": self.mask, "seed": self.seed,
+               "n_train": self.n_train}  # asdict order; no deep copy
+        if self.targets is not None:
+            out["targets"] = self.targets
         return out
 
 

@@ -50,7 +50,9 @@ rule summarize:
 
 rule similarity:
     input:
-        similarity_inputs,
+        # every row, through the aggregate (a cell's row is written last: where it is, its generations and adapter
+        # are too); one input instead of one per cell keeps the DAG small
+        f"{RESULTS}/{{study}}/cells.parquet",
     output:
         pairs=f"{RESULTS}/{{study}}/similarity.parquet",
         layers=f"{RESULTS}/{{study}}/similarity_layers.parquet",

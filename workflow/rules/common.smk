@@ -7,6 +7,7 @@ import sys
 from qlbench.study import grid as gridlib
 from qlbench.data import models as modellib
 from qlbench.study import config as studylib
+from qlbench.study.identities import cell_identities
 from qlbench.errors import QlbenchError
 
 RESULTS = config.get("results", "results")
@@ -22,6 +23,8 @@ try:
 except QlbenchError as e:
     sys.exit(f"qlbench: {e}")  # one line, before any job; a WorkflowError would add a traceback
 CELLS = gridlib.cells(STUDY)
+# every cell's identity hashed once here (a dict lookup per job, not a hash: 10,000 cells build in seconds)
+IDENTITY = {c.path: h for c, (_, h) in zip(CELLS, cell_identities(STUDY, CELLS))}
 # every qlbench command reads the same config files Snakemake read
 ENV = "../envs/qlbench.yaml"
 CONFIG_ARGS = " ".join(f"--config {shlex.quote(str(f))}" for f in workflow.configfiles)
@@ -41,22 +44,13 @@ def cell_rows(wildcards):
     return [f"{cell_dir(c)}/row.parquet" for c in CELLS]
 
 
-def cell_args(wildcards):
-    return shlex.join(gridlib.parse(wildcards.cell).args())
-
-
 def cell_hash(wildcards):
-    return studylib.cell_identity(STUDY, gridlib.parse(wildcards.cell))[1]
+    identity = IDENTITY.get(wildcards.cell)  # a cell outside the grid (a validation cell) is hashed on its own
+    return identity or studylib.cell_identity(STUDY, gridlib.parse(wildcards.cell))[1]
 
 
 def base_hash(wildcards):
     return studylib.config_hash(config["models"][wildcards.model])
-
-
-def similarity_inputs(wildcards):
-    """What the similarity aggregate reads of every cell: no model, only stored outputs."""
-    names = ("row.parquet", "generations.parquet", "adapter.safetensors")
-    return [f"{cell_dir(c)}/{name}" for c in CELLS for name in names]
 
 
 def validation_rows(wildcards):
@@ -85,15 +79,16 @@ def budget_args():
 
 def base_input(wildcards):
     """A base the workflow pretrains itself is an input of its cells; a hub or path model is not."""
-    model = gridlib.parse(wildcards.cell).model
+    model = wildcards.cell.split("/", 1)[0]
     if STUDY.model(model)["source"] in modellib.PREPARED:  # pretrained or converted by `qlbench prepare`
-        return {"base": str(modellib.base_dir(RESOURCES, model))}
-    return {}
+        return [str(modellib.base_dir(RESOURCES, model))]
+    return []
 
 
 def final_targets():
     base = f"{RESULTS}/{STUDY.name}"
     # every cell is a target too: a deleted cell folder reruns that cell, and then (newer input) the aggregates
+    # (a missing input of a finished aggregate is no reason to rerun it: Snakemake asks only for missing targets)
     targets = cell_rows(None)
     targets += [f"{base}/summary.md", f"{base}/summary.csv", f"{base}/figures/eval_loss_vs_bits.png"]
     if 16 in STUDY.bits and min(STUDY.bits) < 16:  # quantized cells and their 16-bit references

@@ -1,0 +1,146 @@
+"""The control plane at scale: dry run, status and aggregation of a synthetic 10,000-cell study, against targets.
+
+    python bench/control_plane.py [--seeds 21] [--keep DIR]
+
+Builds, in a temporary folder, a config whose study `scale` is `each: module` (16 masks of tiny-gpt2) x 7 widths x
+5 ranks x SEEDS seeds (10,185 cells at 21 seeds) and a results tree in which every cell has finished: real parquet
+files (row, curve, probe, layers, generations) written with the package's schemas, the row's `config_hash` the
+cell's true identity, so status and aggregation do all their checks. Then times, each as the command a user types:
+`snakemake -n` (every cell done: the aggregates are the only jobs), `qlbench status` (cold, then warm) and
+`qlbench aggregate`. Nothing here trains a model; the numbers are fake, the files and their count are real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from qlbench import results  # noqa: E402
+from qlbench.study import config as studylib, finished, grid  # noqa: E402
+
+TARGETS_S = {"snakemake -n": 20.0, "snakemake -n (scontrol answers)": 20.0, "qlbench status": 1.0, "qlbench aggregate": 5.0}
+STEPS = 40
+
+
+def build(work: Path, seeds: int) -> studylib.Study:
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["studies"] = {"scale": {**config["studies"]["demo"], "bits": [16, 8, 6, 5, 4, 3, 2],
+                                   "ranks": [4, 8, 16, 32, 64], "masks": [{"each": "module"}],
+                                   "seeds": list(range(seeds))}}
+    config["study"] = "scale"
+    (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    st = studylib.load(config, "scale")
+    base = work / "resources/models/tiny-gpt2"  # the prepared base the cells depend on: older than every cell
+    base.mkdir(parents=True)
+    (base / "config.json").write_text("{}\n")
+    write_cells(work / "results", st)
+    return st
+
+
+def write_cells(root: Path, st: studylib.Study) -> None:
+    """One finished folder per cell; the parquet files are slices of one frame each, so writing 60,000 files takes
+    seconds, and the files nobody reads whole here (adapter, layers, generations) are hard links to one file."""
+    cells = grid.cells(st)
+    coords = pl.DataFrame([{"study": st.name, **c.coords(), "targets": "c_attn"} for c in cells],
+                          schema={k: results.COORDS[k] for k in results.COORDS})
+    identities = [studylib.cell_identity(st, c) for c in cells]
+    n = len(cells)
+
+    row = pl.DataFrame({k: pl.Series(k, [0] * n).cast(t) for k, t in {**results.METRICS, **results.PROVENANCE}.items()}).with_columns(
+        pl.lit("ok").alias("status"), pl.Series("config_hash", [h for _, h in identities]),
+        (2.2 + pl.int_range(n) / n).alias("eval_loss"), pl.lit(STEPS).cast(pl.Int64).alias("steps_done"))
+    fixed = {k: st.settings[k] for k in ("dataset", "format", "backend", "high_bits", "adapter_bits", "act_bits",
+                                         "kv_bits", "steps", "lr", "batch_size", "seq_len")}
+    rows = pl.concat([coords.drop("targets"), row], how="horizontal").with_columns(
+        *(pl.lit(v).cast(results.SETTINGS[k]).alias(k) for k, v in fixed.items()),
+        targets=pl.lit("c_attn"), lora_alpha=2.0 * pl.col("rank"),
+        settings_json=pl.Series([json.dumps(i, sort_keys=True, default=str) for i, _ in identities]))
+    rows = rows.select([c for c in results.ROW_SCHEMA if c in rows.columns])
+    steps = pl.DataFrame({"step": range(1, STEPS + 1), "loss": [3.0 - 0.01 * s for s in range(STEPS)]})
+    shared = root / "shared"
+    shared.mkdir(parents=True)
+    for name in (grid.ADAPTER, grid.LAYERS, grid.GENERATIONS):
+        (shared / name).write_bytes(b"x" * 1024)
+    empty_probe = results.probe_frame({"study": st.name, **cells[0].coords(), "targets": "c_attn"}, [])
+    for i, cell in enumerate(cells):
+        d = Path(grid.cell_dir(str(root), st.name, cell))
+        d.mkdir(parents=True)
+        for name in (grid.ADAPTER, grid.LAYERS, grid.GENERATIONS):
+            os.link(shared / name, d / name)
+        empty_probe.write_parquet(d / grid.PROBE)
+        one = rows.slice(i, 1)
+        curve = steps.join(one.select(list(results.COORDS)), how="cross").with_columns(
+            lr=pl.lit(2e-3), grad_norm=pl.lit(1.0), step_time_s=pl.lit(0.1), grad_var=pl.lit(float("nan")))
+        curve.select(list(results.CURVE_SCHEMA)).write_parquet(d / grid.CURVE)
+        (d / grid.LOG).write_text(f"00:00:00 cell {st.name}/{cell.path}\n")
+        one.write_parquet(d / grid.ROW)
+
+
+def timed(cmd: list[str], cwd: Path, path: Path | None = None) -> tuple[float, str]:
+    first = f"{path}{os.pathsep}" if path else ""
+    env = {**os.environ, "PATH": f"{first}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    t = time.perf_counter()
+    done = subprocess.run(cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    elapsed = time.perf_counter() - t
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}")
+    return elapsed, done.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=21, help="seeds per configuration (21: 10,185 cells)")
+    parser.add_argument("--keep", type=Path, default=None, help="build the tree here and keep it (a folder built before is measured again)")
+    args = parser.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="qlbench-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    if (work / "config.yaml").exists():  # a tree kept from an earlier run: measure it again
+        st = studylib.load(yaml.safe_load((work / "config.yaml").read_text()), "scale")
+        shutil.rmtree(work / "results/scale" / finished.CACHE, ignore_errors=True)
+        print(f"{len(grid.cells(st))} finished cells under {work}/results (kept)")
+    else:
+        st = build(work, args.seeds)
+        print(f"{len(grid.cells(st))} finished cells written under {work}/results in {time.perf_counter() - t:.0f} s")
+    bin_ = Path(sys.executable).parent
+    qlb = [str(bin_ / "qlbench")]
+    measured = {}
+    dry_run = [str(bin_ / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "-n",
+               "--quiet", "rules"]
+    measured["snakemake -n"], _ = timed(dry_run, work)
+    # snakemake imports its SLURM plugin, which asks `scontrol show config` once; with a SLURM client installed
+    # but no controller running (this machine), that call waits 9 s. Here it is answered at once, as on a cluster.
+    fake = work / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "scontrol").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "scontrol").chmod(0o755)
+    measured["snakemake -n (scontrol answers)"], _ = timed(dry_run, work, path=fake)
+    measured["qlbench status (cold)"], out = timed(qlb + ["status"], work)
+    measured["qlbench status"], out = timed(qlb + ["status"], work)
+    print(out.splitlines()[0])
+    measured["qlbench aggregate"], out = timed(qlb + ["aggregate"], work)
+    print(out.strip())
+    print(f"{'command':<32} {'measured':>9} {'target':>8}")
+    for name, seconds in measured.items():
+        target = TARGETS_S.get(name)
+        mark = "" if target is None else f"{'<=' if seconds <= target else '> '} {target:>4.0f} s"
+        print(f"{name:<32} {seconds:>7.2f} s {mark}")
+    if args.keep is None:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()

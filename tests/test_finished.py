@@ -1,0 +1,75 @@
+"""Reading many cells' files at once (study/finished.py) and hashing many cells at once (study/identities.py): the
+same answers as one file / one cell at a time, and a cache that rereads only what changed."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import polars as pl
+import pytest
+
+from qlbench.study import config as studylib, finished, grid
+from qlbench.study.identities import cell_identities
+
+
+def _files(tmp_path, frames: list[pl.DataFrame]) -> tuple[list[str], list[str]]:
+    paths = []
+    for i, frame in enumerate(frames):
+        path = tmp_path / f"f{i}" / "row.parquet"
+        path.parent.mkdir()
+        frame.write_parquet(path)
+        paths.append(str(path))
+    return paths, [finished.stamp(p) for p in paths]
+
+
+FRAMES = [pl.DataFrame({"a": [1, 2], "b": [1.0, 2.0]}),
+          pl.DataFrame({"a": [3], "b": [None]}),  # b all null: a Null column in this file
+          pl.DataFrame({"a": [4], "b": [4.0], "extra": ["x"]}),  # a column only this file has
+          pl.DataFrame({"b": [5.0], "a": [5]}),  # the same columns in another order
+          pl.DataFrame({"a": [6], "b": [6.0]})]
+
+
+def one_by_one(paths):
+    return pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed")
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2, 3, 4], [2, 1, 0, 4, 3], [1, 0]])
+def test_stack_equals_reading_file_by_file(tmp_path, order):
+    paths, stamps = _files(tmp_path, [FRAMES[i] for i in order])
+    got = finished.stack(paths, stamps, None)
+    assert got.equals(one_by_one(paths).select(got.columns)) and set(got.columns) == set(one_by_one(paths).columns)
+    assert got["a"].to_list() == [a for i in order for a in FRAMES[i]["a"].to_list()]
+
+
+def test_cache_rereads_only_changed_files_and_keeps_order(tmp_path, monkeypatch):
+    paths, stamps = _files(tmp_path, FRAMES)
+    cache = tmp_path / "cache" / "cells.parquet"
+    first = finished.stack(paths, stamps, cache)
+    read = []
+    real = finished.read_many
+    monkeypatch.setattr(finished, "read_many", lambda files: read.append(list(files)) or real(files))
+    assert finished.stack(paths, stamps, cache).equals(first) and read == []  # all from the cache
+    assert finished.stack(paths, stamps, cache, ["a"])["a"].to_list() == [1, 2, 3, 4, 5, 6]
+    # file 1 rewritten the way cells write (a new file renamed into place): only it is read again
+    time.sleep(0.01)
+    tmp = tmp_path / "new.parquet"
+    pl.DataFrame({"a": [30, 31], "b": [3.5, 3.6]}).write_parquet(tmp)
+    os.replace(tmp, paths[1])
+    stamps[1] = finished.stamp(paths[1])
+    got = finished.stack(paths, stamps, cache)
+    assert read == [[paths[1]]]
+    assert got["a"].to_list() == [1, 2, 30, 31, 4, 5, 6] and got["b"].to_list()[2:4] == [3.5, 3.6]
+    # a subset (a cell left the grid) drops the others' rows; a lost cache table means reading everything again
+    assert finished.stack(paths[3:], stamps[3:], cache)["a"].to_list() == [5, 6]
+    cache.unlink()
+    read.clear()
+    assert finished.stack(paths, stamps, cache)["a"].to_list() == [1, 2, 30, 31, 4, 5, 6]
+    assert read[0] == paths  # (then its halves: these files differ in columns)
+
+
+def test_batch_identities_equal_cell_identity_for_every_study(repo_config):
+    for name in repo_config["studies"]:
+        study = studylib.load(repo_config, name)
+        cells = grid.cells(study)
+        assert cell_identities(study, cells) == [studylib.cell_identity(study, c) for c in cells], name
