@@ -45,3 +45,29 @@ def test_a_rerun_skips_finished_cells_resumes_the_killed_one_and_aggregates(swep
     assert cells.height == len(grid.cells(micro)) and (cells["status"] == "ok").all()
     assert dict(zip(cells["mask"], cells["resumed_from"])) == {"none": 0, "all": 10, "b1.mlp": 0}
     assert (work / "results/micro/curves.parquet").exists()
+
+
+def test_a_pack_keeps_its_finished_cells_when_one_fails_and_matches_unpacked_rows(swept, tmp_path, micro_resources):
+    """All three cells in one job, forked from its warm process: the failing one fails alone, the rerun runs only
+    it, and the rows equal those of the unpacked sweep (one process per cell)."""
+    from qlbench.results import PROVENANCE, TIMING_COLUMNS
+
+    unpacked, _, _ = swept
+    (tmp_path / "resources").symlink_to(micro_resources)
+    fails = "micro-gpt2/b4/r4/b1.mlp/s0"
+    planted = tmp_path / "planted.yaml"
+    planted.write_text(yaml.safe_dump({"studies": {"micro": {"fail": f"first:{fails}"}}}))
+    files = [str(REPO / "config.yaml"), str(planted)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        first = qlbench.sweep("micro", config_files=files, executor="local", retries=0, cells_per_job=3,
+                              poll_s=0.5, echo=print)
+        second = qlbench.sweep("micro", config_files=files, executor="local", retries=0, cells_per_job=3,
+                               poll_s=0.5, echo=print)
+    assert list(first.failed) == [fails] and "planted failure" in first.failed[fails] and len(first.done) == 2
+    assert sorted(second.skipped) == sorted(first.done) and second.done == [fails] and not second.failed
+    skip = set(PROVENANCE) | set(TIMING_COLUMNS) | {"resumed_from"}  # the unpacked sweep resumed a killed cell
+    a, b = (pl.read_parquet(w / "results/micro/cells.parquet").sort("bits", "mask") for w in (tmp_path, unpacked))
+    assert a.height == b.height == 3 and [c for c in a.columns if c not in skip and not a[c].equals(b[c])] == []
+    logs = "".join(p.read_text() for p in (tmp_path / "results/micro/logs/sweep").rglob("*_log.out"))
+    assert logs.count("[warm ") == 3, logs[-2000:]  # forked from the job's warm process, not started afresh

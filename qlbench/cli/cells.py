@@ -3,6 +3,7 @@ its rows."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import click
 
 from qlbench.cli import config_option, load_study, main
 from qlbench.errors import QlbenchError
+
+WARM_PARENT = "QLBENCH_WARM_PARENT"  # set in a cell forked from a warm process: that process's pid
 
 
 @main.command()
@@ -28,8 +31,23 @@ from qlbench.errors import QlbenchError
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="the cell's folder")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a fixed setting of the study")
 @click.option("--threads", default=1, show_default=True, type=int, help="torch CPU threads")
-def run(config_files, study, cell_path, model, bits, rank, mask, seed, n_train, targets, out, overrides, threads):
+@click.option("--warm", is_flag=True,
+              help="fork the cell from a warm process that has imported everything already (one per machine or "
+                   "SLURM job, started on first use): packs of cells share one start-up")
+def run(config_files, study, cell_path, model, bits, rank, mask, seed, n_train, targets, out, overrides, threads,
+        warm):
     """Run one cell: quantize, attach LoRA, train, evaluate, write row/curve/adapter/log into OUT."""
+    if warm and os.environ.get("QLBENCH_WARM", "1") != "0":
+        from qlbench.cli import warm as warmlib
+
+        args = ["run", *(a for f in config_files for a in ("--config", f)), "--out", out, "--threads", str(threads),
+                *(a for o in overrides for a in ("--set", o))]
+        args += ["--study", study] if study else []
+        if cell_path is not None:
+            args += ["--cell", cell_path]
+        else:
+            args += _coordinate_args(model, bits, rank, mask, seed, n_train, targets)
+        sys.exit(warmlib.run(args))
     from qlbench.study import config as studylib
     from qlbench.cell.run import run as run_cell
     from qlbench.study.grid import Cell, parse
@@ -51,8 +69,15 @@ def run(config_files, study, cell_path, model, bits, rank, mask, seed, n_train, 
         raise
     except BaseException as e:  # a cell that cannot run: one line here, the traceback in its log
         _fail(out_dir, e)
+    warm_from = os.environ.get(WARM_PARENT)
     click.echo(f"{cell.path}: {row['status']} eval_loss={row['eval_loss']:.4f} "
-               f"(before training {row['eval_loss_before']:.4f})")
+               f"(before training {row['eval_loss_before']:.4f})" + (f" [warm {warm_from}]" if warm_from else ""))
+
+
+def _coordinate_args(model, bits, rank, mask, seed, n_train, targets) -> list[str]:
+    out = [f"--{k}={v}" for k, v in (("model", model), ("bits", bits), ("rank", rank)) if v is not None]
+    out += [f"--mask={mask}", f"--seed={seed}"] + ([f"--n-train={n_train}"] if n_train is not None else [])
+    return out + ([f"--targets={targets}"] if targets is not None else [])
 
 
 def _fail(out_dir: Path, e: BaseException):
@@ -192,9 +217,11 @@ def status(config_files, study, results, profile, show_all):
 @click.option("--gpus", default=None, type=int, help="GPUs per cell (default: the study's `gpus`)")
 @click.option("--retries", default=1, show_default=True, type=int,
               help="resubmit a failed cell this many times, each time with twice the memory and more time")
+@click.option("--cells-per-job", default=1, show_default=True, type=int,
+              help="cells per job, run one after another and forked from one warm process (a pack)")
 @click.option("--logs", default=None, help="submitit's folder (default: RESULTS/STUDY/logs/sweep)")
 def sweep(config_files, study, executor, results, partition, account, mem_gb, time_min, parallel, gpus, retries,
-          logs):
+          cells_per_job, logs):
     """Run a study's grid with submitit (a SLURM job array, or local processes) into the same tree Snakemake
     writes: prepares missing bases first, skips finished cells, then aggregates into cells.parquet and
     curves.parquet. A job that dies without a result is reported as failed; see `qlbench status`."""
@@ -202,6 +229,7 @@ def sweep(config_files, study, executor, results, partition, account, mem_gb, ti
 
     outcome = run_sweep(study, config_files=list(config_files), executor=executor, results=results,
                         partition=partition, account=account, mem_gb=mem_gb, time_min=time_min,
-                        parallel=parallel, gpus=gpus, retries=retries, log_dir=logs, echo=click.echo)
+                        parallel=parallel, gpus=gpus, retries=retries, cells_per_job=cells_per_job, log_dir=logs,
+                        echo=click.echo)
     if outcome.failed:
         raise click.ClickException(f"{len(outcome.failed)} cells failed (see `qlbench status {outcome.study}`)")

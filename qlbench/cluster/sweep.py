@@ -6,7 +6,8 @@ aggregate rules and the analyses read either.
     outcome = qlbench.sweep("micro", executor="slurm", partition="debug", account="qlbench")
 
 Bases the study pretrains itself are prepared first; cells with a row already are skipped; each cell is one
-`qlbench run` process (so a cell behaves exactly as under Snakemake: same log, same checkpoint, same exit codes).
+`qlbench run` process (so a cell behaves exactly as under Snakemake: same log, same checkpoint, same exit codes);
+with `cells_per_job` > 1 a job runs a pack of cells one after another, each forked from the job's warm process.
 A failed cell is retried with twice the memory and more time, and resumes from its checkpoint. A job that dies
 without a result (killed, out of memory, time limit) is noticed from the scheduler's queue — not from the result
 file submitit would wait for — and reported as failed with its reason; nothing waits forever.
@@ -73,6 +74,46 @@ class Command:
     def __getstate__(self):
         return {"args": self.args, "cwd": self.cwd, "label": self.label, "_proc": None}
 
+    def finished(self) -> bool:
+        """Has the cell this command runs a row (a requeued pack skips it)?"""
+        out = self.args[self.args.index("--out") + 1] if "--out" in self.args else None
+        return out is not None and (Path(self.cwd) / out / gridlib.ROW).exists()
+
+
+class Pack:
+    """Several cells in one job, one after another, each forked from the job's warm process (`qlbench run --warm`):
+    the imports are paid once per job. A cell that fails does not stop the others; the job fails if any did, and
+    every cell is judged by its own row. On a time limit the running cell checkpoints and the pack is requeued
+    with the cells that have no row yet."""
+
+    def __init__(self, commands: list[Command]):
+        self.commands = commands
+        self._current: Command | None = None
+
+    def __call__(self) -> list[str]:
+        failed = []
+        for command in self.commands:
+            self._current = command
+            try:
+                command()
+            except RuntimeError as e:
+                failed.append(str(e))
+        self._current = None
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(self.commands)} cells failed: {'; '.join(failed)}")
+        return [c.label for c in self.commands]
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        if self._current is not None:
+            self._current.checkpoint()  # passes the signal on and waits while the cell saves its checkpoint
+        left = [Command(c.args, c.cwd, c.label) for c in self.commands if not c.finished()]
+        return submitit.helpers.DelayedSubmission(Pack(left))
+
+    def __getstate__(self):
+        return {"commands": self.commands, "_current": None}
+
 
 def sweep(
     study: str | None = None,
@@ -88,6 +129,7 @@ def sweep(
     threads: int = 1,
     parallel: int | None = None,
     retries: int = 1,
+    cells_per_job: int = 1,
     log_dir: str | None = None,
     aggregate: bool = True,
     poll_s: float = 2.0,
@@ -125,13 +167,18 @@ def sweep(
             break
         jobs = {}
         sub = submitter(f"qlbench-{st.name}", attempt, threads, gpus)
+        warm = ["--warm"] if cells_per_job > 1 else []  # a pack forks its cells from one warm process
         for cell in todo:
             out = str(Path(gridlib.cell_dir(root, st.name, cell)).resolve())
-            args = ["run", *config_args, "--study", st.name, *cell.args(), "--out", out, "--threads", str(threads)]
+            args = ["run", *warm, *config_args, "--study", st.name, *cell.args(), "--out", out,
+                    "--threads", str(threads)]
             jobs[cell] = Command(args, cwd, cell.path)
-        handles = sub.run(list(jobs.values()), poll_s)
-        echo(f"attempt {attempt}: submitted {len(todo)} cells{_ids(handles)}")
-        states = sub.wait(handles, poll_s)
+        commands = list(jobs.values())
+        packs = [Pack(commands[i:i + cells_per_job]) for i in range(0, len(commands), cells_per_job)]
+        handles = sub.run(packs if cells_per_job > 1 else commands, poll_s)
+        echo(f"attempt {attempt}: submitted {len(todo)} cells in {len(handles)} jobs{_ids(handles)}")
+        job_states = sub.wait(handles, poll_s)
+        states = [job_states[i // cells_per_job] for i in range(len(commands))]
         todo = []
         for cell, state in zip(jobs, states):
             out = Path(gridlib.cell_dir(root, st.name, cell))
@@ -199,7 +246,7 @@ class _Submitter:
             params = {k: v for k, v in params.items() if v is not None}
         self.executor.update_parameters(**params)
 
-    def run(self, commands: list[Command], poll_s: float) -> list:
+    def run(self, commands: list, poll_s: float) -> list:
         if self.kind == "slurm":
             with self.executor.batch():
                 handles = [self.executor.submit(c) for c in commands]

@@ -18,6 +18,7 @@ rule cell:
         identity=cell_hash,
     shell:
         # the config files are not a param: passing another --configfile (planted trouble) must not rerun cells
-        f"qlbench run {CONFIG_ARGS} --study {{wildcards.study}} --cell {{wildcards.cell}} "
+        # --warm: forked from a process that has imported torch & co. already (one per machine or SLURM job)
+        f"qlbench run --warm {CONFIG_ARGS} --study {{wildcards.study}} --cell {{wildcards.cell}} "
         f"--out {RESULTS}/{{wildcards.study}}/cells/{{wildcards.cell}} --threads {{threads}} "
         "2> /dev/null  # the cell writes {log} itself"

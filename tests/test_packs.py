@@ -1,0 +1,61 @@
+"""Packs of cells through the real snakemake: the workflow forks every cell from one warm process (`qlbench run
+--warm`), and the rows, curves and adapters are bit-identical to those of cells each in a fresh process. A cell
+that fails inside the pack (an exception on its first attempt; a SIGKILL mid-training) fails alone: its siblings'
+rows stay, and the next run reruns exactly the failed cells."""
+
+import copy
+import shutil
+import subprocess
+
+import polars as pl
+import pytest
+
+from qlbench.results import PROVENANCE, TIMING_COLUMNS
+from qlbench.study import config as study, grid
+
+from conftest import BIN, REPO, job_counts, snakemake, write_config
+
+pytestmark = pytest.mark.workflow
+PROFILE = ["--profile", str(REPO / "profiles/local"), "--cores", "2", "--config", "study=micro"]
+RAISES, KILLED = "micro-gpt2/b4/r4/all/s0", "micro-gpt2/b4/r4/b1.mlp/s0"
+RUN_HISTORY = {"resumed_from"}  # the killed cell resumes from its step-10 checkpoint: how it ran, not what
+
+
+def same_tables(a: pl.DataFrame, b: pl.DataFrame, skip: set[str]) -> list[str]:
+    keys = ["bits", "mask"] + (["step"] if "step" in a.columns else [])
+    a, b = a.sort(keys), b.sort(keys)
+    return [c for c in a.columns if c not in skip and not a[c].equals(b[c])]
+
+
+def test_warm_cells_equal_fresh_ones_and_a_failing_cell_fails_alone(tmp_path, micro_resources, repo_config,
+                                                                      monkeypatch):
+    planted = copy.deepcopy(repo_config)
+    planted["studies"]["micro"]["fail"] = [f"first:{RAISES}", f"kill@15:{KILLED}"]
+    planted_file = write_config(tmp_path / "planted.yaml", planted)
+    packed, fresh = tmp_path / "packed", tmp_path / "fresh"
+    for work in (packed, fresh):
+        shutil.copytree(micro_resources, work / "resources")
+    cells = grid.cells(study.load(repo_config, "micro"))
+
+    first = snakemake(packed, *PROFILE, configfile=planted_file)
+    assert first.returncode != 0 and first.stdout.count("[warm ") == len(cells) - 2, first.stdout[-3000:]
+    rows = {c.path: (packed / "results/micro/cells" / c.path / grid.ROW).exists() for c in cells}
+    assert rows == {c.path: c.path not in (RAISES, KILLED) for c in cells}  # the sibling's row stayed
+    status = subprocess.run([BIN / "qlbench", "status", "-c", planted_file, "micro"], cwd=packed, text=True,
+                            capture_output=True).stdout
+    assert "planted failure on the first attempt" in status and "killed without a word" in status, status
+    dry = snakemake(packed, "-n", *PROFILE, configfile=planted_file)
+    assert job_counts(dry.stdout)["cell"] == 2, dry.stdout[-2000:]  # exactly the two failed cells
+    second = snakemake(packed, *PROFILE, configfile=planted_file)
+    assert second.returncode == 0 and second.stdout.count("[warm ") == 2, second.stdout[-3000:]
+
+    monkeypatch.setenv("QLBENCH_WARM", "0")  # every cell in a fresh process
+    clean = snakemake(fresh, *PROFILE)
+    assert clean.returncode == 0 and "[warm " not in clean.stdout, clean.stdout[-3000:]
+    skip = set(PROVENANCE) | set(TIMING_COLUMNS) | RUN_HISTORY
+    for table in ("cells", "curves"):
+        a, b = (pl.read_parquet(w / f"results/micro/{table}.parquet") for w in (packed, fresh))
+        assert a.height == b.height and not same_tables(a, b, skip), table
+    for c in cells:
+        assert (packed / "results/micro/cells" / c.path / grid.ADAPTER).read_bytes() == \
+            (fresh / "results/micro/cells" / c.path / grid.ADAPTER).read_bytes(), c.path
