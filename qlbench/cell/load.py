@@ -4,6 +4,7 @@ batch sampler that is a pure function of seed and step)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from qlbench.cell.context import Context
@@ -38,20 +39,29 @@ def head_kwargs(ctx: Context) -> dict | None:
 
 def load(ctx: Context) -> Base:
     from qlbench.cell import measure
-    from qlbench.data import examples, models
+    from qlbench.data import examples, models, prepared
 
     settings, cell = ctx.settings, ctx.cell
     dtype = base_dtype(settings["base_dtype"], ctx.device)
-    model, tokenizer = models.load(ctx.spec, cell.model, ctx.study.config.get("resources", "resources"), dtype=dtype,
-                                   head=ctx.task.HEAD, head_kwargs=head_kwargs(ctx))
+    resources = ctx.study.config.get("resources", "resources")
+    model, tokenizer = models.load(ctx.spec, cell.model, resources, dtype=dtype, head=ctx.task.HEAD,
+                                   head_kwargs=head_kwargs(ctx))
     ctx.log.info(f"base weights in {str(dtype).removeprefix('torch.')} ({settings['base_dtype']})")
-    train_ex, eval_ex = examples.load_examples(ctx.study.config["datasets"][settings["dataset"]], settings["dataset"])
-    if cell.n_train is not None:
-        train_ex = train_ex[: cell.n_train]
-    data = ctx.task.prepare(tokenizer, train_ex, eval_ex, settings)
-    ctx.log.info(f"data: {data.describe(len(train_ex))}")
+
+    def make_data():
+        train_ex, eval_ex = examples.load_examples(ctx.study.config["datasets"][settings["dataset"]],
+                                                   settings["dataset"])
+        if cell.n_train is not None:
+            train_ex = train_ex[: cell.n_train]
+        return len(train_ex), ctx.task.prepare(tokenizer, train_ex, eval_ex, settings)
+
+    # made once per (model, dataset, data settings), memory-mapped by the cells after
+    key = prepared.key(ctx.study.config, cell.model, settings, cell.n_train)
+    n_train, data = prepared.cached(Path(resources) / "prepared", f"{cell.model}-{settings['dataset']}-{key}",
+                                    make_data)
+    ctx.log.info(f"data: {data.describe(n_train)}")
     model.to(ctx.device)
     model.requires_grad_(False)  # a task's new head trains: attach turns it on
-    return Base(model=model, tokenizer=tokenizer, data=data, train_examples=len(train_ex),
+    return Base(model=model, tokenizer=tokenizer, data=data, train_examples=n_train,
                 sample=ctx.task.batch_sampler(data.train, settings["batch_size"], cell.seed),
                 base_params=measure.unique_params(model))  # before quantization packs any weight
