@@ -47,7 +47,9 @@ def run(config_files, study, cell_path, model, bits, rank, mask, seed, n_train, 
             args += ["--cell", cell_path]
         else:
             args += _coordinate_args(model, bits, rank, mask, seed, n_train, targets)
-        sys.exit(warmlib.run(args))
+        code = warmlib.run(args)
+        if code is not None:
+            sys.exit(code)
     from qlbench.study import config as studylib
     from qlbench.cell.run import run as run_cell
     from qlbench.study.grid import Cell, parse

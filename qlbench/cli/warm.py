@@ -53,10 +53,13 @@ def socket_path(env: dict | None = None) -> str:
 
 # -- the client: `qlbench run --warm` ------------------------------------------------------------------------------
 
-def run(argv: list[str]) -> int:
-    """Run `qlbench ARGV` in a child of the warm server; return its exit status as a shell would see it."""
+def run(argv: list[str]) -> int | None:
+    """Run `qlbench ARGV` in a child of the warm server; return its exit status as a shell would see it (None: no
+    warm process could be had; the caller runs the cell itself)."""
     path = socket_path()
     conn = _connect(path)
+    if conn is None:
+        return None
     request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
     conn.sendall(len(request).to_bytes(8, "big"))
     socket.send_fds(conn, [request], [0, 1, 2])
@@ -87,28 +90,33 @@ def _kill(pid: int, sig: int) -> None:
         pass
 
 
-def _connect(path: str) -> socket.socket:
-    started, deadline = False, time.monotonic() + START_S
+def _connect(path: str) -> socket.socket | None:
+    server, deadline = None, time.monotonic() + START_S
     while True:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             conn.connect(path)
             return conn
-        except (FileNotFoundError, ConnectionRefusedError):
+        except (FileNotFoundError, ConnectionRefusedError, OSError):
             conn.close()
-        if not started:
+        if server is None:
             # from the package's parent folder, so the server imports this very package (not a `qlbench/` in cwd)
             with open(path + ".log", "ab") as log:  # the server's own trouble, if any, lands here
-                subprocess.Popen([sys.executable, "-m", "qlbench.cli.warm", path], start_new_session=True,
-                                 cwd=Path(__file__).resolve().parents[2], stdin=subprocess.DEVNULL, stdout=log,
-                                 stderr=log)
-            started = True
-        if time.monotonic() > deadline:
-            raise SystemExit(f"qlbench run --warm: no warm process answered at {path} within {START_S} s")
+                server = subprocess.Popen([sys.executable, "-m", "qlbench.cli.warm", path], start_new_session=True,
+                                          cwd=Path(__file__).resolve().parents[2], stdin=subprocess.DEVNULL,
+                                          stdout=log, stderr=log)
+        # a server that failed (0 is one that found another starting: wait for that one), or no answer in time
+        if server.poll() not in (None, 0) or time.monotonic() > deadline:
+            print(f"qlbench run --warm: no warm process (see {path}.log); running the cell in this process",
+                  file=sys.stderr)
+            return None
         time.sleep(0.05)
 
 
 # -- the server ------------------------------------------------------------------------------------------------------
+
+_LOCK = []  # the server's lock file, closed in every cell (a cell outliving its server must not hold it)
+
 
 def serve(path: str, idle_s: float = IDLE_S) -> None:
     lock = open(path + ".lock", "w")
@@ -116,6 +124,7 @@ def serve(path: str, idle_s: float = IDLE_S) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return  # another server for this path is starting or serving
+    _LOCK.append(lock)
     import importlib
 
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # asking for a GPU must not initialise CUDA here
@@ -163,6 +172,8 @@ def _start(client: socket.socket, listener: socket.socket) -> int | None:
     if pid == 0:  # the cell
         listener.close()
         client.close()
+        for lock in _LOCK:
+            lock.close()
         code = _child(request, fds)
         os._exit(code)
     for fd in fds:
