@@ -42,10 +42,13 @@ def run(cmd, cwd, timeout) -> subprocess.CompletedProcess:
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def smk(workdir: Path, configfile: Path, *args, timeout=900) -> subprocess.CompletedProcess:
+def smk(workdir: Path, configfile: Path, *args, timeout=900, packed=False) -> subprocess.CompletedProcess:
+    # the profile packs cells (group jobs); most tests here look at one cell per sbatch job: a `--groups` naming no
+    # rule of the workflow replaces the profile's, so every cell is its own job again
+    unpack = () if packed else ("--groups", "no_rule=none")
     return run([BIN / "snakemake", "--snakefile", REPO / "Snakefile", "--directory", workdir,
                 "--profile", PROFILE, "--configfile", REPO / "config.yaml", configfile,
-                "--config", "study=micro", *args,
+                "--config", "study=micro", *unpack, *args,
                 # poll SLURM more often than the profile does on a shared cluster: short test jobs
                 "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2"],
                workdir, timeout)
@@ -225,3 +228,36 @@ def test_plain_rerun_resubmits_only_the_missing_cell(always_failing):
     assert again.returncode == 0, again.stdout[-2000:]
     counts = job_counts(again.stdout)
     assert counts["cell"] == 1 and "prepare_base" not in counts
+
+
+@pytest.fixture(scope="module")
+def packed(cluster, tmp_path_factory, micro):
+    """micro as the profile packs it: its 3 cells in one sbatch job (a group job), forked from one warm process
+    there; one cell fails its first attempt and no retry is allowed. Then `-n` and a plain rerun, which runs only
+    the cells without a row."""
+    work = tmp_path_factory.mktemp("slurm-packed")
+    config = write(work / "packed.yaml", {"studies": {"micro": {"fail": f"first:{FIRST}"}}})
+    first = smk(work, config, "--retries", "0", packed=True)
+    rows = {c.path: (work / "results/micro/cells" / c.path / "row.parquet").exists() for c in grid.cells(micro)}
+    status = run([BIN / "qlbench", "status", "micro", "-c", REPO / "config.yaml", "-c", config], work, 60)
+    dry = smk(work, config, "-n", packed=True)
+    second = smk(work, config, "--retries", "0", packed=True)
+    return work, first, rows, status, dry, second
+
+
+def test_a_pack_runs_as_one_job_and_its_failing_cell_fails_alone(packed, micro):
+    work, first, rows, status, dry, second = packed
+    assert first.returncode != 0
+    packs = re.findall(r"SLURM jobid (\d+) \(log: \S*/slurm_logs/group_pack", first.stdout)
+    assert len(packs) == 1, first.stdout[-4000:]  # the three cells in one sbatch job
+    # a pack's cells run one after another; the failing one ends the pack: the cells that finished before it keep
+    # their rows (no cleanup deletes them), those after it have not started
+    assert not rows[FIRST] and sum(rows.values()) >= 1, rows
+    line = next(x for x in status.stdout.splitlines() if FIRST in x)
+    assert line.split()[0] == "failed" and "planted failure on the first attempt" in line, status.stdout
+    assert job_counts(dry.stdout)["cell"] == len(rows) - sum(rows.values()), dry.stdout[-2000:]  # no row: rerun
+    assert second.returncode == 0, second.stdout[-4000:]
+    cells = pl.read_parquet(work / "results/micro/cells.parquet")
+    assert cells.height == len(grid.cells(micro)) and (cells["status"] == "ok").all()
+    logs = "".join(p.read_text() for p in (work / ".snakemake/slurm_logs").rglob("*.log"))
+    assert logs.count("[warm ") >= 1, logs[-3000:]  # the cells forked from the job's warm process
