@@ -130,6 +130,8 @@ def serve(path: str, idle_s: float = IDLE_S) -> None:
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # asking for a GPU must not initialise CUDA here
     for name in PRELOAD:
         importlib.import_module(name)
+    if sys.modules["torch"].cuda.is_initialized():  # an import touched the GPU: no forked cell could use it
+        sys.exit("qlbench warm: CUDA was initialised while importing; cells run in their own processes")
     if os.path.exists(path):
         os.unlink(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
