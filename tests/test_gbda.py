@@ -133,7 +133,7 @@ def test_attack_lowers_accuracy_on_the_texts_it_was_run_on(small_classifier):
 
 
 def test_random_precision_changes_the_width_between_forward_passes():
-    from qlbench.attack.precision import RandomPrecision
+    from qlbench.cell.precision import Precision
     from qlbench.quant.formats import quantize_module
 
     lm = tiny_lm()
@@ -150,13 +150,13 @@ def test_random_precision_changes_the_width_between_forward_passes():
                 m = ref.get_submodule(n)
                 m.weight.copy_(quantize_module(m, m.weight, width, settings))
         fixed[width] = ref
-    rp = RandomPrecision(clf, names, [2, 8], settings, seed=0)
+    _, history = Precision(clf, names, {}, settings, 0, names).random_inference([2, 8], seed=0)
     x = torch.tensor([[5, 9, 2, 31, 7]])
     with torch.no_grad():
         outs = [clf(input_ids=x).logits for _ in range(12)]
         expected = {w: fixed[w](input_ids=x).logits for w in (2, 8)}
-    assert len(rp.history) == 12 and set(rp.history) == {2, 8}
-    assert any(a != b for a, b in zip(rp.history, rp.history[1:]))  # the width changes between passes
-    for width, out in zip(rp.history, outs):
+    assert len(history) == 12 and set(history) == {2, 8}
+    assert any(a != b for a, b in zip(history, history[1:]))  # the width changes between passes
+    for width, out in zip(history, outs):
         assert torch.allclose(out, expected[width], atol=1e-6)
     assert not torch.allclose(expected[2], expected[8], atol=1e-3)

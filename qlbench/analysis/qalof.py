@@ -18,7 +18,8 @@ import re
 
 import polars as pl
 
-from qlbench.analysis.stats import spearman, t_quantile
+from qlbench.analysis.seeds import mean_ci
+from qlbench.analysis.stats import spearman
 
 METRICS = ("em", "f1")
 _COLUMN = re.compile(r"^eval_(em|f1)_(.+)$")
@@ -71,16 +72,6 @@ def configurations(cells: pl.DataFrame) -> pl.DataFrame:
                                       "seed": pl.Int64, "em": pl.Float64, "f1": pl.Float64})
 
 
-def _mean_ci(frame: pl.DataFrame, group: list[str], metrics) -> pl.DataFrame:
-    aggs = [pl.len().alias("seeds")]
-    for m in metrics:
-        aggs += [pl.col(m).mean().alias(m), pl.col(m).std().alias(f"{m}_sd")]
-    out = frame.group_by(group, maintain_order=True).agg(aggs)
-    t = pl.col("seeds").map_elements(lambda n: t_quantile(0.975, n - 1) if n > 1 else None, return_dtype=pl.Float64)
-    return out.with_columns([(t * pl.col(f"{m}_sd") / pl.col("seeds").sqrt()).alias(f"{m}_ci95") for m in metrics]
-                            ).drop([f"{m}_sd" for m in metrics])
-
-
 ORDER = ["FP LoRA", "8-bit static PTQ", "4-bit static PTQ", "FP, random precision", "LoRA, 8-bit base",
          "LoRA, 4-bit base", "switchable, all-8", "switchable, all-4", "switchable, random precision",
          "switchable, hybrid", "CPT at 4 bits", "CPT at 5 bits", "CPT at 6 bits", "CPT at 7 bits", "CPT at 8 bits",
@@ -92,7 +83,7 @@ def table(cells: pl.DataFrame) -> pl.DataFrame:
     per_seed = configurations(cells)
     if per_seed.is_empty():
         return per_seed
-    out = _mean_ci(per_seed, ["model", "rank", "configuration"], METRICS)
+    out = mean_ci(per_seed, ["model", "rank", "configuration"], METRICS)
     order = {name: i for i, name in enumerate(ORDER)}
     return (out.with_columns(pl.col("configuration").replace_strict(order, default=len(ORDER)).alias("_o"))
             .sort("model", "rank", "_o", "configuration").drop("_o"))
@@ -122,8 +113,8 @@ def scan(cells: pl.DataFrame, metric: str = "f1") -> pl.DataFrame:
                  .select("model", "rank", "mask", "seed", (pl.col("ref") - pl.col(metric)).alias("retrain_drop")))
     if scanned.is_empty() or retrained.is_empty():
         return pl.DataFrame()
-    both = (_mean_ci(scanned, ["model", "rank", "mask"], ["scan_drop"])
-            .join(_mean_ci(retrained, ["model", "rank", "mask"], ["retrain_drop"]).drop("seeds"),
+    both = (mean_ci(scanned, ["model", "rank", "mask"], ["scan_drop"])
+            .join(mean_ci(retrained, ["model", "rank", "mask"], ["retrain_drop"]).drop("seeds"),
                   on=["model", "rank", "mask"], how="inner"))
     both = both.with_columns(pl.col("scan_drop").rank("ordinal", descending=True).over("model", "rank")
                              .alias("rank_scan"),
@@ -143,15 +134,3 @@ def scan(cells: pl.DataFrame, metric: str = "f1") -> pl.DataFrame:
 
 def _sum(cells: pl.DataFrame, column: str) -> float | None:
     return float(cells[column].drop_nulls().sum()) if column in cells.columns else None
-
-
-def markdown(frame: pl.DataFrame, columns: list[str], digits: int = 1) -> str:
-    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-    lines = []
-    for r in frame.iter_rows(named=True):
-        cells = []
-        for c in columns:
-            v = r[c]
-            cells.append(f"{v:.{digits}f}" if isinstance(v, float) else ("" if v is None else str(v)))
-        lines.append("| " + " | ".join(cells) + " |")
-    return head + "\n".join(lines) + "\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import polars as pl
 
-from qlbench.analysis.stats import ci95_halfwidth
+from qlbench.analysis.seeds import mean_ci
 
 ORDER = ("fp32", "fake8", "bnb8", "fake4", "bnb4", "random")
 LABEL = {"fp32": "FP32 (attacked)", "fake8": "8-bit PTQ (int, fake)", "bnb8": "8-bit PTQ (LLM.int8, bnb)",
@@ -29,13 +29,7 @@ def gather(root: Path) -> pl.DataFrame:
 
 def table(rows: pl.DataFrame) -> pl.DataFrame:
     """Per (model, rank, precision): mean, sd and 95% CI half-width over seeds of every metric."""
-    aggs = [pl.len().alias("seeds")]
-    for m in METRICS:
-        aggs += [pl.col(m).mean().alias(m), pl.col(m).std().alias(f"{m}_sd")]
-    out = rows.group_by(["model", "rank", "precision", "widths"]).agg(aggs)
-    for m in METRICS:
-        out = out.with_columns(pl.struct([f"{m}_sd", "seeds"]).map_elements(
-            lambda s: ci95_halfwidth(s[f"{m}_sd"], s["seeds"]), return_dtype=pl.Float64).alias(f"{m}_ci95"))
+    out = mean_ci(rows, ["model", "rank", "precision", "widths"], METRICS)
     order = {p: i for i, p in enumerate(ORDER)}
     return out.with_columns(pl.col("precision").replace_strict(order, default=len(ORDER)).alias("_o")).sort(
         ["model", "rank", "_o"]).drop("_o")

@@ -68,7 +68,8 @@ def attack(study: Study, cell: Cell, settings: dict, cell_dir: Path, out: Path, 
 
 
 def model_at(v, precision: str, settings: dict, seed: int):
-    """The attacked model at one precision, and a handle on random precision (None for a fixed width)."""
+    """The attacked model at one precision, and for random precision the list of widths its forward passes drew
+    (None for a fixed width)."""
     from qlbench.attack import victim
 
     if precision == "fp32":
@@ -76,11 +77,12 @@ def model_at(v, precision: str, settings: dict, seed: int):
     if precision == "random":
         import copy
 
-        from qlbench.attack.precision import RandomPrecision
+        from qlbench.cell.precision import Precision
 
         model = copy.deepcopy(v.classifier)
-        widths = options(settings)["random_widths"]
-        return model, RandomPrecision(model, v.module_names, widths, {**settings, "double_quant": False}, seed)
+        precision = Precision(model, v.module_names, {}, {**settings, "double_quant": False}, seed, v.module_names)
+        _, drawn = precision.random_inference(options(settings)["random_widths"], seed)
+        return model, drawn
     backend, bits = precision[:-1], int(precision[-1])
     return victim.quantized(v, backend, bits, settings), None
 
@@ -98,7 +100,8 @@ def evaluate(study: Study, cell: Cell, settings: dict, cell_dir: Path, adversari
     device = _device_and_threads(settings, threads)
     v = victim.build(study, cell, settings, cell_dir, device)
     adv = pl.read_parquet(adversarial).sort("index")
-    model, switching = model_at(v, precision, settings, cell.seed)
+    model, drawn = model_at(v, precision, settings, cell.seed)
+    switching = drawn is not None
     batch_size = 1 if switching else 64  # random precision: one text per forward pass, one width each
     labels = adv["label"].to_list()
 
@@ -122,8 +125,8 @@ def evaluate(study: Study, cell: Cell, settings: dict, cell_dir: Path, adversari
         "attack_success": _mean(flipped),  # of the texts this model got right, the share the attack flips
         "eval_accuracy": (held_out == v.data.eval["labels"]).float().mean().item(),
         "eval_examples": len(v.data.eval_examples),
-        "forward_passes": len(switching.history) if switching else 0,
-        "distinct_widths": len(set(switching.history)) if switching else 1,
+        "forward_passes": len(drawn) if switching else 0,
+        "distinct_widths": len(set(drawn)) if switching else 1,
         "wall_s": time.perf_counter() - t0,
     }
     results.write_parquet(pl.DataFrame([row]), out)

@@ -28,7 +28,8 @@ def eval_loss_of(ctx: Context, model, blocks) -> float:
 def scores(ctx: Context, model, base: Base) -> dict:
     """The eval loss and the task's metrics under the widths in force now."""
     metrics = ctx.task.metrics(model, base.tokenizer, base.data, ctx.device, ctx.autocast, ctx.settings["batch_size"])
-    return {"loss": eval_loss_of(ctx, model, base.data.eval), **metrics}
+    loss = metrics.pop("loss") if "loss" in metrics else eval_loss_of(ctx, model, base.data.eval)
+    return {"loss": loss, **metrics}
 
 
 def before_training(ctx: Context, model, base: Base) -> float:
@@ -46,12 +47,11 @@ def after_training(ctx: Context, model, base: Base, quantized: Quantized, status
 
     columns = at_other_widths(ctx, quantized, lambda: scores(ctx, model, base)) if quantized.precision else {}
     final = eval_loss_of(ctx, model, base.data.eval)
-    own = ctx.task.metrics(model, base.tokenizer, base.data, ctx.device, ctx.autocast, ctx.settings["batch_size"])
-    ctx.log.info(f"eval loss after training: {final:.4f} ({status})"
-                 + "".join(f", {k} {v:.2f}" for k, v in own.items()))
     peak_mem = measure.peak_mem_mb(ctx.device)  # before generation: the peak of training and evaluation
     generations = ctx.task.outputs(model, base.tokenizer, base.data, ctx.device, ctx.autocast)
-    ctx.log.info(f"{len(generations)} outputs of held-out examples")
+    own = ctx.task.summary(generations)  # the task's metrics at the cell's own widths, from the same passes
+    ctx.log.info(f"eval loss after training: {final:.4f} ({status})"
+                 + "".join(f", {k} {v:.2f}" for k, v in own.items()) + f"; {len(generations)} outputs")
     return Evaluated(eval_loss=final, peak_mem_mb=peak_mem, generations=generations,
                      columns={**{f"eval_{k}": v for k, v in own.items()}, **columns})
 

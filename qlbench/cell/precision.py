@@ -40,7 +40,7 @@ class Precision:
         self.pristine = {n: w.detach().clone() for n, w in self.weights.items()}
         self.width = {n: b for n, b in widths.items() if b < 16}  # every quantized module's width now
         self.adapter_widths = adapter_widths  # switchable: one adapter per width; None: one adapter for all
-        self.model, self.layers = None, {}  # after attach: base module name -> its peft LoRA layer
+        self.model, self.layers = model, {}  # after attach: the peft model, and base module name -> its LoRA layer
         self._cache: dict[tuple[str, int], torch.Tensor] = {}
 
     # -- setting widths ---------------------------------------------------------------------------------------------

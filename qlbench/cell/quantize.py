@@ -64,7 +64,8 @@ def changing_modules(ctx: Context) -> list[str]:
 
     s, lay = ctx.settings, ctx.layout
     names: set[str] = set()
-    if (s["switch_bits"] or s["cpt_bits"]) and ctx.base_bits < 16 or s["eval_bits"]:
+    trains_switching = bool(s["switch_bits"] or s["cpt_bits"]) and ctx.base_bits < 16
+    if trains_switching or s["eval_bits"]:
         names |= set(switched_modules(ctx))
     for mapping in s["eval_maps"].values():
         names |= {m for mask in mapping for m in masks.resolve(mask, lay)}

@@ -153,6 +153,7 @@ def qalof_table(cells_parquets, out, metric):
     import polars as pl
 
     from qlbench.analysis import qalof
+    from qlbench.analysis.tables import markdown
     from qlbench.results import write_parquet
 
     cells = pl.concat([pl.read_parquet(p) for p in cells_parquets], how="diagonal_relaxed")
@@ -162,17 +163,17 @@ def qalof_table(cells_parquets, out, metric):
     if table.is_empty():
         raise QlbenchError("qalof-table: no cell reports EM/F1 (an extractive_qa study's cells.parquet)")
     write_parquet(table, folder / "qalof_table.parquet")
-    text = "## QaLoF's table: EM / F1 (%) per configuration, mean and 95% CI over seeds\n\n" + qalof.markdown(
-        table, ["model", "rank", "configuration", "seeds", "em", "em_ci95", "f1", "f1_ci95"])
+    text = markdown(table.select("model", "rank", "configuration", "seeds", "em", "em_ci95", "f1", "f1_ci95"),
+                    "QaLoF's table: EM / F1 (%) per configuration, mean and 95% CI over seeds")
     scan = qalof.scan(cells, metric)
     if not scan.is_empty():
         write_parquet(scan, folder / "qalof_scan.parquet")
         first = scan.row(0, named=True)
-        text += (f"\n## Layer-wise scan ({metric} drop at the low width): one switchable model vs a cell per mask\n\n"
-                 + qalof.markdown(scan, ["model", "rank", "mask", "scan_drop", "rank_scan", "retrain_drop",
-                                         "rank_retrain"], digits=2)
-                 + f"\nSpearman agreement {first['spearman'] if first['spearman'] is None else round(first['spearman'], 2)}"
-                 f"; cost: scan {first['scan_s'] or 0:.0f} s of evaluation, retraining {first['retrain_s'] or 0:.0f} s "
-                 f"of cells\n")
+        text += "\n" + markdown(
+            scan.select("model", "rank", "mask", "scan_drop", "rank_scan", "retrain_drop", "rank_retrain"),
+            f"Layer-wise scan ({metric} drop at the low width): one switchable model vs a cell per mask")
+        rho = "–" if first["spearman"] is None else f"{first['spearman']:.2f}"
+        text += (f"\nSpearman agreement {rho}; cost: scan {first['scan_s'] or 0:.0f} s of evaluation, "
+                 f"retraining {first['retrain_s'] or 0:.0f} s of cells\n")
     (folder / "qalof_table.md").write_text(text)
     click.echo(text)

@@ -7,9 +7,11 @@ A task module exposes:
 - `batch_sampler(train, batch_size, seed)`: step -> batch, a pure function of (seed, step);
 - `loss(model, batch)`, `eval_loss(model, eval, batch_size, device, autocast_dtype)`;
 - `metrics(model, tokenizer, data, device, autocast_dtype, batch_size) -> dict`: the task's scores beyond the loss
-  (EM/F1, accuracy), cheap enough to take at every width a trained model is evaluated at;
+  (EM/F1, accuracy), cheap enough to take at every width a trained model is evaluated at; `loss` too where the
+  same passes give it (then the eval loss is not taken again);
 - `outputs(model, tokenizer, data, device, autocast_dtype) -> list[dict]`: one row per probed example, in the
-  schema of `qlbench.tasks.generate.frame` (generations, or predicted spans).
+  schema of `qlbench.tasks.generate.frame` (generations, or predicted spans), and `summary(rows) -> dict`: the
+  task's metrics of those rows (the cell's own scores, with no second pass).
 
 The cell's stages ask the task and stay the same. A batch is a tensor or a `Batch` (named tensors).
 """

@@ -97,6 +97,11 @@ def metrics(model, tokenizer, data: Data, device, autocast_dtype=None, batch_siz
     return {}
 
 
+def summary(rows: list[dict]) -> dict:
+    """Nothing: the generations' EM/F1 are the row's `em`/`f1` (`generate.row_columns`)."""
+    return {}
+
+
 def outputs(model, tokenizer, data: Data, device, autocast_dtype=None) -> list[dict]:
     """Greedy outputs of the probe prompts (the first held-out examples), one dict each."""
     return generate.generate(model, tokenizer, generate.probe_examples(data.eval_examples), device, autocast_dtype)

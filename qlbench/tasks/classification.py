@@ -113,6 +113,11 @@ def metrics(model, tokenizer, data: Data, device, autocast_dtype=None, batch_siz
     return {"accuracy": (pred == data.eval["labels"]).float().mean().item()}
 
 
+def summary(rows: list[dict]) -> dict:
+    """Accuracy of the prediction rows (`em` is 1 where the prediction is right)."""
+    return {"accuracy": sum(r["em"] for r in rows) / len(rows)}
+
+
 def outputs(model, tokenizer, data: Data, device, autocast_dtype=None) -> list[dict]:
     """Every held-out text with its label and the model's prediction (in generations.parquet's schema: `output` is
     the predicted label, `em` and `f1` are 1 when it is right)."""

@@ -123,23 +123,38 @@ def loss(model, batch: Batch) -> torch.Tensor:
     return span_loss(out.start_logits, out.end_logits, batch)
 
 
-@torch.no_grad()
-def _predict(model, data: Data, batch_size: int, device, autocast_dtype=None) -> tuple[float, list[dict]]:
-    """The span loss over answerable eval features, and one prediction row per eval example."""
+def _passes(model, data: Batch, batch_size: int, device, autocast_dtype=None, hidden: bool = False):
+    """Evaluation-mode forward passes over `data` in chunks: yields (first index, chunk, outputs)."""
     was_training = model.training
     model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, data["input_ids"].shape[0], batch_size):
+                batch = data[i : i + batch_size].to(device)
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                output_hidden_states=hidden)
+                yield i, batch, out
+    finally:
+        model.train(was_training)
+
+
+def _loss_sum(out, batch: Batch) -> tuple[float, int]:
+    """The summed span loss of a chunk's answerable features, and how many there are."""
+    answerable = batch["start_positions"] >= 0
+    if not answerable.any():
+        return 0.0, 0
+    loss = span_loss(out.start_logits[answerable], out.end_logits[answerable], batch[answerable], "sum")
+    return loss.item(), int(answerable.sum())
+
+
+def _predict(model, data: Data, batch_size: int, device, autocast_dtype=None) -> tuple[float, list[dict]]:
+    """The span loss over answerable eval features (as `eval_loss`), and one prediction row per eval example."""
     total, count, rows = 0.0, 0, []
     feats = data.eval_features
-    for i in range(0, len(feats.text), batch_size):
-        batch = data.eval[i : i + batch_size].to(device)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        output_hidden_states=True)
-        answerable = batch["start_positions"] >= 0
-        if answerable.any():
-            sub = batch[answerable]
-            total += span_loss(out.start_logits[answerable], out.end_logits[answerable], sub, "sum").item()
-            count += int(answerable.sum())
+    for i, batch, out in _passes(model, data.eval, batch_size, device, autocast_dtype, hidden=True):
+        loss, n = _loss_sum(out, batch)
+        total, count = total + loss, count + n
         m = batch["attention_mask"].unsqueeze(-1).float()
         hidden = ((out.hidden_states[-1].float() * m).sum(1) / m.sum(1)).cpu().tolist()
         for j in range(batch["input_ids"].shape[0]):
@@ -151,7 +166,6 @@ def _predict(model, data: Data, batch_size: int, device, autocast_dtype=None) ->
                          "answers": list(ex.answers), "output": text, "output_ids": [],
                          "em": best_over_answers(exact_match, text, ex.answers),
                          "f1": best_over_answers(f1, text, ex.answers), "hidden_mean": hidden[j]})
-    model.train(was_training)
     return (total / count if count else float("nan")), rows
 
 
@@ -173,21 +187,10 @@ def best_span(start_logits, end_logits, offsets: list[tuple[int, int]], text: st
 
 def eval_loss(model, data: Batch, batch_size: int, device, autocast_dtype=None) -> float:
     """Mean span loss over the answerable features of `data`."""
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, data["input_ids"].shape[0], batch_size):
-            batch = data[i : i + batch_size].to(device)
-            keep = batch["start_positions"] >= 0
-            if not keep.any():
-                continue
-            batch = batch[keep]
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                out = _forward(model, batch)
-            total += span_loss(out.start_logits, out.end_logits, batch, "sum").item()
-            count += int(keep.sum())
-    model.train(was_training)
+    for _, batch, out in _passes(model, data, batch_size, device, autocast_dtype):
+        loss, n = _loss_sum(out, batch)
+        total, count = total + loss, count + n
     return total / count if count else float("nan")
 
 
@@ -196,12 +199,14 @@ def perplexity(loss: float) -> float:
 
 
 def metrics(model, tokenizer, data: Data, device, autocast_dtype=None, batch_size: int = 16) -> dict:
-    """EM and F1 (in %) over the whole evaluation set, as SQuAD v1.1's evaluate script computes them."""
-    _, rows = _predict(model, data, batch_size, device, autocast_dtype)
-    return scores(rows)
+    """EM and F1 (in %) over the whole evaluation set, as SQuAD v1.1's evaluate script computes them, and the eval
+    loss taken in the same passes."""
+    loss, rows = _predict(model, data, batch_size, device, autocast_dtype)
+    return {"loss": loss, **summary(rows)}
 
 
-def scores(rows: list[dict]) -> dict:
+def summary(rows: list[dict]) -> dict:
+    """EM and F1 (in %) of the prediction rows."""
     return {"em": 100 * sum(r["em"] for r in rows) / len(rows), "f1": 100 * sum(r["f1"] for r in rows) / len(rows)}
 
 
