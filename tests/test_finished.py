@@ -3,6 +3,7 @@ same answers as one file / one cell at a time, and a cache that rereads only wha
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -73,3 +74,41 @@ def test_batch_identities_equal_cell_identity_for_every_study(repo_config):
         study = studylib.load(repo_config, name)
         cells = grid.cells(study)
         assert cell_identities(study, cells) == [studylib.cell_identity(study, c) for c in cells], name
+
+
+def _cell_files(root, study, cells, stale=()):
+    """Rows and curves of `cells` as a cell writes them; the cells in `stale` with another config_hash and a curve
+    with a column of their own (an older version's curve)."""
+    identities = dict(zip([c.path for c in cells], cell_identities(study, cells)))
+    for i, cell in enumerate(cells):
+        folder = grid.cell_dir(str(root), study.name, cell)
+        os.makedirs(folder)
+        identity, digest = identities[cell.path]
+        pl.DataFrame({"mask": [cell.mask], "seed": [cell.seed], "eval_loss": [2.0 + i],
+                      "config_hash": ["0" * 16 if cell.path in stale else digest],
+                      "settings_json": [json.dumps({**identity, "steps": 1}, default=str)]}
+                     ).write_parquet(f"{folder}/{grid.ROW}")
+        curve = pl.DataFrame({"step": [1, 2, 3], "loss": [3.0 + i, 2.5 + i, 2.0 + i]})
+        if cell.path in stale:
+            curve = curve.with_columns(old_column=pl.lit("x"))
+        curve.write_parquet(f"{folder}/{grid.CURVE}")
+
+
+def test_aggregate_leaves_out_a_stale_cell_and_its_curve(tmp_path, repo_config):
+    from qlbench.analysis.aggregate import aggregate
+
+    study = studylib.load(repo_config, "micro")
+    cells = grid.cells(study)
+    stale = cells[1].path
+    _cell_files(tmp_path, study, cells, stale={stale})
+    for attempt in ("nothing cached", "cached"):
+        tables, missing, stale_found = aggregate(study, str(tmp_path))
+        assert missing == [] and list(stale_found) == [stale], attempt
+        assert tables["cells"]["eval_loss"].to_list() == [2.0 + i for i, c in enumerate(cells) if c.path != stale]
+        # the current cells' curves alone, as reading them one by one gives: no column of the stale cell's curve
+        current = [f"{grid.cell_dir(str(tmp_path), study.name, c)}/{grid.CURVE}" for c in cells if c.path != stale]
+        assert tables["curves"].equals(one_by_one(current)), attempt
+    # a cell without a row: its curve stays out
+    os.remove(f"{grid.cell_dir(str(tmp_path), study.name, cells[1])}/{grid.ROW}")
+    tables, missing, stale_found = aggregate(study, str(tmp_path))
+    assert missing == [stale] and not stale_found and tables["curves"].height == 3 * (len(cells) - 1)

@@ -103,11 +103,18 @@ def read_config(paths: list[str | Path]) -> dict:
         except OSError as e:
             raise QlbenchError(f"config file {str(path)!r}: {e.strerror}") from None
         try:
-            data = yaml.safe_load(text) or {}
+            data = _yaml(text) or {}
         except yaml.YAMLError as e:
             raise QlbenchError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
         _merge(merged, data)
     return merged
+
+
+def _yaml(text: str):
+    """libyaml's safe loader where it is built: the same data ~10x faster (every command reads config and schema)."""
+    import yaml
+
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def _merge(into: dict, new: dict) -> None:
@@ -120,9 +127,8 @@ def _merge(into: dict, new: dict) -> None:
 
 def check_schema(config: dict) -> None:
     import jsonschema
-    import yaml
 
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema = _yaml(SCHEMA_PATH.read_text())
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.path), list(map(str, e.path))))
     if errors:

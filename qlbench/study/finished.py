@@ -51,7 +51,7 @@ def stack(files: list[str], stamps: list[str], cache: Path | None, columns: list
         return pl.DataFrame()
     known = _read(cache.with_suffix(".files.parquet")) if cache else None
     fresh = key if known is None else key.join(known, on=[_FILE, _STAMP], how="anti")
-    table = None
+    table, in_order = None, False
     if fresh.is_empty():  # nothing new: the cache alone answers
         table = _read(cache, None if columns is None else [_FILE, *columns])
     if table is None:
@@ -63,10 +63,14 @@ def stack(files: list[str], stamps: list[str], cache: Path | None, columns: list
             parts = [kept.join(unchanged.select(_FILE), on=_FILE, how="semi")]
         parts = [p for p in parts + [read_many(fresh[_FILE].to_list())] if p.width]
         table = pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame({_FILE: []}, schema={_FILE: pl.String})
+        table = table.rechunk()  # read_many gives a chunk per file: 10,000 chunks make every later step slow
+        in_order = kept is None  # every file read now, in the order given: nothing to put in order below
         if cache is not None:
             _write(cache, table, key.select(_FILE, _STAMP))
         if columns is not None:
             table = table.select(_FILE, *[c for c in columns if c in table.columns])
+    if in_order:
+        return table.drop(_FILE)
     # files of other cells the cache may also hold drop out here; rows keep their files' order, and theirs within
     order = table.join(key.select(_FILE, _ORDER), on=_FILE, how="inner", maintain_order="left")
     return order.sort(_ORDER, maintain_order=True).drop(_FILE, _ORDER)
