@@ -8,6 +8,8 @@ files (row, curve, probe, layers, generations) written with the package's schema
 cell's true identity, so status and aggregation do all their checks. Then times, each as the command a user types:
 `snakemake -n` (every cell done: the aggregates are the only jobs), `qlbench status` (cold, then warm) and
 `qlbench aggregate` (after status, then with nothing cached). Nothing here trains a model; the numbers are fake, the files and their count are real.
+Each is printed with its wall time and its CPU time, and the load average before and after: on a machine other
+jobs share, the wall time grows with their load and the CPU time much less.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -89,15 +92,19 @@ def write_cells(root: Path, st: studylib.Study) -> None:
         one.write_parquet(d / grid.ROW)
 
 
-def timed(cmd: list[str], cwd: Path, path: Path | None = None) -> tuple[float, str]:
+def timed(cmd: list[str], cwd: Path, path: Path | None = None) -> tuple[float, float, str]:
+    """(wall seconds, CPU seconds of the command and its children, output): on a shared machine the CPU time is
+    the steadier figure (the wall time grows with the other jobs' load)."""
     first = f"{path}{os.pathsep}" if path else ""
     env = {**os.environ, "PATH": f"{first}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     done = subprocess.run(cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     elapsed = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}")
-    return elapsed, done.stdout
+    return elapsed, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), done.stdout
 
 
 def main() -> None:
@@ -120,26 +127,33 @@ def main() -> None:
     measured = {}
     dry_run = [str(bin_ / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "-n",
                "--quiet", "rules"]
-    measured["snakemake -n"], _ = timed(dry_run, work)
+    print(f"load average (1 min) before: {os.getloadavg()[0]:.2f}")
+    measured = {}  # name -> (wall s, CPU s)
+
+    def measure(name, cmd, path=None):
+        wall, cpu, out = timed(cmd, work, path)
+        measured[name] = wall, cpu
+        return out
+
+    measure("snakemake -n", dry_run)
     # snakemake imports its SLURM plugin, which asks `scontrol show config` once; with a SLURM client installed
     # but no controller running (this machine), that call waits 9 s. Here it is answered at once, as on a cluster.
     fake = work / "bin"
     fake.mkdir(exist_ok=True)
     (fake / "scontrol").write_text("#!/bin/sh\nexit 1\n")
     (fake / "scontrol").chmod(0o755)
-    measured["snakemake -n (scontrol answers)"], _ = timed(dry_run, work, path=fake)
-    measured["qlbench status (cold)"], out = timed(qlb + ["status"], work)
-    measured["qlbench status"], out = timed(qlb + ["status"], work)
-    print(out.splitlines()[0])
-    measured["qlbench aggregate"], out = timed(qlb + ["aggregate"], work)  # rows cached by status, curves not
-    print(out.strip())
+    measure("snakemake -n (scontrol answers)", dry_run, path=fake)
+    measure("qlbench status (cold)", qlb + ["status"])
+    print(measure("qlbench status", qlb + ["status"]).splitlines()[0])
+    print(measure("qlbench aggregate", qlb + ["aggregate"]).strip())  # rows cached by status, curves not
     shutil.rmtree(work / "results/scale" / finished.CACHE)
-    measured["qlbench aggregate (nothing cached)"], _ = timed(qlb + ["aggregate"], work)
-    print(f"{'command':<32} {'measured':>9} {'target':>8}")
-    for name, seconds in measured.items():
+    measure("qlbench aggregate (nothing cached)", qlb + ["aggregate"])
+    print(f"load average (1 min) after: {os.getloadavg()[0]:.2f}")
+    print(f"{'command':<36} {'wall':>9} {'CPU':>9} {'target (wall)':>14}")
+    for name, (wall, cpu) in measured.items():
         target = TARGETS_S.get(name)
-        mark = "" if target is None else f"{'<=' if seconds <= target else '> '} {target:>4.0f} s"
-        print(f"{name:<32} {seconds:>7.2f} s {mark}")
+        mark = "" if target is None else f"{'<=' if wall <= target else '> '} {target:>4.0f} s"
+        print(f"{name:<36} {wall:>7.2f} s {cpu:>7.2f} s {mark:>14}")
     if args.keep is None:
         shutil.rmtree(work)
 
