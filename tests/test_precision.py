@@ -222,3 +222,40 @@ def test_follow_quantizes_each_layers_input_at_its_own_width_in_switch_mode_too(
         h.remove()
     model(x)
     assert all(torch.equal(hooked[n], seen[n]) for n in MASKED)
+
+
+def test_a_named_map_runs_its_layers_at_their_width_and_every_other_at_high_bits():
+    """QaLoF's hybrid on a switchable model trained at all-4 (high_bits 8): the listed layers at 4, the rest at 8 —
+    not the rest at the cell's own 4 (which made the hybrid all-4). Each config's score sees the widths in force."""
+    import logging
+    from types import SimpleNamespace
+
+    from qlbench.cell.evaluate import at_other_widths
+    from qlbench.study.masks import layout
+
+    lay = layout("gpt2", 2)
+    names = lay.all_names()
+
+    class Widths:  # the part of Precision that at_other_widths drives
+        weights = dict.fromkeys(names)
+        masked = names
+        width = dict.fromkeys(names, 4)
+
+        def set(self, widths):
+            self.width.update(widths)
+
+        def uniform(self, w):
+            return dict.fromkeys(self.masked, w)
+
+    precision = Widths()
+    settings = {"eval_bits": [], "eval_maps": {"hybrid": {"b0.attn.c_proj+b1": 4}}, "eval_scan": None, "high_bits": 8,
+                "switch_bits": [], "cpt_bits": []}  # no uniform widths: the map alone
+    ctx = SimpleNamespace(settings=settings, layout=lay, cell=SimpleNamespace(seed=0), log=logging.getLogger("t"))
+    quantized = SimpleNamespace(precision=precision, plan=dict.fromkeys(names, 4))
+    seen = {}
+    columns = at_other_widths(ctx, quantized, lambda: seen.setdefault("hybrid", dict(precision.width)) and {"em": 1.0})
+    assert "eval_em_hybrid" in columns
+    at_4 = {n for n, b in seen["hybrid"].items() if b == 4}
+    assert at_4 == {lay.name(0, "attn.c_proj"), *(lay.name(1, m) for m in lay.modules)}, seen["hybrid"]
+    assert {b for n, b in seen["hybrid"].items() if n not in at_4} == {8}
+    assert set(precision.width.values()) == {4}  # the cell's own widths come back

@@ -58,7 +58,8 @@ def after_training(ctx: Context, model, base: Base, quantized: Quantized, status
 
 def at_other_widths(ctx: Context, quantized: Quantized, score) -> dict:
     """`eval_<score>_<config>` for each config: `b<w>` (the masked layers at w), `random_switch` (a width drawn
-    per forward pass), each named map of `eval_maps`, and `scan_<unit>` (all at the scan's `rest`, one block or
+    per forward pass), each named map of `eval_maps` (its layers at their widths, every other at `high_bits`, as
+    QaLoF's hybrid: listed layers at 4, the rest at 8), and `scan_<unit>` (all at the scan's `rest`, one block or
     module at its `bits`; `scan_base`: none at `bits`); then the cell's own widths are restored."""
     from qlbench.study import masks
     from qlbench.study.schedules import eval_widths
@@ -82,8 +83,9 @@ def at_other_widths(ctx: Context, quantized: Quantized, score) -> dict:
         finally:
             handle.remove()
         columns["random_switch_passes"] = len(drawn)
+    high = {n: s["high_bits"] for n in precision.weights}  # a map names its low layers; the rest run at high_bits
     for label, mapping in s["eval_maps"].items():
-        take(label, {m: b for mask, b in mapping.items() for m in masks.resolve(mask, lay)})
+        take(label, {**high, **{m: b for mask, b in mapping.items() for m in masks.resolve(mask, lay)}})
     if s["eval_scan"]:
         t0 = time.perf_counter()
         scan = s["eval_scan"]

@@ -37,7 +37,7 @@ DEFAULTS: dict = {
     "cpt_cycles": 32,  # CPT's periods over the run (QaLoF's num_cyclic_period)
     "cpt_schedule": "cosine",  # or triangular
     "eval_bits": [],  # widths the trained model is evaluated at without retraining ([]: the switchable/CPT widths)
-    "eval_maps": {},  # {label: {mask: bits}}: per-layer maps the trained model is evaluated on
+    "eval_maps": {},  # {label: {mask: bits}}: per-layer maps the trained model is evaluated on (unlisted: high_bits)
     "eval_scan": None,  # {each: block|module, bits, rest}: the layer-wise scan of the trained model
     "task": "causal_lm",  # qlbench.tasks: causal_lm | extractive_qa
     "probe_bits": 0,  # reference cells estimate each module's sensitivity at this width (0: off)
@@ -252,6 +252,8 @@ def check_precision(settings: dict, bits: list[int], where: str) -> None:
                                f"to high: fewer cycles, more steps, or low < high")
     if switch:
         asked = set(settings["eval_bits"]) | {b for m in settings["eval_maps"].values() for b in m.values() if b < 16}
+        if settings["eval_maps"] and settings["high_bits"] < 16:
+            asked.add(settings["high_bits"])  # a map's unlisted layers run at high_bits
         if settings["eval_scan"]:
             asked |= {settings["eval_scan"]["bits"], settings["eval_scan"]["rest"]}
         missing = sorted(asked - set(switch))
