@@ -30,12 +30,14 @@ def test_each_cell_gives_its_configurations_with_seed_means():
         cell(16, "none", 1, 62.0, 72.0, eval_em_b8=60.0, eval_f1_b8=70.0, eval_em_b4=44.0, eval_f1_b4=54.0),
         cell(4, "all", 0, 50.0, 60.0, settings=switch, eval_em_b8=55.0, eval_f1_b8=65.0, eval_em_b4=50.0,
              eval_f1_b4=60.0, eval_em_hybrid=52.0, eval_f1_hybrid=62.0),
+        cell(8, "all", 0, 56.0, 66.0), cell(8, "b0", 0, 10.0, 20.0),  # a retrained scan cell: no uniform LoRA
     ], infer_schema_length=None)
     table = {r["configuration"]: r for r in qalof.table(cells).iter_rows(named=True)}
     assert table["FP LoRA"]["em"] == 61.0 and table["FP LoRA"]["seeds"] == 2
     assert table["8-bit static PTQ"]["f1"] == 69.0 and table["4-bit static PTQ"]["em"] == 42.0
     assert table["switchable, all-8"]["em"] == 55.0 and table["switchable, hybrid"]["f1"] == 62.0
     assert "LoRA, 4-bit base" not in table  # a switchable cell's own width is its all-4 row, not a static LoRA
+    assert table["LoRA, 8-bit base"]["em"] == 56.0 and table["LoRA, 8-bit base"]["seeds"] == 1
     order = list(table)
     assert order.index("FP LoRA") < order.index("8-bit static PTQ") < order.index("4-bit static PTQ")
 

@@ -33,11 +33,14 @@ def kind(settings: dict) -> str:
     return "static"
 
 
-def label(kind_: str, bits: int, config: str) -> str | None:
+def label(kind_: str, bits: int, config: str, mask: str = "all") -> str | None:
     """The table's name for a configuration of a cell (None: not a row of QaLoF's table)."""
     if config == "own":
         if kind_ == "static":
-            return "FP LoRA" if bits == 16 else f"LoRA, {bits}-bit base"
+            if bits == 16:
+                return "FP LoRA"
+            # a cell of one block or module at `bits` (the retrained scan) is no uniform-width LoRA
+            return f"LoRA, {bits}-bit base" if mask == "all" else None
         return None  # a switchable or CPT cell's own width is one of its b<w> configurations
     if config.startswith("scan_"):
         return None
@@ -64,7 +67,7 @@ def configurations(cells: pl.DataFrame) -> pl.DataFrame:
             if match and value is not None:
                 configs.setdefault(match.group(2), {})[match.group(1)] = value
         for config, values in configs.items():
-            name = label(k, r["bits"], config)
+            name = label(k, r["bits"], config, r["mask"])
             if name is not None and all(values.get(m) is not None for m in METRICS):
                 rows.append({"model": r["model"], "rank": r["rank"], "configuration": name, "seed": r["seed"],
                              **{m: float(values[m]) for m in METRICS}})
