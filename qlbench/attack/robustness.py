@@ -80,8 +80,8 @@ def model_at(v, precision: str, settings: dict, seed: int):
         from qlbench.cell.precision import Precision
 
         model = copy.deepcopy(v.classifier)
-        precision = Precision(model, v.module_names, {}, {**settings, "double_quant": False}, seed, v.module_names)
-        _, drawn = precision.random_inference(options(settings)["random_widths"], seed)
+        widths = Precision(model, v.module_names, {}, {**settings, "double_quant": False}, seed, v.module_names)
+        _, drawn = widths.random_inference(options(settings)["random_widths"], seed)
         return model, drawn
     backend, bits = precision[:-1], int(precision[-1])
     return victim.quantized(v, backend, bits, settings), None
