@@ -81,12 +81,17 @@ proc_state() {
     echo "${s%% *}"
 }
 
+pid_running() {  # pid: alive, neither zombie nor dead, whatever it runs
+    local st
+    [[ $1 =~ ^[0-9]+$ ]] || return 1
+    st=$(proc_state "$1")
+    [[ -n $st && $st != Z && $st != X ]]
+}
+
 # pid is alive (not zombie/dead) and runs the expected program
 alive_as() {  # pid comm
-    local pid=$1 st comm
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    st=$(proc_state "$pid")
-    [[ -n $st && $st != Z && $st != X ]] || return 1
+    local pid=$1 comm
+    pid_running "$pid" || return 1
     comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
     [[ $comm == "$2" ]]
 }
@@ -114,6 +119,13 @@ launch() {  # name cmd...
     SLURM_CONF=$CONF setsid "$@" </dev/null >>"$LOGS/$name.out" 2>&1 9>&- &
     pid=$!
     echo "$pid" >"$PIDS/$name.pid"
+    # until the exec, $pid is still the forked shell or setsid, and every check that asks
+    # "is our <name> alive?" by its name would say no (a busy machine made CI fail on this)
+    local i
+    for i in $(seq 100); do
+        if alive_as "$pid" "$name" || ! pid_running "$pid"; then break; fi
+        sleep 0.05
+    done
 }
 
 wait_until() {  # name seconds check-cmd...   (fails early if our daemon died)
@@ -122,7 +134,9 @@ wait_until() {  # name seconds check-cmd...   (fails early if our daemon died)
     end=$((SECONDS + secs))
     while ((SECONDS < end)); do
         "$@" >/dev/null 2>&1 && return 0
-        if [[ -f $PIDS/$name.pid ]] && ! our_pid "$name" >/dev/null; then
+        # "died" means the recorded process is gone or a zombie, not that its name differs:
+        # right after launch it may still be the forked shell or setsid, before its exec
+        if [[ -f $PIDS/$name.pid ]] && ! pid_running "$(cat "$PIDS/$name.pid" 2>/dev/null)"; then
             sleep 0.3
             "$@" >/dev/null 2>&1 && return 0
             fail "$name" "$name exited during start-up"
@@ -396,7 +410,7 @@ wait_node() {
     local end=$((SECONDS + 30)) resumed=0
     while ((SECONDS < end)); do
         node_ok && return 0
-        our_pid slurmd >/dev/null || return 2
+        pid_running "$(cat "$PIDS/slurmd.pid" 2>/dev/null)" || return 2
         if ((!resumed && SECONDS > end - 25)) && [[ $(node_state) =~ ^(down|drain|drng|inval) ]]; then
             scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true
             resumed=1
