@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import polars as pl
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.cluster
 SCRIPT = REPO / "tests/cluster/local_slurm.sh"
 PROFILE = REPO / "profiles/slurm"
 FIRST, KILLED, OOM = "micro-gpt2/b4/r4/all/s0", "micro-gpt2/b4/r4/b1.mlp/s0", "micro-gpt2/b16/r4/none/s0"
+PACK_FAILS = OOM  # the cell a pack's nested snakemake runs first (tested): cells after it must still run
 KILL_STEP = 15  # micro checkpoints every 10 steps: the retry resumes from step 10
 OOM_MB = 4500  # the profile gives a cell 4000 MB on its first attempt, 8000 on its second
 RUN_HISTORY = ("resumed_from",)  # how a run went, not what it computed
@@ -50,7 +52,7 @@ def smk(workdir: Path, configfile: Path, *args, timeout=900, packed=False) -> su
                 "--profile", PROFILE, "--configfile", REPO / "config.yaml", configfile,
                 "--config", "study=micro", *unpack, *args,
                 # poll SLURM more often than the profile does on a shared cluster: short test jobs
-                "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2"],
+                "--qlbench-slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2"],
                workdir, timeout)
 
 
@@ -231,33 +233,74 @@ def test_plain_rerun_resubmits_only_the_missing_cell(always_failing):
 
 
 @pytest.fixture(scope="module")
-def packed(cluster, tmp_path_factory, micro):
+def packed(planted, tmp_path_factory, micro):
     """micro as the profile packs it: its 3 cells in one sbatch job (a group job), forked from one warm process
-    there; one cell fails its first attempt and no retry is allowed. Then `-n` and a plain rerun, which runs only
-    the cells without a row."""
+    there, with the planted run's base. One cell fails its first attempt and no retry is allowed; then `-n` and a
+    plain rerun."""
     work = tmp_path_factory.mktemp("slurm-packed")
-    config = write(work / "packed.yaml", {"studies": {"micro": {"fail": f"first:{FIRST}"}}})
+    (work / "resources").symlink_to(planted[0] / "resources")
+    config = write(work / "packed.yaml", {"studies": {"micro": {"fail": f"first:{PACK_FAILS}"}}})
     first = smk(work, config, "--retries", "0", packed=True)
-    rows = {c.path: (work / "results/micro/cells" / c.path / "row.parquet").exists() for c in grid.cells(micro)}
+    rows = {c.path: work / "results/micro/cells" / c.path / "row.parquet" for c in grid.cells(micro)}
+    kept = {c: (r.stat().st_ino, r.stat().st_mtime_ns) for c, r in rows.items() if r.exists()}
     status = run([BIN / "qlbench", "status", "micro", "-c", REPO / "config.yaml", "-c", config], work, 60)
     dry = smk(work, config, "-n", packed=True)
     second = smk(work, config, "--retries", "0", packed=True)
-    return work, first, rows, status, dry, second
+    after = {c: (r.stat().st_ino, r.stat().st_mtime_ns) for c, r in rows.items() if r.exists()}
+    return work, first, kept, status, dry, second, after
+
+
+def pack_jobs(snakemake_out: str) -> list[str]:
+    return re.findall(r"SLURM jobid (\d+) \(log: \S*/slurm_logs/group_pack", snakemake_out)
 
 
 def test_a_pack_runs_as_one_job_and_its_failing_cell_fails_alone(packed, micro):
-    work, first, rows, status, dry, second = packed
+    work, first, kept, status, dry, second, after = packed
     assert first.returncode != 0
-    packs = re.findall(r"SLURM jobid (\d+) \(log: \S*/slurm_logs/group_pack", first.stdout)
-    assert len(packs) == 1, first.stdout[-4000:]  # the three cells in one sbatch job
-    # a pack's cells run one after another; the failing one ends the pack: the cells that finished before it keep
-    # their rows (no cleanup deletes them), those after it have not started
-    assert not rows[FIRST] and sum(rows.values()) >= 1, rows
-    line = next(x for x in status.stdout.splitlines() if FIRST in x)
+    assert len(pack_jobs(first.stdout)) == 1, first.stdout[-4000:]  # the three cells in one sbatch job
+    # the pack's other cells ran, whether before the failing one or after it (the nested snakemake keeps going)
+    assert set(kept) == {c.path for c in grid.cells(micro)} - {PACK_FAILS}, kept
+    # ... and some ran after it: the pack's nested snakemake started its cells in this order
+    log = next((work / ".snakemake/slurm_logs").rglob("*.log")).read_text()
+    order = list(dict.fromkeys(re.findall(r"wildcards: study=micro, cell=(\S+)", log)))
+    assert len(order) == 3 and order[-1] != PACK_FAILS, order
+    line = next(x for x in status.stdout.splitlines() if PACK_FAILS in x)
     assert line.split()[0] == "failed" and "planted failure on the first attempt" in line, status.stdout
-    assert job_counts(dry.stdout)["cell"] == len(rows) - sum(rows.values()), dry.stdout[-2000:]  # no row: rerun
+    assert job_counts(dry.stdout)["cell"] == 1, dry.stdout[-2000:]  # the failed cell alone is resubmitted
     assert second.returncode == 0, second.stdout[-4000:]
+    assert {c: after[c] for c in kept} == kept  # its siblings' rows untouched: the same files, never rewritten
     cells = pl.read_parquet(work / "results/micro/cells.parquet")
     assert cells.height == len(grid.cells(micro)) and (cells["status"] == "ok").all()
     logs = "".join(p.read_text() for p in (work / ".snakemake/slurm_logs").rglob("*.log"))
     assert logs.count("[warm ") >= 1, logs[-3000:]  # the cells forked from the job's warm process
+
+
+@pytest.fixture(scope="module")
+def packed_retry(planted, tmp_path_factory):
+    """The same pack, one retry allowed: the study completes in one run."""
+    work = tmp_path_factory.mktemp("slurm-packed-retry")
+    (work / "resources").symlink_to(planted[0] / "resources")
+    config = write(work / "retry.yaml", {"studies": {"micro": {"fail": f"first:{PACK_FAILS}"}}})
+    # a group asks for its cells' memory summed, grown per attempt: the profile's 3 x 8000 MB on the retry is more
+    # than the test node has (sbatch refuses it)
+    done = smk(work, config, "--retries", "1", "--set-resources", "cell:mem_mb=1500*attempt", packed=True)
+    return work, done
+
+
+def test_a_retried_pack_reruns_only_its_failed_cell(packed_retry, micro):
+    work, done = packed_retry
+    assert done.returncode == 0, done.stdout[-4000:]
+    jobs = pack_jobs(done.stdout)
+    assert len(jobs) == 2 and done.stdout.count("Trying to restart job") == 1, done.stdout[-4000:]
+    acct = subprocess.run(["sacct", "-n", "-X", "-P", "-j", ",".join(jobs), "-o", "JobID,State,Start"],
+                          text=True, capture_output=True, timeout=60).stdout.split()
+    states = {j: line.split("|")[1] for line in acct for j in jobs if line.startswith(f"{j}|")}
+    assert states == {jobs[0]: "FAILED", jobs[1]: "COMPLETED"}, acct
+    retry_start = next(line.split("|")[2] for line in acct if line.startswith(f"{jobs[1]}|"))
+    # a cell's log.txt is its own (snakemake touches a finished job's outputs, the rows, but not this): the
+    # siblings' come from the first attempt, written before the retry's job started, the failed cell's from the
+    # retry. A retry that reran every cell (each a target of the nested run, always run) rewrites them all.
+    logs = {c.path: work / "results/micro/cells" / c.path / "log.txt" for c in grid.cells(micro)}
+    written = {c: time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(f.stat().st_mtime)) for c, f in logs.items()}
+    assert all(written[c] < retry_start for c in logs if c != PACK_FAILS), (written, retry_start)
+    assert written[PACK_FAILS] >= retry_start and "with its 1 of 3 cells that did not finish" in done.stdout
