@@ -160,3 +160,38 @@ def test_random_precision_changes_the_width_between_forward_passes():
     for width, out in zip(history, outs):
         assert torch.allclose(out, expected[width], atol=1e-6)
     assert not torch.allclose(expected[2], expected[8], atol=1e-3)
+
+
+def test_the_robustness_study_draws_its_random_widths_on_a_copy_of_the_classifier():
+    """`robustness.model_at(..., "random")`, as the study's evaluate calls it: a width per forward pass from the
+    study's `random_widths`, each pass equal to the classifier quantized by hand at the width it drew, and the
+    fine-tuned classifier itself left at full precision for the other precisions."""
+    import copy
+    from types import SimpleNamespace
+
+    from qlbench.attack import robustness
+    from qlbench.quant.formats import quantize_module
+
+    clf = tiny_classifier_like(tiny_lm())
+    names = [f"transformer.h.{i}.{m}" for i in range(2) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc")]
+    settings = {"format": "int", "symmetric": True, "group_size": None, "double_quant": True,
+                "robustness": {"random_widths": [2, 8]}}
+    x = torch.tensor([[5, 9, 2, 31, 7]])
+    expected = {}
+    for width in (2, 8):
+        ref = copy.deepcopy(clf)
+        with torch.no_grad():
+            for n in names:
+                m = ref.get_submodule(n)
+                m.weight.copy_(quantize_module(m, m.weight, width, {**settings, "double_quant": False}))
+            expected[width] = ref(input_ids=x).logits
+    with torch.no_grad():
+        before = clf(input_ids=x).logits
+    model, drawn = robustness.model_at(SimpleNamespace(classifier=clf, module_names=names), "random", settings, 0)
+    with torch.no_grad():
+        outs = [model(input_ids=x).logits for _ in range(12)]
+        after = clf(input_ids=x).logits
+    assert model is not clf and torch.equal(before, after)
+    assert len(drawn) == 12 and set(drawn) == {2, 8}
+    for width, out in zip(drawn, outs):
+        assert torch.allclose(out, expected[width], atol=1e-6)
