@@ -124,7 +124,6 @@ def main() -> None:
         print(f"{len(grid.cells(st))} finished cells written under {work}/results in {time.perf_counter() - t:.0f} s")
     bin_ = Path(sys.executable).parent
     qlb = [str(bin_ / "qlbench")]
-    measured = {}
     dry_run = [str(bin_ / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(work), "-n",
                "--quiet", "rules"]
     print(f"load average (1 min) before: {os.getloadavg()[0]:.2f}")

@@ -119,8 +119,8 @@ launch() {  # name cmd...
     SLURM_CONF=$CONF setsid "$@" </dev/null >>"$LOGS/$name.out" 2>&1 9>&- &
     pid=$!
     echo "$pid" >"$PIDS/$name.pid"
-    # until the exec, $pid is still the forked shell or setsid, and every check that asks
-    # "is our <name> alive?" by its name would say no (a busy machine made CI fail on this)
+    # until the exec, $pid is still the forked shell or setsid, and every later check that asks "is our <name>
+    # alive?" by its name would say no (a busy machine made CI fail on this): return once it is <name>, or dead
     local i
     for i in $(seq 100); do
         if alive_as "$pid" "$name" || ! pid_running "$pid"; then break; fi
@@ -134,9 +134,7 @@ wait_until() {  # name seconds check-cmd...   (fails early if our daemon died)
     end=$((SECONDS + secs))
     while ((SECONDS < end)); do
         "$@" >/dev/null 2>&1 && return 0
-        # "died" means the recorded process is gone or a zombie, not that its name differs:
-        # right after launch it may still be the forked shell or setsid, before its exec
-        if [[ -f $PIDS/$name.pid ]] && ! pid_running "$(cat "$PIDS/$name.pid" 2>/dev/null)"; then
+        if [[ -f $PIDS/$name.pid ]] && ! our_pid "$name" >/dev/null; then
             sleep 0.3
             "$@" >/dev/null 2>&1 && return 0
             fail "$name" "$name exited during start-up"
@@ -410,7 +408,7 @@ wait_node() {
     local end=$((SECONDS + 30)) resumed=0
     while ((SECONDS < end)); do
         node_ok && return 0
-        pid_running "$(cat "$PIDS/slurmd.pid" 2>/dev/null)" || return 2
+        our_pid slurmd >/dev/null || return 2
         if ((!resumed && SECONDS > end - 25)) && [[ $(node_state) =~ ^(down|drain|drng|inval) ]]; then
             scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true
             resumed=1
