@@ -1,5 +1,6 @@
 """The micro study through the real snakemake on the CPU: the grid, the rows, re-running one cell, lint."""
 
+import os
 import shutil
 import statistics
 
@@ -84,6 +85,25 @@ def test_deleting_a_cell_reruns_only_it_and_the_aggregates(ran, micro):
     # the same cell, seed and machine give the same numbers
     for column in ("eval_loss_before", "eval_loss", "train_loss_final", "quant_mse", "config_hash"):
         assert after[column][0] == before[column][0], column
+
+
+def test_a_snakemake_start_never_waits_on_a_slurm_controller(tmp_path, monkeypatch):
+    """Snakemake imports every executor plugin at start, and the slurm plugin asks `scontrol show config` then:
+    with SLURM's client installed and no controller up, that call waited 9-10 s on every command, local runs
+    included. The profile's executor points that one call at no configuration (it fails at once). Here a fake
+    scontrol records the configuration each call would read; none may read the machine's own."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    calls = tmp_path / "scontrol-calls"
+    for tool, body in (("sinfo", "exit 0"), ("squeue", "exit 0"), ("sacct", "exit 0"),
+                       ("scontrol", f'echo "${{SLURM_CONF:-the machine\'s}}" >> {calls}; exit 1')):
+        (fake / tool).write_text(f"#!/bin/sh\n{body}\n")
+        (fake / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    run = snakemake(tmp_path, "-n", "--config", "study=micro")
+    assert run.returncode == 0, run.stdout[-3000:]
+    asked = calls.read_text().split("\n")[:-1] if calls.exists() else []
+    assert asked and set(asked) == {os.devnull}, f"configurations scontrol read: {asked} (none: the slurm plugin no longer asks; drop the guard)"
 
 
 def test_lint_is_clean():

@@ -14,10 +14,31 @@ that finished keep their rows, the failed one is rerun alone. Settings are the s
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
-from snakemake_executor_plugin_slurm import Executor as SlurmExecutor
-from snakemake_executor_plugin_slurm import ExecutorSettings, common_settings
 from snakemake_interface_executor_plugins.utils import encode_target_jobs_cli_args, format_cli_arg
+
+
+@contextmanager
+def _no_slurm_config():
+    """Snakemake imports every installed executor plugin at every start, local runs included, and the slurm plugin
+    runs `scontrol show config` while it is imported (for a help text's MinJobAge). Where SLURM's client is
+    installed but no controller answers, that call waits 9-10 s on every `snakemake` command. While it is imported
+    only, scontrol is pointed at an empty configuration and fails at once; at run time it asks the cluster."""
+    before = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = os.devnull
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["SLURM_CONF"]
+        else:
+            os.environ["SLURM_CONF"] = before
+
+
+with _no_slurm_config():  # snakemake imports plugins in name order: this one, and so the slurm plugin, first
+    from snakemake_executor_plugin_slurm import Executor as SlurmExecutor
+    from snakemake_executor_plugin_slurm import ExecutorSettings, common_settings
 
 __all__ = ["Executor", "ExecutorSettings", "common_settings"]
 
