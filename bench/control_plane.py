@@ -4,7 +4,7 @@
 
 Builds, in a temporary folder, a config whose study `scale` is `each: module` (16 masks of tiny-gpt2) x 7 widths x
 5 ranks x SEEDS seeds (10,185 cells at 21 seeds) and a results tree in which every cell has finished: real parquet
-files (row, curve, probe, layers, generations) written with the package's schemas, the row's `config_hash` the
+files (row with its curve, probe, layers, generations) written with the package's schemas, the row's `config_hash` the
 cell's true identity, so status and aggregation do all their checks. Then times, each as the command a user types:
 `snakemake -n` (every cell done: the aggregates are the only jobs), `qlbench status` (cold, then warm) and
 `qlbench aggregate` (after status, then with nothing cached). Nothing here trains a model; the numbers are fake, the files and their count are real.
@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from qlbench import results  # noqa: E402
 from qlbench.study import config as studylib, finished, grid  # noqa: E402
 
-TARGETS_S = {"snakemake -n": 20.0, "snakemake -n (scontrol answers)": 20.0, "qlbench status": 1.0, "qlbench aggregate": 5.0}
+TARGETS_S = {"snakemake -n": 20.0, "qlbench status": 1.0, "qlbench aggregate": 5.0}
 STEPS = 40
 
 
@@ -71,8 +71,10 @@ def write_cells(root: Path, st: studylib.Study) -> None:
         *(pl.lit(v).cast(results.SETTINGS[k]).alias(k) for k, v in fixed.items()),
         targets=pl.lit("c_attn"), lora_alpha=2.0 * pl.col("rank"),
         settings_json=pl.Series([json.dumps(i, sort_keys=True, default=str) for i, _ in identities]))
-    rows = rows.select([c for c in results.ROW_SCHEMA if c in rows.columns])
-    steps = pl.DataFrame({"step": range(1, STEPS + 1), "loss": [3.0 - 0.01 * s for s in range(STEPS)]})
+    steps = pl.DataFrame({"step": range(1, STEPS + 1), "loss": [3.0 - 0.01 * s for s in range(STEPS)]}).with_columns(
+        lr=pl.lit(2e-3), grad_norm=pl.lit(1.0), step_time_s=pl.lit(0.1), grad_var=pl.lit(float("nan")))
+    curve = pl.Series(results.CURVE, [steps.to_dicts()] * n, dtype=results.CURVE_DTYPE)  # the row carries its curve
+    rows = rows.select([c for c in results.ROW_SCHEMA if c in rows.columns]).with_columns(curve)
     shared = root / "shared"
     shared.mkdir(parents=True)
     for name in (grid.ADAPTER, grid.LAYERS, grid.GENERATIONS):
@@ -84,19 +86,14 @@ def write_cells(root: Path, st: studylib.Study) -> None:
         for name in (grid.ADAPTER, grid.LAYERS, grid.GENERATIONS):
             os.link(shared / name, d / name)
         empty_probe.write_parquet(d / grid.PROBE)
-        one = rows.slice(i, 1)
-        curve = steps.join(one.select(list(results.COORDS)), how="cross").with_columns(
-            lr=pl.lit(2e-3), grad_norm=pl.lit(1.0), step_time_s=pl.lit(0.1), grad_var=pl.lit(float("nan")))
-        curve.select(list(results.CURVE_SCHEMA)).write_parquet(d / grid.CURVE)
         (d / grid.LOG).write_text(f"00:00:00 cell {st.name}/{cell.path}\n")
-        one.write_parquet(d / grid.ROW)
+        rows.slice(i, 1).write_parquet(d / grid.ROW)
 
 
-def timed(cmd: list[str], cwd: Path, path: Path | None = None) -> tuple[float, float, str]:
+def timed(cmd: list[str], cwd: Path) -> tuple[float, float, str]:
     """(wall seconds, CPU seconds of the command and its children, output): on a shared machine the CPU time is
     the steadier figure (the wall time grows with the other jobs' load)."""
-    first = f"{path}{os.pathsep}" if path else ""
-    env = {**os.environ, "PATH": f"{first}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     done = subprocess.run(cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -129,22 +126,15 @@ def main() -> None:
     print(f"load average (1 min) before: {os.getloadavg()[0]:.2f}")
     measured = {}  # name -> (wall s, CPU s)
 
-    def measure(name, cmd, path=None):
-        wall, cpu, out = timed(cmd, work, path)
+    def measure(name, cmd):
+        wall, cpu, out = timed(cmd, work)
         measured[name] = wall, cpu
         return out
 
     measure("snakemake -n", dry_run)
-    # snakemake imports its SLURM plugin, which asks `scontrol show config` once; with a SLURM client installed
-    # but no controller running (this machine), that call waits 9 s. Here it is answered at once, as on a cluster.
-    fake = work / "bin"
-    fake.mkdir(exist_ok=True)
-    (fake / "scontrol").write_text("#!/bin/sh\nexit 1\n")
-    (fake / "scontrol").chmod(0o755)
-    measure("snakemake -n (scontrol answers)", dry_run, path=fake)
     measure("qlbench status (cold)", qlb + ["status"])
     print(measure("qlbench status", qlb + ["status"]).splitlines()[0])
-    print(measure("qlbench aggregate", qlb + ["aggregate"]).strip())  # rows cached by status, curves not
+    print(measure("qlbench aggregate", qlb + ["aggregate"]).strip())  # rows (and their curves) cached by status
     shutil.rmtree(work / "results/scale" / finished.CACHE)
     measure("qlbench aggregate (nothing cached)", qlb + ["aggregate"])
     print(f"load average (1 min) after: {os.getloadavg()[0]:.2f}")

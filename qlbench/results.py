@@ -50,11 +50,15 @@ PROVENANCE = {
     "host": pl.String, "device": pl.String, "threads": pl.Int64, "finished_at": pl.String,
 }
 ROW_SCHEMA = pl.Schema({**COORDS, **SETTINGS, **METRICS, **PROVENANCE})
-CURVE_SCHEMA = pl.Schema({
-    **COORDS, "step": pl.Int64, "loss": pl.Float64, "lr": pl.Float64, "grad_norm": pl.Float64,
-    "step_time_s": pl.Float64,
+STEP = {
+    "step": pl.Int64, "loss": pl.Float64, "lr": pl.Float64, "grad_norm": pl.Float64, "step_time_s": pl.Float64,
     "grad_var": pl.Float64,  # σ_g² across micro-batches at the probe steps (setting grad_var_points), else NaN
-})
+}
+CURVE_SCHEMA = pl.Schema({**COORDS, **STEP})  # curves.parquet: a row per training step of every cell
+# The row carries its cell's training curve, a list of steps: the control plane reads one file per cell (10,000
+# cells: 10,000 small files, not 20,000). Cells written before it did keep theirs in curve.parquet beside the row.
+CURVE = "curve"
+CURVE_DTYPE = pl.List(pl.Struct(STEP))
 LAYERS_SCHEMA = pl.Schema({
     **COORDS, "module": pl.String, "module_bits": pl.Int64, "numel": pl.Int64, "quant_mse": pl.Float64,
     "quant_rel_err": pl.Float64, "quant_snr_db": pl.Float64,
@@ -64,22 +68,27 @@ LAYERS_SCHEMA = pl.Schema({
 TIMING_COLUMNS = ("step_time_s", "tokens_per_s", "peak_mem_mb", "wall_s")  # differ run to run
 
 
-def row_frame(row: dict) -> pl.DataFrame:
-    """One cell's row with the schema's types; extra measurements (per-layer, gradient) keep their own columns."""
+def row_frame(row: dict, curve: list[dict] | None = None) -> pl.DataFrame:
+    """One cell's row with the schema's types; extra measurements (per-layer, gradient) keep their own columns, and
+    `curve` (the training loop's steps) goes last, as the column `curve`."""
     missing = [k for k in ROW_SCHEMA if k not in row]
     if missing:
         raise ValueError(f"row lacks columns {missing}")
     core = pl.DataFrame([{k: row[k] for k in ROW_SCHEMA}], schema=ROW_SCHEMA)
     extra = {k: v for k, v in row.items() if k not in ROW_SCHEMA}
-    if not extra:
-        return core
-    return pl.concat([core, pl.DataFrame([extra])], how="horizontal")
+    parts = [core] + ([pl.DataFrame([extra])] if extra else [])
+    if curve is not None:
+        steps = [{**{k: r[k] for k in STEP if k != "grad_var"}, "grad_var": r.get("grad_var", float("nan"))}
+                 for r in curve]
+        parts.append(pl.DataFrame({CURVE: [steps]}, schema={CURVE: CURVE_DTYPE}))
+    return pl.concat(parts, how="horizontal") if len(parts) > 1 else core
 
 
-def curve_frame(coords: dict, curve: list[dict]) -> pl.DataFrame:
-    rows = [{**coords, **{k: r[k] for k in ("step", "loss", "lr", "grad_norm", "step_time_s")},
-             "grad_var": r.get("grad_var", float("nan"))} for r in curve]
-    return pl.DataFrame(rows, schema=CURVE_SCHEMA)
+def curve_frame(rows: pl.DataFrame) -> pl.DataFrame:
+    """curves.parquet from rows: each row's `curve` unnested, a row per step under its cell's coordinates."""
+    # a curve of no steps gives none (polars 1 explodes [] to a null step)
+    steps = rows.select(*COORDS, CURVE).filter(pl.col(CURVE).list.len() > 0)
+    return steps.explode(CURVE).unnest(CURVE).select([pl.col(c).cast(t) for c, t in CURVE_SCHEMA.items()])
 
 
 def layers_frame(coords: dict, stats: list[dict]) -> pl.DataFrame:

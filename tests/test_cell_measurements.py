@@ -38,7 +38,7 @@ def test_layers_parquet_is_one_row_per_quantized_module(cell):
 
 
 def test_curve_marks_the_probe_steps_and_generations_are_stored(cell):
-    curve = pl.read_parquet(cell / "curve.parquet")
+    curve = pl.read_parquet(cell / "row.parquet").select("curve").explode("curve").unnest("curve")
     assert curve.filter(pl.col("grad_var").is_not_nan())["step"].to_list() == [0, 5]
     gens = pl.read_parquet(cell / "generations.parquet")
     assert gens.height == 32 and gens["probe"].to_list() == list(range(32))

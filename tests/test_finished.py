@@ -112,3 +112,36 @@ def test_aggregate_leaves_out_a_stale_cell_and_its_curve(tmp_path, repo_config):
     os.remove(f"{grid.cell_dir(str(tmp_path), study.name, cells[1])}/{grid.ROW}")
     tables, missing, stale_found = aggregate(study, str(tmp_path))
     assert missing == [stale] and not stale_found and tables["curves"].height == 3 * (len(cells) - 1)
+
+
+@pytest.mark.parametrize("older", [(), (1,), (0, 2), (0, 1, 2)])
+def test_curves_come_from_the_rows_and_from_older_cells_curve_files(tmp_path, repo_config, older):
+    """A cell's row carries its training curve; a cell written before rows did keeps it in curve.parquet. curves.parquet
+    is every cell's steps in the cells' order, whichever kind each cell is, cached or not."""
+    from qlbench import results
+    from qlbench.analysis.aggregate import aggregate
+
+    study = studylib.load(repo_config, "micro")
+    cells = grid.cells(study)
+    assert len(cells) == 3
+    expected = []
+    for i, (cell, (identity, digest)) in enumerate(zip(cells, cell_identities(study, cells))):
+        coords = {"study": study.name, **cell.coords(), "targets": "c_attn"}
+        row = {**{name: None for name in results.ROW_SCHEMA}, **coords, "status": "ok", "config_hash": digest,
+               "settings_json": json.dumps(identity, sort_keys=True, default=str)}
+        steps = [{"step": s, "loss": 3.0 + i - s / 10, "lr": 1e-3, "grad_norm": 1.0, "step_time_s": 0.1,
+                  "grad_var": float("nan")} for s in range(i % 3 + 1)]  # curves of 1 to 3 steps
+        folder = grid.cell_dir(str(tmp_path), study.name, cell)
+        os.makedirs(folder)
+        if i in older:  # as a cell wrote it then: the row alone, the curve in its own file
+            pl.DataFrame([{**coords, **s} for s in steps], schema=results.CURVE_SCHEMA).write_parquet(
+                f"{folder}/{grid.CURVE}")
+            results.row_frame(row).write_parquet(f"{folder}/{grid.ROW}")
+        else:
+            results.row_frame(row, steps).write_parquet(f"{folder}/{grid.ROW}")
+        expected += [{**coords, **s} for s in steps]
+    expected = pl.DataFrame(expected, schema=results.CURVE_SCHEMA)
+    for attempt in ("nothing cached", "cached"):
+        tables, missing, stale = aggregate(study, str(tmp_path))
+        assert not missing and not stale and results.CURVE not in tables["cells"].columns, attempt
+        assert tables["curves"].equals(expected), attempt

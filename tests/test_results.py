@@ -32,10 +32,16 @@ def test_row_missing_a_column_is_refused():
         results.row_frame(row)
 
 
-def test_curve_schema():
-    coords = {k: v for k, v in a_row().items() if k in results.COORDS}
-    df = results.curve_frame(coords, [{"step": 0, "loss": 3.0, "lr": 1e-3, "grad_norm": math.nan, "step_time_s": 0.1}])
-    assert df.schema == results.CURVE_SCHEMA and df.height == 1
+def test_the_row_carries_its_curve_and_curves_unnest_from_rows():
+    steps = [{"step": 0, "loss": 3.0, "lr": 1e-3, "grad_norm": math.nan, "step_time_s": 0.1},
+             {"step": 1, "loss": 2.5, "lr": 1e-3, "grad_norm": 0.7, "step_time_s": 0.1, "grad_var": 0.25}]
+    rows = pl.concat([results.row_frame(a_row(), steps), results.row_frame({**a_row(), "seed": 7}, [])])
+    assert rows.schema[results.CURVE] == results.CURVE_DTYPE and rows.columns[-1] == results.CURVE
+    curves = results.curve_frame(rows)  # the second row trained no step: it gives none (not a null step)
+    assert curves.schema == results.CURVE_SCHEMA and curves["step"].to_list() == [0, 1]
+    assert curves["loss"].to_list() == [3.0, 2.5]
+    assert curves["grad_var"][1] == 0.25 and math.isnan(curves["grad_var"][0])
+    assert curves.select(list(results.COORDS)).unique().rows() == [tuple(a_row()[k] for k in results.COORDS)]
 
 
 WRITER = """

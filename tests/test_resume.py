@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 from safetensors.torch import load_file
 
-from qlbench.results import PROVENANCE, TIMING_COLUMNS
+from qlbench.results import CURVE, PROVENANCE, TIMING_COLUMNS, curve_frame
 from qlbench.cluster.status import cell_status
 
 from conftest import BIN, REPO
@@ -62,14 +62,14 @@ def same(a, b) -> bool:
 
 
 def assert_same_cell(ref: Path, got: Path) -> None:
-    skip = set(TIMING_COLUMNS) | set(PROVENANCE) | set(RUN_HISTORY)
+    skip = set(TIMING_COLUMNS) | set(PROVENANCE) | set(RUN_HISTORY) | {CURVE}  # the curve: compared below
     a, b = pl.read_parquet(ref / "row.parquet"), pl.read_parquet(got / "row.parquet")
     assert a.columns == b.columns
     assert a["grad_var_n"][0] == 5 and math.isfinite(a["grad_var_first"][0])  # every probe point, in both
     differ = {c: (a[c][0], b[c][0]) for c in a.columns if c not in skip and not same(a[c][0], b[c][0])}
     assert not differ, f"resumed cell differs from the uninterrupted one: {differ}"
-    ca, cb = pl.read_parquet(ref / "curve.parquet"), pl.read_parquet(got / "curve.parquet")
-    assert ca.drop("step_time_s").equals(cb.drop("step_time_s"))
+    ca, cb = curve_frame(a), curve_frame(b)
+    assert ca.height == a["steps_done"][0] and ca.drop("step_time_s").equals(cb.drop("step_time_s"))
     wa, wb = load_file(ref / "adapter.safetensors"), load_file(got / "adapter.safetensors")
     assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
 

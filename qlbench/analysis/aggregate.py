@@ -1,5 +1,6 @@
-"""Cells -> one table each: `cells.parquet` (a row per cell), `curves.parquet` (a row per training step) and
-`probes.parquet` (the one-pass sensitivity estimates of the reference cells that made one).
+"""Cells -> one table each: `cells.parquet` (a row per cell), `curves.parquet` (a row per training step, from the
+curve each row carries) and `probes.parquet` (the one-pass sensitivity estimates of the reference cells that made
+one).
 
 Reads parquet only, and only the cells of the study's grid, so folders of an older grid never leak in; a row made
 under other settings than the config's (its `config_hash` differs) is left out and named, never mixed in. One stat
@@ -11,12 +12,10 @@ from __future__ import annotations
 
 import polars as pl
 
-from qlbench.results import PROBE_SCHEMA
+from qlbench.results import COORDS, CURVE, CURVE_SCHEMA, PROBE_SCHEMA, curve_frame
 from qlbench.study import finished, grid
 from qlbench.study.config import Study, changed_settings
 from qlbench.study.identities import cell_identities
-
-TABLES = {"cells": grid.ROW, "curves": grid.CURVE, "probes": grid.PROBE}
 
 
 def aggregate(study: Study, results: str) -> tuple[dict[str, pl.DataFrame], list[str], dict[str, str]]:
@@ -37,14 +36,33 @@ def aggregate(study: Study, results: str) -> tuple[dict[str, pl.DataFrame], list
             stale[done[i][0].path] = changed_settings(table["settings_json"][i], identities[i][0])
         if stale:
             table = table.filter(~is_stale)
-    tables = {"cells": table}
     current = [cell for cell, _ in done if cell.path not in stale]
-    for name, file in TABLES.items():
-        if name == "probes" and not study.settings["probe_bits"]:  # no cell of this study probes: 0 rows each
-            tables[name] = pl.DataFrame(schema=PROBE_SCHEMA)
-        elif name != "cells":
-            tables[name] = _stack(results, study.name, name, _existing(results, study.name, current, file)[0])
+    tables = {"cells": table.drop(CURVE, strict=False), "curves": _curves(results, study.name, table, current)}
+    if study.settings["probe_bits"]:
+        probed = _existing(results, study.name, current, grid.PROBE)[0]
+        tables["probes"] = _stack(results, study.name, "probes", probed)
+    else:  # no cell of this study probes: 0 rows each
+        tables["probes"] = pl.DataFrame(schema=PROBE_SCHEMA)
     return tables, missing, stale
+
+
+def _curves(results: str, study: str, rows: pl.DataFrame, cells: list) -> pl.DataFrame:
+    """Every step of every row's curve, in the rows' order; a row written before rows carried their curves (no
+    `curve`) gives the steps of the curve.parquet in its folder."""
+    if rows.is_empty():
+        return pl.DataFrame(schema=CURVE_SCHEMA)
+    inline = rows[CURVE].is_not_null() if CURVE in rows.columns else pl.Series([False] * rows.height)
+    if inline.all():
+        return curve_frame(rows)
+    older = [cell for cell, has in zip(cells, inline) if not has]
+    read = _stack(results, study, "curves", _existing(results, study, older, grid.CURVE)[0])
+    if not inline.any():
+        return read
+    # both kinds (cells added to a study after an upgrade): each cell's steps where its row stands
+    at = rows.select(list(COORDS)).with_row_index("_at")
+    both = pl.concat([curve_frame(rows.filter(inline)), read], how="diagonal_relaxed")
+    return both.join(at, on=list(COORDS), how="left", nulls_equal=True, maintain_order="left").sort(
+        "_at", maintain_order=True).drop("_at")
 
 
 def _existing(results: str, study: str, cells, name: str) -> tuple[list[tuple], list[str]]:

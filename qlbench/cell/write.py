@@ -1,6 +1,6 @@
-"""The last stage: the cell's row (coordinates, settings, every final metric, status, provenance) and its files —
-layers, probe, generations, adapter, curve, and row.parquet last, each written atomically, so a folder with a row
-is a finished cell and one without is not."""
+"""The last stage: the cell's row (coordinates, settings, every final metric, status, provenance, its training curve)
+and its files — layers, probe, generations, adapter, and row.parquet last, each written atomically, so a folder
+with a row is a finished cell and one without is not."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def write(ctx: Context, model, base: Base, quantized: Quantized, loss_before: fl
     results.write_parquet(generate.frame(coords, evaluated.generations), out / grid.GENERATIONS)
     with results.atomic_path(out / grid.ADAPTER) as tmp:
         save_file(lora.adapter_state(model), str(tmp))
-    results.write_parquet(results.curve_frame(coords, trained.curve), out / grid.CURVE)
-    results.write_parquet(results.row_frame(row), out / grid.ROW)  # last: its presence marks the cell complete
+    # last: its presence marks the cell complete; it carries the training curve (one file per cell to read)
+    results.write_parquet(results.row_frame(row, trained.curve), out / grid.ROW)
     for leftover in (grid.CHECKPOINT, grid.CHECKPOINT_STAMP):
         (out / leftover).unlink(missing_ok=True)
     ctx.log.info(f"done in {row['wall_s']:.1f}s: eval_loss {evaluated.eval_loss:.4f}, "

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from qlbench.errors import QlbenchError
 from qlbench.study.config import Study
 
-# What a cell's folder holds; the cell writes row.parquet last, so a folder with a row is a finished cell.
+# What a cell's folder holds; the cell writes row.parquet last, so a folder with a row is a finished cell. The row
+# carries the training curve; CURVE is the file cells wrote it to before, read for such cells only.
 ROW, CURVE, ADAPTER, LAYERS, GENERATIONS, PROBE = (
     "row.parquet", "curve.parquet", "adapter.safetensors", "layers.parquet", "generations.parquet", "probe.parquet")
 LOG, CHECKPOINT = "log.txt", "checkpoint.pt"
