@@ -28,20 +28,3 @@ def test_without_a_warm_process_the_cell_runs_here(tmp_path):
     done = qlbench(tmp_path, too_long)
     assert done.returncode == 1 and "study 'nosuch' is not in the config" in done.stderr, done.stderr
     assert "running the cell in this process" in done.stderr
-
-
-def test_a_base_pretrained_in_the_warm_process_equals_one_pretrained_in_a_fresh_process(tmp_path, micro_resources):
-    """The workflow pretrains its bases through the warm process too (`prepare --warm`, which also starts it for
-    the cells): every file of the base is byte for byte that of the fresh process of the session's fixture."""
-    env = {**os.environ, "QLBENCH_WARM_DIR": str(tmp_path)}
-    done = subprocess.run([BIN / "qlbench", "prepare", "--warm", "-c", REPO / "config.yaml", "micro-gpt2",
-                           "--out", tmp_path / "warm"], cwd=tmp_path, env=env, text=True, capture_output=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "validation loss" in done.stdout  # the child's output reaches the caller's stdout
-    assert [p.suffix for p in tmp_path.glob("qlbench-warm-*.sock")] == [".sock"]  # it went through the server
-    fresh = micro_resources / "models/micro-gpt2"
-    names = sorted(p.name for p in fresh.iterdir())
-    assert names == sorted(p.name for p in (tmp_path / "warm").iterdir()) and "model.safetensors" in names
-    for name in names:
-        assert (tmp_path / "warm" / name).read_bytes() == (fresh / name).read_bytes(), name

@@ -110,17 +110,8 @@ def _reason(e: BaseException) -> str:
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="where to save it (default: resources/models/MODEL)")
 @click.option("--threads", default=2, show_default=True, type=int)
-@click.option("--warm", is_flag=True, help="fork from the warm process the cells use (`run --warm`), starting it "
-                                             "now: the cells after this base find it ready")
-def prepare(config_files, model, out, threads, warm):
+def prepare(config_files, model, out, threads):
     """Prepare a base under resources/models/: pretrain it (source: pretrain) or convert SmolLM2's GGUF (source: smollm2)."""
-    if warm and os.environ.get("QLBENCH_WARM", "1") != "0":
-        from qlbench.cli import warm as warmlib
-
-        args = ["prepare", *(a for f in config_files for a in ("--config", f)), model, "--threads", str(threads)]
-        code = warmlib.run(args + (["--out", out] if out else []))
-        if code is not None:
-            sys.exit(code)
     from qlbench.data import models
     from qlbench.study import config as study
     from qlbench.cell.pretrain import pretrain
