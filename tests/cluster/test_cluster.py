@@ -272,7 +272,8 @@ def test_a_pack_runs_as_one_job_and_its_failing_cell_fails_alone(packed, micro):
     cells = pl.read_parquet(work / "results/micro/cells.parquet")
     assert cells.height == len(grid.cells(micro)) and (cells["status"] == "ok").all()
     logs = "".join(p.read_text() for p in (work / ".snakemake/slurm_logs").rglob("*.log"))
-    assert logs.count("[warm ") >= 1, logs[-3000:]  # the cells forked from the job's warm process
+    # the cells forked from a warm process: on SLURM one per cell, as each cell is a job step (README, Packs)
+    assert logs.count("[warm ") >= 1, logs[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -281,9 +282,7 @@ def packed_retry(planted, tmp_path_factory):
     work = tmp_path_factory.mktemp("slurm-packed-retry")
     (work / "resources").symlink_to(planted[0] / "resources")
     config = write(work / "retry.yaml", {"studies": {"micro": {"fail": f"first:{PACK_FAILS}"}}})
-    # a group asks for its cells' memory summed, grown per attempt: the profile's 3 x 8000 MB on the retry is more
-    # than the test node has (sbatch refuses it)
-    done = smk(work, config, "--retries", "1", "--set-resources", "cell:mem_mb=1500*attempt", packed=True)
+    done = smk(work, config, "--retries", "1", packed=True)
     return work, done
 
 
@@ -292,10 +291,15 @@ def test_a_retried_pack_reruns_only_its_failed_cell(packed_retry, micro):
     assert done.returncode == 0, done.stdout[-4000:]
     jobs = pack_jobs(done.stdout)
     assert len(jobs) == 2 and done.stdout.count("Trying to restart job") == 1, done.stdout[-4000:]
-    acct = subprocess.run(["sacct", "-n", "-X", "-P", "-j", ",".join(jobs), "-o", "JobID,State,Start"],
+    acct = subprocess.run(["sacct", "-n", "-X", "-P", "-j", ",".join(jobs), "-o", "JobID,State,Start,ReqMem,Timelimit"],
                           text=True, capture_output=True, timeout=60).stdout.split()
     states = {j: line.split("|")[1] for line in acct for j in jobs if line.startswith(f"{j}|")}
     assert states == {jobs[0]: "FAILED", jobs[1]: "COMPLETED"}, acct
+    # the pack's cells run one at a time, so it asks for one cell's memory (the profile's 4000 MB, 8000 on the
+    # retry) and the sum of its 3 cells' runtimes (60 min each, 120 on the retry), not 3 x the memory and 1 x the time
+    asked = [next(line.split("|")[3:5] for line in acct if line.startswith(f"{j}|")) for j in jobs]
+    assert [mem[:5] for mem, _ in asked] == ["4000M", "8000M"], acct
+    assert [limit for _, limit in asked] == ["03:00:00", "06:00:00"], acct
     retry_start = next(line.split("|")[2] for line in acct if line.startswith(f"{jobs[1]}|"))
     # a cell's log.txt is its own (snakemake touches a finished job's outputs, the rows, but not this): the
     # siblings' come from the first attempt, written before the retry's job started, the failed cell's from the
