@@ -130,7 +130,7 @@ def test_curves_come_from_the_rows_and_from_older_cells_curve_files(tmp_path, re
         row = {**{name: None for name in results.ROW_SCHEMA}, **coords, "status": "ok", "config_hash": digest,
                "settings_json": json.dumps(identity, sort_keys=True, default=str)}
         steps = [{"step": s, "loss": 3.0 + i - s / 10, "lr": 1e-3, "grad_norm": 1.0, "step_time_s": 0.1,
-                  "grad_var": float("nan")} for s in range(i % 3 + 1)]  # curves of 1 to 3 steps
+                  "grad_var": float("nan")} for s in range(i + 1)]  # curves of 1 to 3 steps
         folder = grid.cell_dir(str(tmp_path), study.name, cell)
         os.makedirs(folder)
         if i in older:  # as a cell wrote it then: the row alone, the curve in its own file

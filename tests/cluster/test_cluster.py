@@ -234,9 +234,8 @@ def test_plain_rerun_resubmits_only_the_missing_cell(always_failing):
 
 @pytest.fixture(scope="module")
 def packed(planted, tmp_path_factory, micro):
-    """micro as the profile packs it: its 3 cells in one sbatch job (a group job), forked from one warm process
-    there, with the planted run's base. One cell fails its first attempt and no retry is allowed; then `-n` and a
-    plain rerun."""
+    """micro as the profile packs it: its 3 cells in one sbatch job (a group job), with the planted run's base.
+    One cell fails its first attempt and no retry is allowed; then `-n` and a plain rerun."""
     work = tmp_path_factory.mktemp("slurm-packed")
     (work / "resources").symlink_to(planted[0] / "resources")
     config = write(work / "packed.yaml", {"studies": {"micro": {"fail": f"first:{PACK_FAILS}"}}})
