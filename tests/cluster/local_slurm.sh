@@ -29,6 +29,7 @@ set -euo pipefail
 
 DIR=$(realpath -m "${QLBENCH_SLURM_DIR:-/tmp/qlbench-slurm}")
 NCPUS=${QLBENCH_SLURM_CPUS:-4}
+NGPUS=2  # not real: see gres.conf
 CGROUP_WANT=${QLBENCH_SLURM_CGROUP:-auto}
 CLUSTER=qlbench
 ACCOUNT=qlbench
@@ -321,7 +322,9 @@ JobAcctGatherType=jobacct_gather/none
 EOF
         fi
         cat <<EOF
-NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$NCPUS RealMemory=$realmem State=UNKNOWN
+GresTypes=gpu
+AccountingStorageTRES=gres/gpu
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$NCPUS RealMemory=$realmem Gres=gpu:$NGPUS State=UNKNOWN
 PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP DefMemPerCPU=$defmem
 EOF
     } | put "$CONF" 644
@@ -343,6 +346,15 @@ EOF
         fi
     fi
 
+    # two GPUs that SLURM schedules and binds (CUDA_VISIBLE_DEVICES) but that are no GPUs: slurmd counts a GPU only
+    # with a device file, and /dev/null and /dev/zero serve (ConstrainDevices=no). Enough to check what a job asks
+    # for and gets.
+    put "$ETC/gres.conf" 644 <<EOF
+$MARK
+NodeName=$HOST Name=gpu File=/dev/null
+NodeName=$HOST Name=gpu File=/dev/zero
+EOF
+
     put "$ETC/slurmdbd.conf" 600 <<EOF
 $MARK
 AuthType=auth/munge
@@ -361,7 +373,7 @@ EOF
     # clients (sbatch, sacct, ...) read /etc/slurm/slurm.conf: point it here
     mkdir -p /etc/slurm
     local f
-    for f in slurm.conf cgroup.conf slurmdbd.conf; do
+    for f in slurm.conf cgroup.conf gres.conf slurmdbd.conf; do
         [[ -f $ETC/$f ]] || continue
         if [[ -e /etc/slurm/$f && ! -L /etc/slurm/$f ]] && ! grep -qF "$MARK" "/etc/slurm/$f"; then
             die "/etc/slurm/$f exists and was not written by this script; move it away first"

@@ -8,6 +8,7 @@ that always fails; a submitit sweep runs the study cleanly, and its cells.parque
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -270,9 +271,10 @@ def test_a_pack_runs_as_one_job_and_its_failing_cell_fails_alone(packed, micro):
     assert {c: after[c] for c in kept} == kept  # its siblings' rows untouched: the same files, never rewritten
     cells = pl.read_parquet(work / "results/micro/cells.parquet")
     assert cells.height == len(grid.cells(micro)) and (cells["status"] == "ok").all()
-    logs = "".join(p.read_text() for p in (work / ".snakemake/slurm_logs").rglob("*.log"))
-    # the cells forked from a warm process: on SLURM one per cell, as each cell is a job step (README, Packs)
-    assert logs.count("[warm ") >= 1, logs[-3000:]
+    # the pack's cells that finished forked from one warm process, started by the first: they run in the job's
+    # own shell, not each in a job step of its own, whose end would take the warm process with it
+    warm = re.findall(r": ok eval_loss=\S+ \(before training \S+\) \[warm (\d+)\]", log)
+    assert len(warm) == 2 and len(set(warm)) == 1, log[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -307,3 +309,41 @@ def test_a_retried_pack_reruns_only_its_failed_cell(packed_retry, micro):
     written = {c: time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(f.stat().st_mtime)) for c, f in logs.items()}
     assert all(written[c] < retry_start for c in logs if c != PACK_FAILS), (written, retry_start)
     assert written[PACK_FAILS] >= retry_start and "with its 1 of 3 cells that did not finish" in done.stdout
+
+
+@pytest.fixture(scope="module")
+def packed_at_once(planted, tmp_path_factory):
+    """micro's pack with two cells at once (`pack_slot=2`, the profile's cells at once) and a GPU per cell, as a GPU
+    study would have it: the test cluster's two GPUs are counted by SLURM, not real (local_slurm.sh)."""
+    work = tmp_path_factory.mktemp("slurm-packed-at-once")
+    (work / "resources").symlink_to(planted[0] / "resources")
+    config = write(work / "gpu.yaml", {"studies": {"micro": {"gpus": 1}}})
+    done = smk(work, config, "--resources", "pack_slot=2", "--qlbench-slurm-keep-successful-logs", packed=True)
+    return work, done
+
+
+def test_a_pack_runs_cells_at_once_sharing_its_gpu_and_warm_process(packed_at_once, planted):
+    work, done = packed_at_once
+    assert done.returncode == 0, done.stdout[-4000:]
+    [job] = pack_jobs(done.stdout)
+    acct = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "ReqTRES,Timelimit"], text=True,
+                          capture_output=True, timeout=60).stdout.strip()
+    # two cells' CPUs and memory, one GPU between them (an integer `gpu` resource would be summed: 2), and the time
+    # of two rounds for its three cells
+    tres, limit = acct.split("|")
+    assert {"cpu=2", "mem=8000M", "gres/gpu=1"} <= set(tres.split(",")) and limit == "02:00:00", acct
+    [log] = [p.read_text() for p in (work / ".snakemake/slurm_logs").glob("group_pack*/*.log")]
+    assert "--executor local --jobs 2 " in log, log[-3000:]
+    warm = re.findall(r": ok eval_loss=\S+ \(before training \S+\) \[warm (\d+)\]", log)
+    assert len(warm) == 3 and len(set(warm)) == 1, log[-3000:]
+    # two ran at once: the nested snakemake started a second cell before any had finished
+    assert log.count("localrule cell:", 0, log.index("Finished jobid:")) == 2, log[-3000:]
+    cells = pl.read_parquet(work / "results/micro/cells.parquet")
+    # ... and computed what the planted run's cells, one per job and step, did (their settings differ in gpus alone)
+    series = pl.read_parquet(planted[0] / "results/micro/cells.parquet")
+    assert [{**json.loads(s), "gpus": 0} for s in cells["settings_json"]] == \
+        [json.loads(s) for s in series["settings_json"]]
+    compared = [c for c in series.columns if c not in {*TIMING_COLUMNS, *PROVENANCE, *RUN_HISTORY, "settings_json"}]
+    differ = [(c, i, series[c][i], cells[c][i]) for c in compared for i in range(series.height)
+              if not same(series[c][i], cells[c][i])]
+    assert not differ, differ

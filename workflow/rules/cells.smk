@@ -11,7 +11,7 @@ rule cell:
         ENV
     threads: 1
     resources:
-        gpu=STUDY.settings["gpus"],  # a GPU from the cluster only when the study asks for one
+        **GPUS,
     params:
         # the hash of what determines the cell's numbers: with `rerun-triggers: params` (profiles), a changed
         # setting reruns exactly the cells it changes, and editing anything else in config.yaml reruns none

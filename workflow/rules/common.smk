@@ -25,6 +25,10 @@ except QlbenchError as e:
 CELLS = gridlib.cells(STUDY)
 # every cell's identity hashed once here (a dict lookup per job, not a hash: 10,000 cells build in seconds)
 IDENTITY = {c.path: h for c, (_, h) in zip(CELLS, cell_identities(STUDY, CELLS))}
+# A GPU from the cluster only when the study asks for one (`gpus:`), as GRES: a string resource, which a pack (group
+# job) asks for once however many of its cells run at once, so they share the job's GPUs (cells per GPU); an
+# integer `gpu` would be summed over them
+GPUS = {"gres": f"gpu:{STUDY.settings['gpus']}"} if STUDY.settings["gpus"] else {}
 # every qlbench command reads the same config files Snakemake read
 ENV = "../envs/qlbench.yaml"
 CONFIG_ARGS = " ".join(f"--config {shlex.quote(str(f))}" for f in workflow.configfiles)

@@ -21,7 +21,7 @@ rule attack:
         ENV
     threads: 1
     resources:
-        gpu=STUDY.settings["gpus"],
+        **GPUS,
     params:
         coords=robust_args,
         cell_dir=lambda wildcards, input: os.path.dirname(input.row),
@@ -42,7 +42,7 @@ rule robust_eval:
         ENV
     threads: 1
     resources:
-        gpu=STUDY.settings["gpus"],
+        **GPUS,
     params:
         coords=robust_args,
         cell_dir=lambda wildcards, input: os.path.dirname(input.row),

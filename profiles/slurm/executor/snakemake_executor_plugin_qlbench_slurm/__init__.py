@@ -6,9 +6,14 @@ A pack's sbatch job runs a nested snakemake over its cells, one after another. S
     the cells after it never ran;
   - with every cell of the pack as a target, and targets always run (forced): a retried pack deleted and
     recomputed the cells that had finished on the earlier attempt.
-Here the nested run keeps going, and a retry of a pack targets only its cells without a complete output: those
-that finished keep their rows, the failed one is rerun alone. Settings are the slurm plugin's, named
-`qlbench-slurm-*`.
+  - with the slurm-jobstep executor, which runs each cell as its own job step (`srun`): SLURM ends a step's
+    processes with it, so the warm process a cell starts (`qlbench run --warm`) died with that cell and every cell
+    paid the imports again.
+Here the nested run keeps going, a retry of a pack targets only its cells without a complete output (those that
+finished keep their rows, the failed one is rerun alone), and the cells run as plain children of the job's own
+shell (snakemake's local executor), so they all fork from the one warm process the first started: as many at once
+as the job was sized for (its `pack_slot`s, the profile's cells at once; they share the job's GPUs). A job with
+one cell keeps its step. Settings are the slurm plugin's, named `qlbench-slurm-*`.
 """
 
 from __future__ import annotations
@@ -43,9 +48,24 @@ with _no_slurm_config():  # snakemake imports plugins in name order: this one, a
 __all__ = ["Executor", "ExecutorSettings", "common_settings"]
 
 
+JOBSTEP = "--executor slurm-jobstep --jobs 1"  # how the slurm plugin runs a job's nested snakemake
+
+
 class Executor(SlurmExecutor):
     def additional_general_args(self) -> str:
         return f"{super().additional_general_args()} --keep-going"
+
+    def format_job_exec(self, job) -> str:
+        command = super().format_job_exec(job)
+        if not job.is_group():
+            return command
+        if JOBSTEP not in command:  # snakemake's or the slurm plugin's spelling changed: fail loudly
+            raise RuntimeError(f"qlbench-slurm: no `{JOBSTEP}` in a pack's command; the slurm plugin changed")
+        # the pack's cells need no step of their own: they run on what the job asked for, and outside steps they
+        # share the job's one warm process. Snakemake sized the job for `pack_slot` cells at once (each cell takes
+        # one; the profile gives a job as many as it runs at once); without pack_slots, for all its cells at once.
+        at_once = job.resources.get("pack_slot") or len(job.jobs)
+        return command.replace(JOBSTEP, f"--executor local --jobs {at_once}", 1)
 
     def get_job_args(self, job, **kwargs) -> str:
         args = super().get_job_args(job, **kwargs)
