@@ -1,11 +1,11 @@
 """snakemake-executor-plugin-slurm, changed where a pack (a group job: several cells in one sbatch job) must let
 its cells fail alone.
 
-A pack's sbatch job runs a nested snakemake over its cells, one after another. Snakemake starts that run
+A pack's sbatch job runs a nested snakemake over its cells. Snakemake starts that run
   - without --keep-going, whatever the profile says (snakemake#2508): the first failing cell ended the pack and
     the cells after it never ran;
   - with every cell of the pack as a target, and targets always run (forced): a retried pack deleted and
-    recomputed the cells that had finished on the earlier attempt.
+    recomputed the cells that had finished on the earlier attempt;
   - with the slurm-jobstep executor, which runs each cell as its own job step (`srun`): SLURM ends a step's
     processes with it, so the warm process a cell starts (`qlbench run --warm`) died with that cell and every cell
     paid the imports again.
