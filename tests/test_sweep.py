@@ -3,11 +3,14 @@ finished cells skipped. The SLURM executor is tested in tests/cluster/."""
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 import pytest
 import yaml
 
 import qlbench
+from qlbench.cluster.sweep import job_size
 from qlbench.study import config as study, grid
 
 from conftest import REPO
@@ -48,8 +51,8 @@ def test_a_rerun_skips_finished_cells_resumes_the_killed_one_and_aggregates(swep
 
 
 def test_a_pack_keeps_its_finished_cells_when_one_fails_and_matches_unpacked_rows(swept, tmp_path, micro_resources):
-    """All three cells in one job, forked from its warm process: the failing one fails alone, the rerun runs only
-    it, and the rows equal those of the unpacked sweep (one process per cell)."""
+    """All three cells in one job, two at a time, forked from its warm process: the failing one fails alone, the
+    rerun runs only it, and the rows equal those of the unpacked sweep (one process per cell)."""
     from qlbench.results import PROVENANCE, TIMING_COLUMNS
 
     unpacked, _, _ = swept
@@ -61,7 +64,7 @@ def test_a_pack_keeps_its_finished_cells_when_one_fails_and_matches_unpacked_row
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path)
         first = qlbench.sweep("micro", config_files=files, executor="local", retries=0, cells_per_job=3,
-                              poll_s=0.5, echo=print)
+                              cells_at_once=2, poll_s=0.5, echo=print)
         second = qlbench.sweep("micro", config_files=files, executor="local", retries=0, cells_per_job=3,
                                poll_s=0.5, echo=print)
     assert list(first.failed) == [fails] and "planted failure" in first.failed[fails] and len(first.done) == 2
@@ -71,3 +74,20 @@ def test_a_pack_keeps_its_finished_cells_when_one_fails_and_matches_unpacked_row
     assert a.height == b.height == 3 and [c for c in a.columns if c not in skip and not a[c].equals(b[c])] == []
     logs = "".join(p.read_text() for p in (tmp_path / "results/micro/logs/sweep").rglob("*_log.out"))
     assert logs.count("[warm ") == 3, logs[-2000:]  # forked from the job's warm process, not started afresh
+    # the first sweep's pack ran two cells side by side: its second cell started before any had ended
+    events = [re.findall(r"^pack: \S+ (starts|ends)$", p.read_text(), re.M)
+              for p in (tmp_path / "results/micro/logs/sweep").rglob("*_log.out")]
+    [pack] = [e for e in events if len(e) == 6]
+    assert pack[:3] == ["starts", "starts", "ends"], events
+
+
+def test_a_pack_asks_for_its_cells_at_once_and_the_time_of_its_rounds():
+    # 5 cells, 2 at once: 3 rounds; 2 cells' memory and CPUs, one cell's GPU; a retry doubles memory, adds time
+    assert job_size(5, 2, 1, mem_gb=4, time_min=60, cpus=1, gpus=1) == \
+        {"mem_gb": 8, "time_min": 180, "cpus": 2, "gpus": 1}
+    assert job_size(5, 2, 2, mem_gb=4, time_min=60, cpus=2, gpus=1) == \
+        {"mem_gb": 16, "time_min": 360, "cpus": 4, "gpus": 1}
+    # more at once than cells: the cells there are; one at a time: one cell's memory, every cell's time
+    assert job_size(3, 8, 1, mem_gb=4, time_min=60, cpus=1, gpus=0)["mem_gb"] == 12
+    assert job_size(8, 1, 1, mem_gb=4, time_min=60, cpus=1, gpus=0) == \
+        {"mem_gb": 4, "time_min": 480, "cpus": 1, "gpus": 0}

@@ -215,15 +215,18 @@ def status(config_files, study, results, profile, show_all):
 @click.option("--mem-gb", default=4.0, show_default=True, type=float, help="memory per cell")
 @click.option("--time-min", default=60, show_default=True, type=int, help="time limit per cell, in minutes")
 @click.option("--parallel", default=None, type=int,
-              help="cells at once (default: all for slurm, the CPU count for local)")
+              help="jobs at once (default: all for slurm; for local, as many as the CPUs hold)")
 @click.option("--gpus", default=None, type=int, help="GPUs per cell (default: the study's `gpus`)")
 @click.option("--retries", default=1, show_default=True, type=int,
               help="resubmit a failed cell this many times, each time with twice the memory and more time")
 @click.option("--cells-per-job", default=1, show_default=True, type=int,
               help="cells per job, run one after another and forked from one warm process (a pack)")
+@click.option("--cells-at-once", default=1, show_default=True, type=int,
+              help="cells of a pack that run side by side (sharing the job's GPUs: cells per GPU); the job asks for "
+                   "their memory and CPUs, one cell's GPUs, and the time of its rounds")
 @click.option("--logs", default=None, help="submitit's folder (default: RESULTS/STUDY/logs/sweep)")
 def sweep(config_files, study, executor, results, partition, account, mem_gb, time_min, parallel, gpus, retries,
-          cells_per_job, logs):
+          cells_per_job, cells_at_once, logs):
     """Run a study's grid with submitit (a SLURM job array, or local processes) into the same tree Snakemake
     writes: prepares missing bases first, skips finished cells, then aggregates into cells.parquet and
     curves.parquet. A job that dies without a result is reported as failed; see `qlbench status`."""
@@ -231,7 +234,7 @@ def sweep(config_files, study, executor, results, partition, account, mem_gb, ti
 
     outcome = run_sweep(study, config_files=list(config_files), executor=executor, results=results,
                         partition=partition, account=account, mem_gb=mem_gb, time_min=time_min,
-                        parallel=parallel, gpus=gpus, retries=retries, cells_per_job=cells_per_job, log_dir=logs,
-                        echo=click.echo)
+                        parallel=parallel, gpus=gpus, retries=retries, cells_per_job=cells_per_job,
+                        cells_at_once=cells_at_once, log_dir=logs, echo=click.echo)
     if outcome.failed:
         raise click.ClickException(f"{len(outcome.failed)} cells failed (see `qlbench status {outcome.study}`)")

@@ -7,7 +7,8 @@ aggregate rules and the analyses read either.
 
 Bases the study pretrains itself are prepared first; cells with a row already are skipped; each cell is one
 `qlbench run` process (so a cell behaves exactly as under Snakemake: same log, same checkpoint, same exit codes);
-with `cells_per_job` > 1 a job runs a pack of cells one after another, each forked from the job's warm process.
+with `cells_per_job` > 1 a job runs a pack of cells, each forked from the job's warm process: one after another,
+or `cells_at_once` side by side (sharing the job's GPUs: cells per GPU).
 A failed cell is retried with twice the memory and more time, and resumes from its checkpoint. A job that dies
 without a result (killed, out of memory, time limit) is noticed from the scheduler's queue — not from the result
 file submitit would wait for — and reported as failed with its reason; nothing waits forever.
@@ -20,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -63,13 +65,20 @@ class Command:
     def checkpoint(self, *args, **kwargs):
         import submitit
 
+        self.stop()
+        self.wait_stopped()
+        return submitit.helpers.DelayedSubmission(Command(self.args, self.cwd, self.label))
+
+    def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(signal.SIGUSR1)
+
+    def wait_stopped(self) -> None:
+        if self._proc is not None:
             try:
                 self._proc.wait(timeout=60)  # the cell saves its checkpoint, then exits
             except subprocess.TimeoutExpired:
                 self._proc.kill()
-        return submitit.helpers.DelayedSubmission(Command(self.args, self.cwd, self.label))
 
     def __getstate__(self):
         return {"args": self.args, "cwd": self.cwd, "label": self.label, "_proc": None}
@@ -81,38 +90,58 @@ class Command:
 
 
 class Pack:
-    """Several cells in one job, one after another, each forked from the job's warm process (`qlbench run --warm`):
+    """Several cells in one job, `at_once` at a time, each forked from the job's warm process (`qlbench run --warm`):
     the imports are paid once per job. A cell that fails does not stop the others; the job fails if any did, and
-    every cell is judged by its own row. On a time limit the running cell checkpoints and the pack is requeued
+    every cell is judged by its own row. On a time limit the running cells checkpoint and the pack is requeued
     with the cells that have no row yet."""
 
-    def __init__(self, commands: list[Command]):
-        self.commands = commands
-        self._current: Command | None = None
+    def __init__(self, commands: list[Command], at_once: int = 1):
+        self.commands, self.at_once = commands, at_once
+        self._running: set[Command] = set()
 
     def __call__(self) -> list[str]:
-        failed = []
-        for command in self.commands:
-            self._current = command
-            try:
-                command()
-            except RuntimeError as e:
-                failed.append(str(e))
-        self._current = None
+        with ThreadPoolExecutor(self.at_once) as pool:  # threads only wait: each cell is a process
+            failed = [e for e in pool.map(self._run, self.commands) if e]
         if failed:
             raise RuntimeError(f"{len(failed)} of {len(self.commands)} cells failed: {'; '.join(failed)}")
         return [c.label for c in self.commands]
 
+    def _run(self, command: Command) -> str | None:
+        self._running.add(command)
+        print(f"pack: {command.label} starts", flush=True)
+        try:
+            command()
+            return None
+        except RuntimeError as e:
+            return str(e)
+        finally:
+            self._running.discard(command)
+            print(f"pack: {command.label} ends", flush=True)
+
     def checkpoint(self, *args, **kwargs):
         import submitit
 
-        if self._current is not None:
-            self._current.checkpoint()  # passes the signal on and waits while the cell saves its checkpoint
+        running = list(self._running)
+        for command in running:  # every running cell saves its checkpoint at once, then the pack waits for them
+            command.stop()
+        for command in running:
+            command.wait_stopped()
         left = [Command(c.args, c.cwd, c.label) for c in self.commands if not c.finished()]
-        return submitit.helpers.DelayedSubmission(Pack(left))
+        return submitit.helpers.DelayedSubmission(Pack(left, self.at_once))
 
     def __getstate__(self):
-        return {"commands": self.commands, "_current": None}
+        return {"commands": self.commands, "at_once": self.at_once, "_running": set()}
+
+
+def job_size(cells: int, at_once: int, attempt: int, *, mem_gb: float, time_min: int, cpus: int,
+             gpus: int) -> dict:
+    """What a job of `cells` cells, `at_once` at a time, asks for: the memory and CPUs of the cells that run side by
+    side, the GPUs of one cell (they share them), and the time of its rounds; memory doubles and time grows with
+    each attempt, as for a single cell."""
+    at_once = min(at_once, cells)
+    rounds = -(-cells // at_once)
+    return {"mem_gb": mem_gb * at_once * 2 ** (attempt - 1), "time_min": time_min * rounds * attempt,
+            "cpus": cpus * at_once, "gpus": gpus}
 
 
 def sweep(
@@ -130,6 +159,7 @@ def sweep(
     parallel: int | None = None,
     retries: int = 1,
     cells_per_job: int = 1,
+    cells_at_once: int = 1,
     log_dir: str | None = None,
     aggregate: bool = True,
     poll_s: float = 2.0,
@@ -138,6 +168,8 @@ def sweep(
     """Run every cell of STUDY that has no result yet; return what finished, what was skipped, what failed."""
     if executor not in ("slurm", "local"):
         raise QlbenchError(f"executor {executor!r}: use 'slurm' or 'local'")
+    if cells_per_job < 1 or cells_at_once < 1:
+        raise QlbenchError(f"cells per job {cells_per_job}, cells at once {cells_at_once}: each must be 1 or more")
     files = [str(Path(f).resolve()) for f in config_files]
     st = studylib.load(studylib.read_config(files), study)
     root = results or st.config.get("results", "results")
@@ -146,12 +178,13 @@ def sweep(
     logs = Path(log_dir or Path(root) / st.name / "logs" / "sweep").resolve()
     config_args = [a for f in files for a in ("--config", f)]
     gpus = st.settings["gpus"] if gpus is None else gpus
-    if parallel is None and executor == "local":
-        parallel = max(1, (os.cpu_count() or 1) // max(1, threads))
+    if parallel is None and executor == "local":  # jobs at once: each takes `threads` CPUs per cell it runs at once
+        parallel = max(1, (os.cpu_count() or 1) // max(1, threads * min(cells_at_once, cells_per_job)))
 
-    def submitter(name: str, attempt: int, cpus: int, gpu: int):
-        return _Submitter(executor, logs, name, partition, account, mem_gb * 2 ** (attempt - 1),
-                          time_min * attempt, cpus, gpu, parallel)
+    def submitter(name: str, attempt: int, cpus: int, gpu: int, cells: int = 1, at_once: int = 1):
+        size = job_size(cells, at_once, attempt, mem_gb=mem_gb, time_min=time_min, cpus=cpus, gpus=gpu)
+        return _Submitter(executor, logs, name, partition, account, size["mem_gb"], size["time_min"], size["cpus"],
+                          size["gpus"], parallel)
 
     _prepare_bases(st, config_args, cwd, submitter, poll_s, echo)
 
@@ -166,7 +199,8 @@ def sweep(
         if not todo:
             break
         jobs = {}
-        sub = submitter(f"qlbench-{st.name}", attempt, threads, gpus)
+        sub = submitter(f"qlbench-{st.name}", attempt, threads, gpus, min(cells_per_job, len(todo)),
+                        cells_at_once)
         warm = ["--warm"] if cells_per_job > 1 else []  # a pack forks its cells from one warm process
         for cell in todo:
             out = str(Path(gridlib.cell_dir(root, st.name, cell)).resolve())
@@ -174,7 +208,7 @@ def sweep(
                     "--threads", str(threads)]
             jobs[cell] = Command(args, cwd, cell.path)
         commands = list(jobs.values())
-        packs = [Pack(commands[i:i + cells_per_job]) for i in range(0, len(commands), cells_per_job)]
+        packs = [Pack(commands[i:i + cells_per_job], cells_at_once) for i in range(0, len(commands), cells_per_job)]
         handles = sub.run(packs if cells_per_job > 1 else commands, poll_s)
         echo(f"attempt {attempt}: submitted {len(todo)} cells in {len(handles)} jobs{_ids(handles)}")
         job_states = sub.wait(handles, poll_s)
