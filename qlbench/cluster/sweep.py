@@ -183,8 +183,7 @@ def sweep(
 
     def submitter(name: str, attempt: int, cpus: int, gpu: int, cells: int = 1, at_once: int = 1):
         size = job_size(cells, at_once, attempt, mem_gb=mem_gb, time_min=time_min, cpus=cpus, gpus=gpu)
-        return _Submitter(executor, logs, name, partition, account, size["mem_gb"], size["time_min"], size["cpus"],
-                          size["gpus"], parallel)
+        return _Submitter(executor, logs, name, partition, account, parallel=parallel, **size)
 
     _prepare_bases(st, config_args, cwd, submitter, poll_s, echo)
 
