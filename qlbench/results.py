@@ -94,11 +94,11 @@ def curve_frame(rows: pl.DataFrame) -> pl.DataFrame:
 def layers_frame(coords: dict, stats: list[dict]) -> pl.DataFrame:
     """layers.parquet: the quantization error of each quantized module (no rows for a 16-bit cell)."""
     nan = float("nan")
-    rows = [{**coords, "module": s["module"], "module_bits": s["bits"], "numel": s.get("numel"),
-             "quant_mse": s["quant_mse"], "quant_rel_err": s.get("quant_rel_err", nan),
-             "quant_snr_db": s.get("quant_snr_db", nan), "noise_var_uniform": s.get("noise_var_uniform", nan),
-             "noise_ratio": s["quant_mse"] / s["noise_var_uniform"] if s.get("noise_var_uniform") else nan}
-            for s in stats]
+    rows = [{**coords, "module": m["module"], "module_bits": m["bits"], "numel": m.get("numel"),
+             "quant_mse": m["quant_mse"], "quant_rel_err": m.get("quant_rel_err", nan),
+             "quant_snr_db": m.get("quant_snr_db", nan), "noise_var_uniform": m.get("noise_var_uniform", nan),
+             "noise_ratio": m["quant_mse"] / m["noise_var_uniform"] if m.get("noise_var_uniform") else nan}
+            for m in stats]
     return pl.DataFrame(rows, schema=LAYERS_SCHEMA)
 
 

@@ -13,10 +13,11 @@ import torch
 from conftest import BIN, REPO
 from qlbench.errors import QlbenchError
 from qlbench.quant import bnb as qbnb, fake, formats
+from qlbench.study.settings import tree
 from qlbench.quant.memory import format_bytes, weight_mem_mb
 
 bnbf = pytest.importorskip("bitsandbytes.functional")
-SETTINGS = {"format": "nf", "double_quant": False, "group_size": None, "symmetric": True, "compute_dtype": "float32"}
+SETTINGS = tree(format="nf", double_quant=False, group_size=None, symmetric=True, compute_dtype="float32")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # a 16-bit base (base_dtype) too
@@ -109,7 +110,7 @@ def test_bnb_model_computes_what_the_fake_one_does_and_still_trains(micro_resour
 @pytest.mark.parametrize("fmt,double_quant", [("nf", False), ("nf", True), ("fp", False), ("fp", True)])
 def test_bnb_weight_bytes_match_the_format_count(micro_resources, fmt, double_quant):
     model = _micro(micro_resources)
-    settings = {**SETTINGS, "format": fmt, "double_quant": double_quant}
+    settings = SETTINGS.replace(format=fmt, double_quant=double_quant)
     stats = qbnb.apply(model, {n: 4 for n in _linears(model)}, settings)
     for s, name in zip(stats, _linears(model)):
         shape = tuple(qbnb.dequantized(model.get_submodule(name)).shape)
@@ -194,6 +195,6 @@ def test_fake_weight_bytes_count_codes_and_scales(micro_resources):
     model = _micro(micro_resources)
     fp32 = weight_mem_mb(model, [])
     assert fp32 * 2**20 == 4 * sum(p.numel() for p in model.parameters())  # the tied lm_head counted once
-    stats = fake.apply(model, {n: 8 for n in _linears(model)}, {**SETTINGS, "format": "int"})
+    stats = fake.apply(model, {n: 8 for n in _linears(model)}, SETTINGS.replace(format="int"))
     saved = sum(4 * s["numel"] - s["weight_bytes"] for s in stats)
     assert weight_mem_mb(model, stats) * 2**20 == pytest.approx(fp32 * 2**20 - saved)

@@ -88,7 +88,9 @@ def test_a_cells_adapter_rebuilds_the_same_classifier(tmp_path):
     torch.manual_seed(0)
     lm = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2))
     head = {"num_labels": 3, "pad_token_id": 0}
-    settings = {"targets": ["c_attn"], "lora_alpha": 16, "lora_dropout": 0.0, "backend": "fake"}
+    from qlbench.study.settings import tree
+
+    settings = tree(targets=["c_attn"], lora_alpha=16, lora_dropout=0.0, backend="fake")
     trained = lora.attach(classifier_from_lm(lm, head), 4, settings, "gpt2", task_type=task.PEFT_TASK,
                           head_modules=task.HEAD_MODULES)
     with torch.no_grad():

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from qlbench.cell import fisher
+from qlbench.study.settings import tree
 
-SETTINGS = {"format": "int", "symmetric": True, "group_size": 0, "double_quant": False}
+SETTINGS = tree(format="int", symmetric=True, group_size=0, double_quant=False).quant
 
 
 def test_one_pass_estimate_matches_a_hand_computation():

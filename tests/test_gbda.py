@@ -139,7 +139,9 @@ def test_random_precision_changes_the_width_between_forward_passes():
     lm = tiny_lm()
     clf = tiny_classifier_like(lm)
     names = [f"transformer.h.{i}.{m}" for i in range(2) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc")]
-    settings = {"format": "int", "symmetric": True, "group_size": None, "double_quant": False}
+    from qlbench.study.settings import tree
+
+    settings = tree(format="int", symmetric=True, group_size=None, double_quant=False)
     fixed = {}
     for width in (2, 8):  # the outputs a fixed-width model gives, quantized by hand
         import copy
@@ -148,7 +150,7 @@ def test_random_precision_changes_the_width_between_forward_passes():
         with torch.no_grad():
             for n in names:
                 m = ref.get_submodule(n)
-                m.weight.copy_(quantize_module(m, m.weight, width, settings))
+                m.weight.copy_(quantize_module(m, m.weight, width, settings.quant))
         fixed[width] = ref
     _, history = Precision(clf, names, {}, settings, 0, names).random_inference([2, 8], seed=0)
     x = torch.tensor([[5, 9, 2, 31, 7]])
@@ -174,8 +176,10 @@ def test_the_robustness_study_draws_its_random_widths_on_a_copy_of_the_classifie
 
     clf = tiny_classifier_like(tiny_lm())
     names = [f"transformer.h.{i}.{m}" for i in range(2) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc")]
-    settings = {"format": "int", "symmetric": True, "group_size": None, "double_quant": True,
-                "robustness": {"random_widths": [2, 8]}}
+    from qlbench.study.settings import tree
+
+    settings = tree(format="int", symmetric=True, group_size=None, double_quant=True,
+                    robustness={"random_widths": [2, 8]})
     x = torch.tensor([[5, 9, 2, 31, 7]])
     expected = {}
     for width in (2, 8):
@@ -183,7 +187,7 @@ def test_the_robustness_study_draws_its_random_widths_on_a_copy_of_the_classifie
         with torch.no_grad():
             for n in names:
                 m = ref.get_submodule(n)
-                m.weight.copy_(quantize_module(m, m.weight, width, {**settings, "double_quant": False}))
+                m.weight.copy_(quantize_module(m, m.weight, width, settings.replace(double_quant=False).quant))
             expected[width] = ref(input_ids=x).logits
     with torch.no_grad():
         before = clf(input_ids=x).logits

@@ -9,8 +9,9 @@ from qlbench.cell import lora
 from qlbench.study import targets
 from qlbench.errors import QlbenchError
 from qlbench.quant import adapters
+from qlbench.study.settings import tree
 
-SETTINGS = {"lora_alpha": "2r", "lora_dropout": 0.0, "backend": "fake", "targets": None}
+SETTINGS = tree(lora_alpha="2r", lora_dropout=0.0, backend="fake", targets=None)
 
 
 def test_presets_resolve_per_architecture():
@@ -61,7 +62,7 @@ def test_slice_restricted_lora_leaves_other_slices_exactly_zero(micro_resources,
         bnb.apply(model, {"transformer.h.0.attn.c_attn": 4}, {"format": "nf", "double_quant": True,
                                                                 "group_size": None, "compute_dtype": "float32"})
     torch.manual_seed(0)
-    model = lora.attach(model, 4, {**SETTINGS, "backend": backend, "targets": preset}, "gpt2")
+    model = lora.attach(model, 4, SETTINGS.replace(backend=backend, targets=preset), "gpt2")
     _train(model)
     for block in (0, 1):
         dw = _delta_w(model, f"transformer.h.{block}.attn.c_attn")
@@ -75,7 +76,7 @@ def test_slice_restricted_lora_leaves_other_slices_exactly_zero(micro_resources,
 
 
 def test_attention_preset_adapts_both_attention_linears(micro_resources):
-    model = lora.attach(_micro(micro_resources), 2, {**SETTINGS, "targets": "attn"}, "gpt2")
+    model = lora.attach(_micro(micro_resources), 2, SETTINGS.replace(targets="attn"), "gpt2")
     adapted = {n.rsplit(".lora_A", 1)[0].split("h.0.")[-1] for n, _ in model.named_modules()
                if ".h.0." in n and n.endswith("lora_A")}
     assert adapted == {"attn.c_attn", "attn.c_proj"}
@@ -101,7 +102,7 @@ def test_straight_through_gradient_is_the_identity():
 
 def test_quantized_adapters_compute_with_rounded_weights_and_still_learn(micro_resources):
     torch.manual_seed(0)
-    model = lora.attach(_micro(micro_resources), 4, {**SETTINGS, "targets": "attn"}, "gpt2")
+    model = lora.attach(_micro(micro_resources), 4, SETTINGS.replace(targets="attn"), "gpt2")
     assert adapters.apply(model, 16) == 0
     assert adapters.apply(model, 3) == 2 * 2 * 2  # A and B of 2 modules in 2 blocks
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

@@ -71,12 +71,12 @@ def test_each_width_trains_its_own_adapter_and_random_switching_follows_its_draw
     from qlbench.cell.loop import LoopSettings, train
     from qlbench.cell.precision import adapter_name
     from qlbench.quant.formats import quantize_module
-    from qlbench.study.config import DEFAULTS
+    from qlbench.study.settings import tree
     from qlbench.tasks import causal_lm
 
     model = tiny_gpt2()
     widths = [2, 4, 8]
-    settings = {**DEFAULTS, "targets": ["c_attn"], "switch_bits": widths, "steps": 9}
+    settings = tree(targets=["c_attn"], switch_bits=widths, steps=9)
     originals = {n: model.get_submodule(n).weight.detach().clone() for n in MASKED}
     sw, model = switchable(model, widths, settings)
     data = torch.randint(0, 64, (40, 16))
@@ -91,7 +91,7 @@ def test_each_width_trains_its_own_adapter_and_random_switching_follows_its_draw
         for n in MASKED:
             module = model.base_model.model.get_submodule(n)
             module = getattr(module, "base_layer", module)  # the Conv1D under a LoRA wrapper
-            assert torch.equal(module.weight, quantize_module(module, originals[n], w, settings))
+            assert torch.equal(module.weight, quantize_module(module, originals[n], w, settings.quant))
 
     eval_blocks = data[:10]
     loss_of = lambda blocks: causal_lm.eval_loss(model, blocks, 4, torch.device("cpu"))  # noqa: E731
@@ -117,10 +117,10 @@ def test_a_per_layer_map_selects_each_layers_adapter_and_equals_a_hand_built_mod
 
     from qlbench.cell.precision import adapter_name
     from qlbench.quant.formats import quantize_module
-    from qlbench.study.config import DEFAULTS
+    from qlbench.study.settings import tree
 
     widths = [8, 4]
-    settings = {**DEFAULTS, "targets": ["c_attn", "c_fc"], "switch_bits": widths}
+    settings = tree(targets=["c_attn", "c_fc"], switch_bits=widths)
     plain = tiny_gpt2()
     originals = {n: plain.get_submodule(n).weight.detach().clone() for n in MASKED}
     sw, model = switchable(tiny_gpt2(), widths, settings)
@@ -148,7 +148,7 @@ def test_a_per_layer_map_selects_each_layers_adapter_and_equals_a_hand_built_mod
         name = adapter_name(width, widths)
         delta = (layer.lora_B[name].weight @ layer.lora_A[name].weight).T * scale
         with torch.no_grad():
-            module.weight.copy_(quantize_module(module, originals[n], width, settings) + delta)
+            module.weight.copy_(quantize_module(module, originals[n], width, settings.quant) + delta)
     torch.testing.assert_close(plain.eval()(x).logits, switched, rtol=0, atol=1e-5)
 
 
@@ -158,7 +158,7 @@ def test_cpt_visits_every_width_with_its_period_and_trains_one_shared_adapter():
     from qlbench.cell import lora
     from qlbench.cell.loop import LoopSettings, train
     from qlbench.cell.precision import Precision
-    from qlbench.study.config import DEFAULTS
+    from qlbench.study.settings import tree
     from qlbench.study.schedules import cpt_period, cpt_width
     from qlbench.tasks import causal_lm
 
@@ -170,7 +170,7 @@ def test_cpt_visits_every_width_with_its_period_and_trains_one_shared_adapter():
     tri = [cpt_width(t, 4, 8, period, "triangular") for t in range(period)]
     assert tri[0] == 4 and max(tri) == 8 and tri[period // 2] == 8 and tri[-1] < 8  # up, then back down
 
-    settings = {**DEFAULTS, "targets": ["c_attn"], "cpt_bits": [4, 8], "cpt_cycles": 4, "steps": 64}
+    settings = tree(targets=["c_attn"], cpt_bits=[4, 8], cpt_cycles=4, steps=64)
     model = tiny_gpt2()
     precision = Precision(model, MASKED, {n: 4 for n in MASKED}, settings, 0, MASKED)
     model = precision.attach(lora.attach(model, 4, settings, "gpt2"))
@@ -192,10 +192,10 @@ def test_follow_quantizes_each_layers_input_at_its_own_width_in_switch_mode_too(
     import torch
 
     from qlbench.quant import activations
-    from qlbench.study.config import DEFAULTS
+    from qlbench.study.settings import tree
 
     widths = [8, 3]
-    settings = {**DEFAULTS, "targets": ["c_attn"], "switch_bits": widths}
+    settings = tree(targets=["c_attn"], switch_bits=widths)
     sw, model = switchable(tiny_gpt2(), widths, settings)
     model.eval()  # no dropout: two passes must be comparable
     handles = activations.apply(model, MASKED, "follow", 16, "gpt2", 2, widths=sw.width)
@@ -248,8 +248,9 @@ def test_a_named_map_runs_its_layers_at_their_width_and_every_other_at_high_bits
             return dict.fromkeys(self.masked, w)
 
     precision = Widths()
-    settings = {"eval_bits": [], "eval_maps": {"hybrid": {"b0.attn.c_proj+b1": 4}}, "eval_scan": None, "high_bits": 8,
-                "switch_bits": [], "cpt_bits": []}  # no uniform widths: the map alone
+    from qlbench.study.settings import tree
+
+    settings = tree(eval_maps={"hybrid": {"b0.attn.c_proj+b1": 4}}, high_bits=8)  # no uniform widths: the map alone
     ctx = SimpleNamespace(settings=settings, layout=lay, cell=SimpleNamespace(seed=0), log=logging.getLogger("t"))
     quantized = SimpleNamespace(precision=precision, plan=dict.fromkeys(names, 4))
     seen = {}

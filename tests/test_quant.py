@@ -3,7 +3,7 @@ import torch
 
 from qlbench.quant import formats, plan
 from qlbench.quant.fake import apply
-from qlbench.study.config import DEFAULTS
+from qlbench.study.settings import tree
 
 
 def _weights(seed=0, shape=(64, 256)):
@@ -83,7 +83,7 @@ def test_fake_apply_quantizes_conv1d_per_output_channel():
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=64, n_positions=16))
     conv = model.transformer.h[0].mlp.c_fc  # Conv1D: weight is (in, out)
     before = conv.weight.detach().clone()
-    stats = apply(model, {"transformer.h.0.mlp.c_fc": 3}, {**DEFAULTS, "format": "int"})
+    stats = apply(model, {"transformer.h.0.mlp.c_fc": 3}, tree(format="int"))
     after = conv.weight.detach()
     assert torch.equal(after, formats.quantize_int(before.t(), 3).t())
     assert stats[0]["module"] == "transformer.h.0.mlp.c_fc" and stats[0]["quant_mse"] > 0
@@ -101,7 +101,7 @@ def test_noise_ratio_of_a_min_max_quantizer_is_the_step_ratio_squared():
     with torch.no_grad():
         conv.weight.copy_(torch.rand(64, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1)
         conv.weight[0] = 1.0  # input 0 of every output row: each row's max |w| is 1
-    stats = apply(model, {"transformer.h.0.mlp.c_fc": 3}, {**DEFAULTS, "format": "int"})
+    stats = apply(model, {"transformer.h.0.mlp.c_fc": 3}, tree(format="int"))
     assert stats[0]["noise_var_uniform"] == pytest.approx((1 / 4) ** 2 / 12, rel=1e-12)
     assert stats[0]["quant_mse"] / stats[0]["noise_var_uniform"] == pytest.approx(16 / 9 * 63 / 64, rel=0.02)
 

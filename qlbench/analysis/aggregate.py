@@ -38,7 +38,7 @@ def aggregate(study: Study, results: str) -> tuple[dict[str, pl.DataFrame], list
             table = table.filter(~is_stale)
     current = [cell for cell, _ in done if cell.path not in stale]
     tables = {"cells": table.drop(CURVE, strict=False), "curves": _curves(results, study.name, table, current)}
-    if study.settings["probe_bits"]:
+    if study.tree.eval.probe_bits:
         probed = _existing(results, study.name, current, grid.PROBE)[0]
         tables["probes"] = _stack(results, study.name, "probes", probed)
     else:  # no cell of this study probes: 0 rows each

@@ -122,11 +122,11 @@ def verdicts(fits: pl.DataFrame, exps: pl.DataFrame, grad_slopes: pl.DataFrame, 
     for term, what, pred in (("log2_rank", "per doubling of r", 1.0), ("bits", "per bit", -2.0)):
         claim = f"gradient variance O(r·2^(−2b)): log₂ slope {what}"
         if term in grads:
-            s = grads[term]
-            ok = s["ci_lo"] <= pred <= s["ci_hi"]
-            rows.append(_row(claim, s["measured_slope"], s["ci_lo"], s["ci_hi"], pred,
+            slope = grads[term]
+            ok = slope["ci_lo"] <= pred <= slope["ci_hi"]
+            rows.append(_row(claim, slope["measured_slope"], slope["ci_lo"], slope["ci_hi"], pred,
                              "supported" if ok else "not supported",
-                             f"log₂ excess σ_g² over the 16-bit cell, {s['points']} cells, t-interval"))
+                             f"log₂ excess σ_g² over the 16-bit cell, {slope['points']} cells, t-interval"))
         else:
             rows.append(_row(claim, nan, nan, nan, pred, "not testable",
                              "no gradient variance measured against a 16-bit cell (grad_var_points), or one rank/width"))

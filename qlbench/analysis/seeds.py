@@ -14,6 +14,6 @@ def mean_ci(frame: pl.DataFrame, group: list[str], metrics) -> pl.DataFrame:
         aggs += [pl.col(m).mean().alias(m), pl.col(m).std().alias(f"{m}_sd")]
     out = frame.group_by(group, maintain_order=True).agg(aggs)
     return out.with_columns([
-        pl.struct([f"{m}_sd", "seeds"]).map_elements(lambda s, m=m: ci95_halfwidth(s[f"{m}_sd"], s["seeds"]),
+        pl.struct([f"{m}_sd", "seeds"]).map_elements(lambda r, m=m: ci95_halfwidth(r[f"{m}_sd"], r["seeds"]),
                                                      return_dtype=pl.Float64).alias(f"{m}_ci95")
         for m in metrics])

@@ -18,23 +18,24 @@ import torch
 
 from qlbench.study.config import Study
 from qlbench.study.grid import Cell
+from qlbench.study.settings import ROBUST_PRECISIONS as PRECISIONS, Settings
 
-PRECISIONS = ("fp32", "fake8", "fake4", "bnb8", "bnb4", "random")
 DEFAULTS = {"examples": 32, "precisions": list(PRECISIONS), "random_widths": [4, 6, 8], "attack": {}}
 
 
-def options(settings: dict) -> dict:
-    return {**DEFAULTS, **(settings.get("robustness") or {})}
+def options(settings: Settings) -> dict:
+    return {**DEFAULTS, **(settings.data.robustness or {})}
 
 
-def _device_and_threads(settings: dict, threads: int):
+def _device_and_threads(settings: Settings, threads: int):
     from qlbench.cell.measure import pick_device
 
     torch.set_num_threads(threads)
-    return pick_device(settings["device"])
+    return pick_device(settings.runtime.device)
 
 
-def attack(study: Study, cell: Cell, settings: dict, cell_dir: Path, out: Path, threads: int = 1, log=print) -> dict:
+def attack(study: Study, cell: Cell, settings: Settings, cell_dir: Path, out: Path, threads: int = 1,
+           log=print) -> dict:
     """GBDA on the first `examples` held-out texts against the cell's fine-tuned classifier -> adversarial.parquet."""
     import polars as pl
 
@@ -49,12 +50,13 @@ def attack(study: Study, cell: Cell, settings: dict, cell_dir: Path, out: Path, 
     chosen = [e.prompt for e in v.data.eval_examples[:n]]
     labels = v.data.eval["labels"][:n].tolist()
     gbda_settings = gbda.GBDASettings.from_dict(opts["attack"])
-    idf = gbda.idf_weights(texts.token_ids(v.tokenizer, v.train_texts, settings["seq_len"]), len(v.tokenizer))
+    seq_len = settings.train.seq_len
+    idf = gbda.idf_weights(texts.token_ids(v.tokenizer, v.train_texts, seq_len), len(v.tokenizer))
     log(f"GBDA on {n} texts: {gbda_settings}")
-    rows = texts.attack_texts(v.classifier, v.lm, v.tokenizer, chosen, labels, settings["seq_len"], gbda_settings,
+    rows = texts.attack_texts(v.classifier, v.lm, v.tokenizer, chosen, labels, seq_len, gbda_settings,
                               cell.seed, idf, device, log)
-    clean_nll = texts.lm_nll(v.lm, v.tokenizer, chosen, settings["seq_len"], device)
-    adv_nll = texts.lm_nll(v.lm, v.tokenizer, [r["adv_text"] for r in rows], settings["seq_len"], device)
+    clean_nll = texts.lm_nll(v.lm, v.tokenizer, chosen, seq_len, device)
+    adv_nll = texts.lm_nll(v.lm, v.tokenizer, [r["adv_text"] for r in rows], seq_len, device)
     for r, c, a in zip(rows, clean_nll, adv_nll):
         r.update(label_name=v.data.labels[r["label"]], clean_lm_nll=c, adv_lm_nll=a)
     frame = pl.DataFrame([{"study": study.name, **cell.coords(), **r} for r in rows])
@@ -67,7 +69,7 @@ def attack(study: Study, cell: Cell, settings: dict, cell_dir: Path, out: Path, 
     return summary
 
 
-def model_at(v, precision: str, settings: dict, seed: int):
+def model_at(v, precision: str, settings: Settings, seed: int):
     """The attacked model at one precision, and for random precision the list of widths its forward passes drew
     (None for a fixed width)."""
     from qlbench.attack import victim
@@ -80,14 +82,14 @@ def model_at(v, precision: str, settings: dict, seed: int):
         from qlbench.cell.precision import Precision
 
         model = copy.deepcopy(v.classifier)
-        widths = Precision(model, v.module_names, {}, {**settings, "double_quant": False}, seed, v.module_names)
+        widths = Precision(model, v.module_names, {}, settings.replace(double_quant=False), seed, v.module_names)
         _, drawn = widths.random_inference(options(settings)["random_widths"], seed)
         return model, drawn
     backend, bits = precision[:-1], int(precision[-1])
     return victim.quantized(v, backend, bits, settings), None
 
 
-def evaluate(study: Study, cell: Cell, settings: dict, cell_dir: Path, adversarial: Path, precision: str, out: Path,
+def evaluate(study: Study, cell: Cell, settings: Settings, cell_dir: Path, adversarial: Path, precision: str, out: Path,
              threads: int = 1, log=print) -> dict:
     """Clean and adversarial accuracy of the cell's classifier at `precision` -> one row."""
     import polars as pl
@@ -106,7 +108,7 @@ def evaluate(study: Study, cell: Cell, settings: dict, cell_dir: Path, adversari
     labels = adv["label"].to_list()
 
     def predict(texts: list[str]) -> list[int]:
-        batch = classification.encode(v.tokenizer, texts, [0] * len(texts), settings["seq_len"])
+        batch = classification.encode(v.tokenizer, texts, [0] * len(texts), settings.train.seq_len)
         return classification.predict(model, batch, batch_size, device).argmax(-1).tolist()
 
     clean = predict(adv["text"].to_list())

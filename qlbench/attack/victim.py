@@ -65,8 +65,9 @@ def load_adapter(model, path: Path, head_modules: tuple[str, ...]):
     return merged
 
 
-def build(study: Study, cell: Cell, settings: dict, cell_dir: Path, device) -> Victim:
-    """The fine-tuned classifier of a finished 16-bit classification cell, and the base causal LM."""
+def build(study: Study, cell: Cell, settings, cell_dir: Path, device) -> Victim:
+    """The fine-tuned classifier of a finished 16-bit classification cell, and the base causal LM (`settings`: the
+    study's settings tree)."""
     from qlbench.cell import lora
     from qlbench.data import labelled, models
     from qlbench.tasks import classification
@@ -74,14 +75,14 @@ def build(study: Study, cell: Cell, settings: dict, cell_dir: Path, device) -> V
     if not (cell_dir / ADAPTER).exists():
         raise QlbenchError(f"{cell_dir}: no {ADAPTER}; run the cell first")
     spec = study.model(cell.model)
-    lm, tokenizer = models.load(spec, cell.model, study.config.get("resources", "resources"), dtype=torch.float32)
-    dataset = study.config["datasets"][settings["dataset"]]
+    lm, tokenizer = models.load(spec, cell.model, study.resources, dtype=torch.float32)
+    dataset = study.config["datasets"][settings.data.dataset]
     classifier = classifier_from_lm(lm, {**classification.head_kwargs(dataset), "pad_token_id": tokenizer.pad_token_id})
     torch.manual_seed(cell.seed)
-    peft_model = lora.attach(classifier, cell.rank, {**settings, "backend": "fake"}, spec["arch"],
+    peft_model = lora.attach(classifier, cell.rank, settings.replace(backend="fake"), spec["arch"],
                              task_type=classification.PEFT_TASK, head_modules=classification.HEAD_MODULES)
     classifier = load_adapter(peft_model, cell_dir / ADAPTER, classification.HEAD_MODULES)
-    train_ex, eval_ex = labelled.load(dataset, settings["dataset"])
+    train_ex, eval_ex = labelled.load(dataset, settings.data.dataset)
     data = classification.prepare(tokenizer, train_ex, eval_ex, settings)
     lm.to(device).eval().requires_grad_(False)
     classifier.to(device).eval().requires_grad_(False)
@@ -89,14 +90,18 @@ def build(study: Study, cell: Cell, settings: dict, cell_dir: Path, device) -> V
                   study.layout(cell.model).all_names())
 
 
-def quantized(victim: Victim, backend: str, bits: int, settings: dict):
-    """A copy of the merged classifier with every block linear quantized after training (PTQ)."""
+def quantized(victim: Victim, backend: str, bits: int, settings):
+    """A copy of the merged classifier with every block linear quantized after training (PTQ): in the study's format
+    where the backend has it at `bits`, else in the backend's first format that has (bitsandbytes at 4: NF4)."""
     import copy
 
-    from qlbench import quant
+    from qlbench import quant, registry
 
     model = copy.deepcopy(victim.classifier)
-    fmt = {"fake": settings.get("format", "int"), "bnb": "nf"}[backend]
+    declared = registry.backend(backend)
+    fmt = settings.quant.format
+    if not declared.can(fmt, bits):
+        fmt = next(f for f, widths in declared.widths.items() if bits in widths)
     quant.backend(backend).apply(model, {m: bits for m in victim.module_names},
-                                 {**settings, "format": fmt, "double_quant": False})
+                                 settings.replace(format=fmt, double_quant=False))
     return model.eval()

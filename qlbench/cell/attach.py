@@ -20,12 +20,12 @@ def attach(ctx: Context, base: Base, quantized: Quantized):
     settings, spec = ctx.settings, ctx.spec
     torch.manual_seed(ctx.cell.seed)  # the same LoRA init for every bit width of a seed
     model = lora.attach(base.model, ctx.cell.rank, settings, spec["arch"], ctx.task.PEFT_TASK, ctx.task.HEAD_MODULES)
-    adapters.apply(model, settings["adapter_bits"])  # 16: off
+    adapters.apply(model, settings.quant.adapter_bits)  # 16: off
     precision = quantized.precision
     if precision:
         model = precision.attach(model)  # switchable: one adapter per width, each layer on its width's
     if ctx.base_bits < 16 or precision:  # hooks read each layer's width as it runs: full precision is left alone
         hooked = sorted(set(quantized.plan) | set(precision.weights if precision else ()))
-        activations.apply(model, hooked, settings["act_bits"], settings["kv_bits"], spec["arch"], spec["n_layer"],
+        activations.apply(model, hooked, settings.quant.act_bits, settings.quant.kv_bits, spec["arch"], spec["n_layer"],
                           widths=precision.width if precision else quantized.plan)
     return model

@@ -11,8 +11,10 @@ from pathlib import Path
 
 from qlbench.errors import QlbenchError
 from qlbench.study import grid
+from qlbench.study import settings as settings_tree
 from qlbench.study.config import Study, cell_identity
 from qlbench.study.grid import Cell
+from qlbench.study.settings import Settings
 
 
 @dataclass
@@ -20,7 +22,7 @@ class Context:
     study: Study
     cell: Cell
     out: Path
-    settings: dict  # the study's fixed settings with overrides, targets resolved
+    settings: Settings  # the study's fixed settings with overrides, targets resolved: typed, each stage reads its group
     identity: dict  # the settings that determine the numbers (planted trouble left out)
     config_hash: str
     log: logging.Logger
@@ -48,7 +50,8 @@ class Context:
         return self.cell.bits == 16 or self.cell.mask == "none"
 
 
-def begin(study: Study, cell: Cell, out: Path, settings: dict, threads: int) -> Context:
+def begin(study: Study, cell: Cell, out: Path, flat: dict, threads: int) -> Context:
+    """`flat`: the cell's settings as the config names them (`config.cell_settings`)."""
     import torch
 
     from qlbench import tasks
@@ -63,22 +66,23 @@ def begin(study: Study, cell: Cell, out: Path, settings: dict, threads: int) -> 
     log = cell_logger(out)
     stop = StopFlag()
     masked = masks.resolve(cell.mask, study.layout(cell.model))
-    identity, chash = cell_identity(study, cell, settings)  # the cell's targets preset, when an axis, included
-    settings = {**settings, "targets": identity["targets"]}
+    identity, chash = cell_identity(study, cell, flat)  # the cell's targets preset, when an axis, included
+    settings = settings_tree.build(flat).replace(targets=identity["targets"])
     log.info(f"cell {study.name}/{cell.path}  config {chash}")
-    plants = plant.for_cell(settings["fail"], cell.path)  # testing only
+    plants = plant.for_cell(settings.testing.fail, cell.path)  # testing only
     plant.before_training(plants, out)
-    if settings["bits_target"] == "adapter":  # the bounds study: `bits` quantizes LoRA's A and B, not the base
-        settings = {**settings, "adapter_bits": cell.bits}
+    on_base = settings.quant.bits_target == "base"
+    if not on_base:  # the bounds study: `bits` quantizes LoRA's A and B, not the base
+        settings = settings.replace(adapter_bits=cell.bits)
 
     torch.set_num_threads(threads)
     torch.manual_seed(cell.seed)
-    autocast = None if settings["compute_dtype"] == "float32" else getattr(torch, settings["compute_dtype"])
+    dtype = settings.runtime.compute_dtype
+    autocast = None if dtype == "float32" else getattr(torch, dtype)
     return Context(
         study=study, cell=cell, out=out, settings=settings, identity=identity, config_hash=chash, log=log,
-        stop=stop, plants=plants, device=pick_device(settings["device"]), autocast=autocast, threads=threads,
-        base_bits=cell.bits if settings["bits_target"] == "base" else 16,
-        masked=masked, task=tasks.get(settings.get("task", "causal_lm")), t_start=t_start,
+        stop=stop, plants=plants, device=pick_device(settings.runtime.device), autocast=autocast, threads=threads,
+        base_bits=cell.bits if on_base else 16, masked=masked, task=tasks.get(settings.data.task), t_start=t_start,
     )
 
 

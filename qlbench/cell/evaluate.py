@@ -22,12 +22,13 @@ class Evaluated:
 
 
 def eval_loss_of(ctx: Context, model, blocks) -> float:
-    return ctx.task.eval_loss(model, blocks, ctx.settings["batch_size"], ctx.device, ctx.autocast)
+    return ctx.task.eval_loss(model, blocks, ctx.settings.train.batch_size, ctx.device, ctx.autocast)
 
 
 def scores(ctx: Context, model, base: Base) -> dict:
     """The eval loss and the task's metrics under the widths in force now."""
-    metrics = ctx.task.metrics(model, base.tokenizer, base.data, ctx.device, ctx.autocast, ctx.settings["batch_size"])
+    batch_size = ctx.settings.train.batch_size
+    metrics = ctx.task.metrics(model, base.tokenizer, base.data, ctx.device, ctx.autocast, batch_size)
     loss = metrics.pop("loss") if "loss" in metrics else eval_loss_of(ctx, model, base.data.eval)
     return {"loss": loss, **metrics}
 
@@ -62,9 +63,8 @@ def at_other_widths(ctx: Context, quantized: Quantized, score) -> dict:
     QaLoF's hybrid: listed layers at 4, the rest at 8), and `scan_<unit>` (all at the scan's `rest`, one block or
     module at its `bits`; `scan_base`: none at `bits`); then the cell's own widths are restored."""
     from qlbench.study import masks
-    from qlbench.study.schedules import eval_widths
 
-    precision, s, lay = quantized.precision, ctx.settings, ctx.layout
+    precision, p, lay = quantized.precision, ctx.settings.precision, ctx.layout
     own = {n: quantized.plan.get(n, 16) for n in precision.weights}
     columns: dict = {}
 
@@ -72,7 +72,7 @@ def at_other_widths(ctx: Context, quantized: Quantized, score) -> dict:
         precision.set({**own, **widths})
         columns.update({f"eval_{k}_{label}": v for k, v in score().items()})
 
-    widths = eval_widths(s)
+    widths = p.eval_widths
     for width in widths:
         take(f"b{width}", precision.uniform(width))
     if len(widths) > 1:  # random precision inference: a width per forward pass
@@ -83,16 +83,16 @@ def at_other_widths(ctx: Context, quantized: Quantized, score) -> dict:
         finally:
             handle.remove()
         columns["random_switch_passes"] = len(drawn)
-    high = {n: s["high_bits"] for n in precision.weights}  # a map names its low layers; the rest run at high_bits
-    for label, mapping in s["eval_maps"].items():
+    high = {n: ctx.settings.quant.high_bits for n in precision.weights}  # a map names its low layers; the rest: high
+    for label, mapping in p.eval_maps.items():
         take(label, {**high, **{m: b for mask, b in mapping.items() for m in masks.resolve(mask, lay)}})
-    if s["eval_scan"]:
+    if p.eval_scan:
         t0 = time.perf_counter()
-        scan = s["eval_scan"]
-        rest = {n: scan["rest"] for n in lay.all_names()}
+        scan = p.eval_scan
+        rest = {n: scan.rest for n in lay.all_names()}
         take("scan_base", rest)
-        for unit in masks.expand({"each": scan["each"]}, lay):
-            take(f"scan_{unit}", {**rest, **{m: scan["bits"] for m in masks.resolve(unit, lay)}})
+        for unit in masks.expand({"each": scan.each}, lay):
+            take(f"scan_{unit}", {**rest, **{m: scan.bits for m in masks.resolve(unit, lay)}})
         columns["scan_s"] = time.perf_counter() - t0
     precision.set(own)
     ctx.log.info(f"evaluated at {len(columns)} other widths' scores without retraining")

@@ -15,8 +15,9 @@ from qlbench.tasks import causal_lm
 PROBE_STEP0 = 10**9  # batch indices far from the training steps, so the probe sees batches of its own
 
 
-def estimate(model, modules: list[str], bits: int, settings: dict, sample, batches: int, device,
+def estimate(model, modules: list[str], bits: int, quant, sample, batches: int, device,
              loss_fn=causal_lm.loss) -> list[dict]:
+    """`quant`: the format the modules would be quantized in (`qlbench.study.settings.Quant`)."""
     found = {name: model.get_submodule(name) for name in modules}
     weights = [m.weight for m in found.values()]
     for w in weights:
@@ -31,7 +32,7 @@ def estimate(model, modules: list[str], bits: int, settings: dict, sample, batch
     with torch.no_grad():
         for (name, module), w, f in zip(found.items(), weights, fisher):
             w.requires_grad_(False)
-            delta = quantize_module(module, w, bits, settings) - w.detach()
+            delta = quantize_module(module, w, bits, quant) - w.detach()
             rows.append({"module": name, "probe_bits": bits, "fisher_trace": f.sum().item(),
                          "noise_power": delta.pow(2).sum().item(),
                          "estimate": 0.5 * (f * delta.pow(2)).sum().item(), "numel": w.numel()})

@@ -34,7 +34,7 @@ def head_kwargs(ctx: Context) -> dict | None:
     """What a task's new head needs to know before loading (a classifier: its labels), from the dataset entry."""
     if not hasattr(ctx.task, "head_kwargs"):
         return None
-    return ctx.task.head_kwargs(ctx.study.config["datasets"][ctx.settings["dataset"]])
+    return ctx.task.head_kwargs(ctx.study.config["datasets"][ctx.settings.data.dataset])
 
 
 def load(ctx: Context) -> Base:
@@ -42,26 +42,26 @@ def load(ctx: Context) -> Base:
     from qlbench.data import examples, models, prepared
 
     settings, cell = ctx.settings, ctx.cell
-    dtype = base_dtype(settings["base_dtype"], ctx.device)
-    resources = ctx.study.config.get("resources", "resources")
+    dataset = settings.data.dataset
+    dtype = base_dtype(settings.runtime.base_dtype, ctx.device)
+    resources = ctx.study.resources
     model, tokenizer = models.load(ctx.spec, cell.model, resources, dtype=dtype, head=ctx.task.HEAD,
                                    head_kwargs=head_kwargs(ctx))
-    ctx.log.info(f"base weights in {str(dtype).removeprefix('torch.')} ({settings['base_dtype']})")
+    ctx.log.info(f"base weights in {str(dtype).removeprefix('torch.')} ({settings.runtime.base_dtype})")
 
     def make_data():
-        train_ex, eval_ex = examples.load_examples(ctx.study.config["datasets"][settings["dataset"]],
-                                                   settings["dataset"])
+        train_ex, eval_ex = examples.load_examples(ctx.study.config["datasets"][dataset], dataset)
         if cell.n_train is not None:
             train_ex = train_ex[: cell.n_train]
         return len(train_ex), ctx.task.prepare(tokenizer, train_ex, eval_ex, settings)
 
     # made once per (model, dataset, data settings), memory-mapped by the cells after
-    key = prepared.key(ctx.study.config, cell.model, settings, cell.n_train)
-    n_train, data = prepared.cached(Path(resources) / "prepared", f"{cell.model}-{settings['dataset']}-{key}",
+    key = prepared.key(ctx.study.config, cell.model, ctx.identity, cell.n_train)
+    n_train, data = prepared.cached(Path(resources) / "prepared", f"{cell.model}-{dataset}-{key}",
                                     make_data)
     ctx.log.info(f"data: {data.describe(n_train)}")
     model.to(ctx.device)
     model.requires_grad_(False)  # a task's new head trains: attach turns it on
     return Base(model=model, tokenizer=tokenizer, data=data, train_examples=n_train,
-                sample=ctx.task.batch_sampler(data.train, settings["batch_size"], cell.seed),
+                sample=ctx.task.batch_sampler(data.train, settings.train.batch_size, cell.seed),
                 base_params=measure.unique_params(model))  # before quantization packs any weight

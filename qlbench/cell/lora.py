@@ -22,18 +22,21 @@ def slice_rows(out_features: int, parts: tuple[str, ...]):
     return keep
 
 
-def attach(model, rank: int, settings: dict, arch: str, task_type: str | None = "CAUSAL_LM",
+def attach(model, rank: int, settings, arch: str, task_type: str | None = "CAUSAL_LM",
            head_modules: tuple[str, ...] = ()):
-    """LoRA on the study's targets; a task's new head (`head_modules`) trains beside it, one head for every adapter."""
+    """LoRA on the study's targets (`settings`: the cell's settings tree); a task's new head (`head_modules`) trains
+    beside it, one head for every adapter."""
     from peft import LoraConfig, get_peft_model
 
-    modules, slices = resolve(settings["targets"] or DEFAULT_TARGETS[arch], arch)
-    # GPT-2's Conv1D stores weights as (in, out); a bnb-replaced one is a plain (out, in) Linear
-    fan_in_fan_out = arch == "gpt2" and settings["backend"] != "bnb"
+    from qlbench import registry
+
+    modules, slices = resolve(settings.lora.targets or DEFAULT_TARGETS[arch], arch)
+    # GPT-2's Conv1D stores weights as (in, out); a backend that replaces it by a Linear stores (out, in)
+    fan_in_fan_out = arch == "gpt2" and not registry.backend(settings.quant.backend).linear_layout
     config = LoraConfig(
         r=rank,
-        lora_alpha=alpha_for(settings["lora_alpha"], rank),
-        lora_dropout=settings["lora_dropout"],
+        lora_alpha=alpha_for(settings.lora.alpha, rank),
+        lora_dropout=settings.lora.dropout,
         target_modules=modules,
         fan_in_fan_out=fan_in_fan_out,
         bias="none",

@@ -30,10 +30,11 @@ def adapter_name(width: int, widths: list[int]) -> str:
 
 
 class Precision:
-    def __init__(self, model, modules: list[str], widths: dict[str, int], settings: dict, seed: int,
-                 masked: list[str], adapter_widths: list[int] | None = None):
+    def __init__(self, model, modules: list[str], widths: dict[str, int], settings, seed: int,
+                 masked: list[str], adapter_widths: tuple[int, ...] | None = None):
         """`modules`: those whose width may change, taken now, before any is quantized; `widths`: every module's
-        width in the plan (16: full precision); `masked`: the modules training switches."""
+        width in the plan (16: full precision); `settings`: the cell's settings tree (its format and schedule);
+        `masked`: the modules training switches."""
         self.settings, self.seed, self.masked = settings, seed, list(masked)
         self.modules = {n: model.get_submodule(n) for n in modules}  # the same modules (and Parameters) after peft wraps
         self.weights = {n: m.weight for n, m in self.modules.items()}
@@ -63,7 +64,7 @@ class Precision:
     def _quantized(self, name: str, width: int) -> torch.Tensor:
         key = (name, width)
         if key not in self._cache:
-            self._cache[key] = quantize_module(self.modules[name], self.pristine[name], width, self.settings)
+            self._cache[key] = quantize_module(self.modules[name], self.pristine[name], width, self.settings.quant)
         return self._cache[key]
 
     def _select_adapters(self) -> None:
@@ -96,12 +97,12 @@ class Precision:
 
     # -- training ---------------------------------------------------------------------------------------------------
     def width_at(self, step: int) -> int:
-        s = self.settings
-        if s["cpt_bits"]:
-            low, high = s["cpt_bits"]
-            return cpt_width(step, low, high, cpt_period(s["steps"], s["cpt_cycles"]), s["cpt_schedule"])
-        widths = s["switch_bits"]
-        if s["switch_schedule"] == "cyclic":
+        p = self.settings.precision
+        if p.cpt_bits:
+            low, high = p.cpt_bits
+            return cpt_width(step, low, high, cpt_period(self.settings.train.steps, p.cpt_cycles), p.cpt_schedule)
+        widths = p.switch_bits
+        if p.switch_schedule == "cyclic":
             return widths[step % len(widths)]
         return random.Random(self.seed * 1_000_003 + step).choice(widths)
 

@@ -26,26 +26,27 @@ def quantize(ctx: Context, base: Base) -> Quantized:
     from qlbench.study import masks
 
     settings, lay, model = ctx.settings, ctx.layout, base.model
+    q, measured = settings.quant, settings.eval
     probe = []
-    if settings["probe_bits"] and ctx.is_reference:
-        probe = fisher.estimate(model, lay.all_names(), settings["probe_bits"], settings, base.sample,
-                                settings["probe_batches"], ctx.device, ctx.task.loss)
-        ctx.log.info(f"estimated the sensitivity of {len(probe)} modules at {settings['probe_bits']} bits")
+    if measured.probe_bits and ctx.is_reference:
+        probe = fisher.estimate(model, lay.all_names(), measured.probe_bits, q, base.sample,
+                                measured.probe_batches, ctx.device, ctx.task.loss)
+        ctx.log.info(f"estimated the sensitivity of {len(probe)} modules at {measured.probe_bits} bits")
     plan = {}
     if ctx.base_bits < 16:
-        plan = quant.plan(lay.all_names(), ctx.masked, ctx.base_bits, settings["high_bits"])
-        plan = quant.with_layer_bits(plan, {m: b for mask, b in settings["layer_bits"].items()
+        plan = quant.plan(lay.all_names(), ctx.masked, ctx.base_bits, q.high_bits)
+        plan = quant.with_layer_bits(plan, {m: b for mask, b in q.layer_bits.items()
                                             for m in masks.resolve(mask, lay)})
     precision = None
     changing = changing_modules(ctx)
     if changing:  # QaLoF: widths that change after quantization; their full-precision weights are kept first
         from qlbench.cell.precision import Precision
 
-        switch = settings["switch_bits"] if ctx.base_bits < 16 else []
+        switch = settings.precision.switch_bits if ctx.base_bits < 16 else ()
         precision = Precision(model, changing, plan, settings, ctx.cell.seed, switched_modules(ctx),
                               adapter_widths=switch or None)
-    stats = quant.backend(settings["backend"]).apply(model, plan, settings)
-    ctx.log.info(f"quantized {len(plan)} modules ({settings['backend']} {settings['format']}), mask {ctx.cell.mask!r}")
+    stats = quant.backend(q.backend).apply(model, plan, settings)
+    ctx.log.info(f"quantized {len(plan)} modules ({q.backend} {q.format}), mask {ctx.cell.mask!r}")
     return Quantized(plan=plan, stats=stats, weight_mem_mb=memory.weight_mem_mb(model, stats), probe=probe,
                      precision=precision)
 
@@ -62,13 +63,12 @@ def changing_modules(ctx: Context) -> list[str]:
     layer-wise scan names. Empty for a cell of fixed precision."""
     from qlbench.study import masks
 
-    s, lay = ctx.settings, ctx.layout
+    p, lay = ctx.settings.precision, ctx.layout
     names: set[str] = set()
-    trains_switching = bool(s["switch_bits"] or s["cpt_bits"]) and ctx.base_bits < 16
-    if trains_switching or s["eval_bits"]:
+    if (p.trains_switching and ctx.base_bits < 16) or p.eval_bits:
         names |= set(switched_modules(ctx))
-    for mapping in s["eval_maps"].values():
+    for mapping in p.eval_maps.values():
         names |= {m for mask in mapping for m in masks.resolve(mask, lay)}
-    if s["eval_scan"]:
+    if p.eval_scan:
         names |= set(lay.all_names())
     return sorted(names)

@@ -23,13 +23,13 @@ def train(ctx: Context, model, base: Base, quantized: Quantized) -> Trained:
     from qlbench.cell import gradstats
     from qlbench.cell.loop import LoopSettings, train as loop
     from qlbench.cluster import plant
-    s, precision = ctx.settings, quantized.precision
-    switches = precision is not None and ctx.base_bits < 16 and bool(s["switch_bits"] or s["cpt_bits"])
-    settings = LoopSettings(steps=s["steps"], lr=s["lr"], warmup=s["warmup"], weight_decay=s["weight_decay"],
-                            grad_clip=s["grad_clip"], checkpoint_every=s["checkpoint_every"],
-                            autocast_dtype=ctx.autocast, optimizer=s["optimizer"])
-    grad_var = gradstats.GradVariance(model, base.sample, gradstats.probe_steps(s["steps"], s["grad_var_points"]),
-                                      ctx.device, ctx.autocast, ctx.task.loss)
+    t, precision = ctx.settings.train, quantized.precision
+    switches = precision is not None and ctx.base_bits < 16 and ctx.settings.precision.trains_switching
+    settings = LoopSettings(steps=t.steps, lr=t.lr, warmup=t.warmup, weight_decay=t.weight_decay,
+                            grad_clip=t.grad_clip, checkpoint_every=t.checkpoint_every,
+                            autocast_dtype=ctx.autocast, optimizer=t.optimizer)
+    probes = gradstats.probe_steps(t.steps, ctx.settings.eval.grad_var_points)
+    grad_var = gradstats.GradVariance(model, base.sample, probes, ctx.device, ctx.autocast, ctx.task.loss)
     checkpoint = current_checkpoint(ctx)
     result = loop(model, base.sample, settings, device=ctx.device, loss=ctx.task.loss,
                   checkpoint=checkpoint, stop_requested=ctx.stop,

@@ -26,7 +26,7 @@ def write(ctx: Context, model, base: Base, quantized: Quantized, loss_before: fl
     from qlbench.tasks import generate
 
     out = ctx.out
-    coords = {"study": ctx.study.name, **ctx.cell.coords(), "targets": label(ctx.settings["targets"])}
+    coords = {"study": ctx.study.name, **ctx.cell.coords(), "targets": label(ctx.settings.lora.targets)}
     row = _row(ctx, model, base, quantized, loss_before, trained, evaluated, coords)
     results.write_parquet(results.layers_frame(coords, quantized.stats), out / grid.LAYERS)
     results.write_parquet(results.probe_frame(coords, quantized.probe), out / grid.PROBE)
@@ -50,22 +50,23 @@ def _row(ctx: Context, model, base: Base, quantized: Quantized, loss_before: flo
     from qlbench.tasks import generate
 
     s, stats, final = ctx.settings, quantized.stats, evaluated.eval_loss
+    q, t = s.quant, s.train
     step_time = measure.step_time_s(trained.curve)
     return {
         **coords,
-        "task": s["task"], "dataset": s["dataset"], "format": s["format"], "backend": s["backend"],
-        "high_bits": s["high_bits"], "adapter_bits": s["adapter_bits"],
-        "act_bits": str(s["act_bits"]), "kv_bits": str(s["kv_bits"]),  # a width, or `follow`
-        "targets": label(s["targets"]), "lora_alpha": alpha_for(s["lora_alpha"], ctx.cell.rank),
-        "steps": s["steps"], "lr": s["lr"], "batch_size": s["batch_size"],
-        "seq_len": s["seq_len"], "settings_json": json.dumps(ctx.identity, sort_keys=True, default=str),
+        "task": s.data.task, "dataset": s.data.dataset, "format": q.format, "backend": q.backend,
+        "high_bits": q.high_bits, "adapter_bits": q.adapter_bits,
+        "act_bits": str(q.act_bits), "kv_bits": str(q.kv_bits),  # a width, or `follow`
+        "targets": label(s.lora.targets), "lora_alpha": alpha_for(s.lora.alpha, ctx.cell.rank),
+        "steps": t.steps, "lr": t.lr, "batch_size": t.batch_size,
+        "seq_len": t.seq_len, "settings_json": json.dumps(ctx.identity, sort_keys=True, default=str),
         "status": trained.status,
         "eval_loss_before": loss_before,
         "eval_loss": final,
         "eval_ppl": ctx.task.perplexity(final),
         "train_loss_final": trained.curve[-1]["loss"] if trained.curve else float("nan"),
         "step_time_s": step_time,
-        "tokens_per_s": s["batch_size"] * s["seq_len"] / step_time,
+        "tokens_per_s": t.batch_size * t.seq_len / step_time,
         "peak_mem_mb": evaluated.peak_mem_mb,
         "trainable_params": measure.trainable_params(model),
         "n_quantized": len(quantized.plan),

@@ -1,47 +1,10 @@
 """The `qlbench` command. Thin: parse, call, exit with one clear line. Heavy imports happen inside commands.
 
-The group and its shared options live here; the commands in `cells` (run, prepare, masks, grid, status, sweep,
-aggregate) and `analyses` (summarize, similarity, bounds, sensitivity, validate-recommendation, findings,
-qlora-figure)."""
+The group and its shared options live in `group`; the commands in `cells` (run, prepare, masks, grid, status, sweep,
+aggregate), `settings` (every setting, backend and task), `analyses` (summarize, similarity, bounds, sensitivity,
+validate-recommendation, findings, qlora-figure) and `robustness`."""
 
 from __future__ import annotations
 
-import click
-
-from qlbench.errors import QlbenchError
-
-CONFIG_HELP = "config file(s); later ones override earlier ones"
-
-
-def config_option(f):
-    return click.option("--config", "-c", "config_files", multiple=True, default=["config.yaml"],
-                        show_default=True, type=click.Path(dir_okay=False), help=CONFIG_HELP)(f)
-
-
-def load_study(config_files, study_name):
-    from qlbench.study import config as study
-
-    return study.load(study.read_config(config_files), study_name)
-
-
-class _Group(click.Group):
-    """Turns a QlbenchError anywhere into one line and exit code 1."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except QlbenchError as e:
-            raise click.ClickException(str(e)) from None
-
-
-@click.group(cls=_Group)
-@click.version_option(package_name="qlbench")
-def main():
-    """qlbench: does quantizing the model during LoRA fine-tuning cost quality, where, and how many bits are enough?
-
-    A study (config.yaml) is a grid of cells over model x bits x rank x layer-mask x seed. Snakemake runs the grid
-    (`snakemake --profile profiles/local`); these commands run one cell, prepare a base, and aggregate results.
-    """
-
-
-from qlbench.cli import analyses, cells, robustness  # noqa: E402,F401  (registers the commands on `main`)
+from qlbench.cli.group import main  # noqa: F401  (the entry point)
+from qlbench.cli import analyses, cells, robustness, settings  # noqa: E402,F401  (registers the commands on `main`)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from qlbench.cli import config_option, load_study, main
+from qlbench.cli.group import config_option, load_study, main
 from qlbench.errors import QlbenchError
 
 
@@ -22,7 +22,7 @@ def similarity(config_files, study, results):
     from qlbench.results import write_parquet
 
     st = load_study(config_files, study)
-    root = Path(results or st.config.get("results", "results"))
+    root = Path(results or st.results)
     pairs, layers, skipped = sim.pairs(st, str(root))
     write_parquet(pairs, root / st.name / "similarity.parquet")
     write_parquet(layers, root / st.name / "similarity_layers.parquet")
@@ -120,7 +120,7 @@ def findings(config_files, study, results):
     from qlbench.study import config as studylib
 
     name = study or studylib.read_config(config_files).get("study") or "demo"
-    root = Path(results or studylib.read_config(config_files).get("results", "results"))
+    root = Path(results or studylib.results_root(studylib.read_config(config_files)))
     try:
         click.echo(study_findings(root / name))
     except FileNotFoundError as e:

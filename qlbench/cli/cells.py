@@ -9,13 +9,15 @@ from pathlib import Path
 
 import click
 
-from qlbench.cli import config_option, load_study, main
+from qlbench.cli.group import config_option, load_study, main
+from qlbench.cli.settings import run_epilog
+from qlbench.study.targets import PRESET_NAMES
 from qlbench.errors import QlbenchError
 
 WARM_PARENT = "QLBENCH_WARM_PARENT"  # set in a cell forked from a warm process: that process's pid
 
 
-@main.command()
+@main.command(epilog=run_epilog())
 @config_option
 @click.option("--study", default=None, help="study name in the config (default: the config's `study`)")
 @click.option("--cell", "cell_path", default=None, metavar="PATH",
@@ -26,7 +28,7 @@ WARM_PARENT = "QLBENCH_WARM_PARENT"  # set in a cell forked from a warm process:
 @click.option("--mask", default="all", show_default=True, help="which layers get --bits (see `qlbench masks`)")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--n-train", type=int, default=None, help="use the first N training examples")
-@click.option("--targets", type=click.Choice(["qv", "kv", "attn", "attn_mlp"]), default=None,
+@click.option("--targets", type=click.Choice(PRESET_NAMES), default=None,
               help="LoRA target preset of this cell (a study's `targets: {each: [...]}` axis)")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="the cell's folder")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a fixed setting of the study")
@@ -37,17 +39,11 @@ WARM_PARENT = "QLBENCH_WARM_PARENT"  # set in a cell forked from a warm process:
 def run(config_files, study, cell_path, model, bits, rank, mask, seed, n_train, targets, out, overrides, threads,
         warm):
     """Run one cell: quantize, attach LoRA, train, evaluate, write row/curve/adapter/log into OUT."""
-    if warm and os.environ.get("QLBENCH_WARM", "1") != "0":
-        from qlbench.cli import warm as warmlib
+    if warm and os.environ.get("QLBENCH_WARM", "1") != "0" and WARM_PARENT not in os.environ:
+        from qlbench.cli.group import ARGV
+        from qlbench.cluster import warm as warmlib
 
-        args = ["run", *(a for f in config_files for a in ("--config", f)), "--out", out, "--threads", str(threads),
-                *(a for o in overrides for a in ("--set", o))]
-        args += ["--study", study] if study else []
-        if cell_path is not None:
-            args += ["--cell", cell_path]
-        else:
-            args += _coordinate_args(model, bits, rank, mask, seed, n_train, targets)
-        code = warmlib.run(args)
+        code = warmlib.run(ARGV)  # the same command in a child of the warm process (which sees WARM_PARENT set)
         if code is not None:
             sys.exit(code)
     from qlbench.study import config as studylib
@@ -74,12 +70,6 @@ def run(config_files, study, cell_path, model, bits, rank, mask, seed, n_train, 
     warm_from = os.environ.get(WARM_PARENT)
     click.echo(f"{cell.path}: {row['status']} eval_loss={row['eval_loss']:.4f} "
                f"(before training {row['eval_loss_before']:.4f})" + (f" [warm {warm_from}]" if warm_from else ""))
-
-
-def _coordinate_args(model, bits, rank, mask, seed, n_train, targets) -> list[str]:
-    out = [f"--{k}={v}" for k, v in (("model", model), ("bits", bits), ("rank", rank)) if v is not None]
-    out += [f"--mask={mask}", f"--seed={seed}"] + ([f"--n-train={n_train}"] if n_train is not None else [])
-    return out + ([f"--targets={targets}"] if targets is not None else [])
 
 
 def _fail(out_dir: Path, e: BaseException):
@@ -118,7 +108,7 @@ def prepare(config_files, model, out, threads):
 
     config = study.read_config(config_files)
     study.check_schema(config)
-    target = Path(out) if out else models.base_dir(config.get("resources", "resources"), model)
+    target = Path(out) if out else models.base_dir(study.resources_root(config), model)
     pretrain(config, model, target, threads=threads, log=click.echo)
 
 
@@ -168,7 +158,7 @@ def aggregate(config_files, study, results, allow_missing):
     from qlbench.results import write_parquet
 
     st = load_study(config_files, study)
-    root = results or st.config.get("results", "results")
+    root = results or st.results
     tables, missing, stale = run_aggregate(st, root)
     if stale and not allow_missing:
         first, changes = next(iter(stale.items()))
@@ -198,7 +188,7 @@ def status(config_files, study, results, profile, show_all):
     from qlbench.cluster import status as statuslib
 
     st = load_study(config_files, study)
-    root = results or st.config.get("results", "results")
+    root = results or st.results
     statuses = statuslib.study_status(st, root)
     commands = statuslib.resubmit_commands(st.name, list(config_files), results, profile)
     click.echo(statuslib.report(st, statuses, f"{root}/{st.name}/cells", commands, show_all))

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from qlbench.cli import config_option, load_study, main
+from qlbench.cli.group import config_option, load_study, main
 from qlbench.errors import QlbenchError
 
-PRECISIONS = ("fp32", "fake8", "fake4", "bnb8", "bnb4", "random")  # qlbench.attack.robustness.PRECISIONS
+from qlbench.study.settings import ROBUST_PRECISIONS as PRECISIONS
 
 
 def _cell_options(f):
@@ -31,7 +31,7 @@ def _cell(config_files, study, model, rank, seed):
     from qlbench.study.grid import Cell
 
     st = load_study(config_files, study)
-    if st.settings.get("task") != "classification":
+    if st.tree.data.task != "classification":
         raise QlbenchError(f"study {st.name!r}: the robustness experiment needs `task: classification`")
     if model not in st.models:
         raise QlbenchError(f"study {st.name!r} has no model {model!r}; models: {', '.join(st.models)}")
@@ -47,7 +47,7 @@ def attack(config_files, study, model, rank, seed, cell_dir, threads, out):
     from qlbench.attack import robustness
 
     st, cell = _cell(config_files, study, model, rank, seed)
-    robustness.attack(st, cell, st.settings, Path(cell_dir), Path(out), threads)
+    robustness.attack(st, cell, st.tree, Path(cell_dir), Path(out), threads)
 
 
 @main.command("robust-eval")
@@ -62,7 +62,7 @@ def robust_eval(config_files, study, model, rank, seed, cell_dir, threads, preci
     from qlbench.attack import robustness
 
     st, cell = _cell(config_files, study, model, rank, seed)
-    robustness.evaluate(st, cell, st.settings, Path(cell_dir), Path(adversarial), precision, Path(out), threads)
+    robustness.evaluate(st, cell, st.tree, Path(cell_dir), Path(adversarial), precision, Path(out), threads)
 
 
 @main.command("robustness")

@@ -172,12 +172,12 @@ def sweep(
         raise QlbenchError(f"cells per job {cells_per_job}, cells at once {cells_at_once}: each must be 1 or more")
     files = [str(Path(f).resolve()) for f in config_files]
     st = studylib.load(studylib.read_config(files), study)
-    root = results or st.config.get("results", "results")
+    root = results or st.results
     outcome = SweepOutcome(st.name, root)
     cwd = os.getcwd()
     logs = Path(log_dir or Path(root) / st.name / "logs" / "sweep").resolve()
     config_args = [a for f in files for a in ("--config", f)]
-    gpus = st.settings["gpus"] if gpus is None else gpus
+    gpus = st.tree.runtime.gpus if gpus is None else gpus
     if parallel is None and executor == "local":  # jobs at once: each takes `threads` CPUs per cell it runs at once
         parallel = max(1, (os.cpu_count() or 1) // max(1, threads * min(cells_at_once, cells_per_job)))
 
@@ -235,7 +235,7 @@ def sweep(
 def _prepare_bases(st, config_args, cwd, submitter, poll_s, echo) -> None:
     from qlbench.data import models
 
-    resources = st.config.get("resources", "resources")
+    resources = st.resources
     for name in st.models:
         target = Path(models.base_dir(resources, name))
         if st.model(name)["source"] not in models.PREPARED or target.exists():

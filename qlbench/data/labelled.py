@@ -10,7 +10,7 @@ topics (`topics:`, one label each, in that order), utterances found in more than
 
 from __future__ import annotations
 
-from qlbench.data.example import Example
+from qlbench.data.example import Example, package_dir, shuffled, split
 from qlbench.errors import QlbenchError
 
 DEFAULT_TOPICS = ("ai", "coding", "emotion", "trivia")
@@ -29,9 +29,7 @@ def chatterbot_topics(spec: dict) -> list[Example]:
     """Every distinct utterance of each topic file, labelled with the topic."""
     import yaml
 
-    from qlbench.data.examples import _package_dir
-
-    folder = _package_dir("chatterbot_corpus", "chatterbot-corpus") / "data" / "english"
+    folder = package_dir("chatterbot_corpus", "chatterbot-corpus") / "data" / "english"
     topics = label_names(spec)
     missing = [t for t in topics if not (folder / f"{t}.yml").exists()]
     if missing:
@@ -74,8 +72,6 @@ def from_records(records, spec: dict, name: str) -> list[Example]:
 
 def load(spec: dict, name: str) -> tuple[list[Example], list[Example]]:
     """(train, eval) labelled examples of a classification dataset entry."""
-    from qlbench.data.examples import split
-
     if spec["source"] == "chatterbot":
         examples = chatterbot_topics(spec)
         held_out = None
@@ -89,23 +85,13 @@ def load(spec: dict, name: str) -> tuple[list[Example], list[Example]]:
     else:
         raise QlbenchError(f"dataset {name!r}: source {spec['source']!r} is not supported")
     if spec.get("max_examples"):
-        examples = _shuffled(examples)[: spec["max_examples"]]  # hub sets are often sorted by label
+        examples = shuffled(examples)[: spec["max_examples"]]  # hub sets are often sorted by label
     if held_out is None:
         train, held_out = split(examples, spec.get("eval_fraction", 0.1))
     else:
-        train, held_out = examples, _shuffled(held_out)
+        train, held_out = examples, shuffled(held_out)
     if spec.get("max_eval"):
         held_out = held_out[: spec["max_eval"]]
     if not train or not held_out:
         raise QlbenchError(f"dataset {name!r}: no examples")
     return train, held_out
-
-
-def _shuffled(examples: list[Example]) -> list[Example]:
-    import random
-
-    from qlbench.data.examples import SPLIT_SEED
-
-    order = list(range(len(examples)))
-    random.Random(SPLIT_SEED).shuffle(order)
-    return [examples[i] for i in order]

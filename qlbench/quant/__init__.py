@@ -1,20 +1,14 @@
 """Quantization backends, one file each: `fake` (simulated quantize-dequantize, any width) and `bnb` (bitsandbytes).
 
-A backend module exposes `apply(model, plan, settings) -> list[dict]`: it quantizes, in place, the modules the
-plan names at the widths it gives, and returns one statistics row per quantized module.
+A backend file declares what it can do (`BACKEND = qlbench.registry.Backend(...)`: formats and widths, whether it
+re-quantizes in place, its layout) and exposes `apply(model, plan, settings) -> list[dict]`: it quantizes, in
+place, the modules the plan names at the widths it gives, and returns one statistics row per quantized module.
+Adding a backend is adding its file (`qlbench settings` then lists it, and the config accepts it).
 """
 
 from __future__ import annotations
 
-import importlib
-
-BACKENDS = ("fake", "bnb")
-
-
-def backend(name: str):
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}")
-    return importlib.import_module(f"qlbench.quant.{name}")
+from qlbench.registry import backend_module as backend  # noqa: F401  (the one way a cell gets its backend)
 
 
 def plan(all_modules: list[str], masked: list[str], bits: int, high_bits: int) -> dict[str, int]:

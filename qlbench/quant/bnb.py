@@ -13,6 +13,17 @@ import torch
 
 from qlbench.quant.formats import is_conv1d
 from qlbench.quant.stats import error_stats
+from qlbench.registry import Backend
+
+# bitsandbytes' only 8-bit weight format is LLM.int8: with bnb, 8 bits is LLM.int8 whatever the format
+BACKEND = Backend(
+    name="bnb",
+    summary="bitsandbytes: real NF4 / FP4 (Linear4bit, double quant optional) and LLM.int8 (Linear8bitLt) weights",
+    widths={"int": (8,), "nf": (4, 8), "fp": (4, 8)},
+    linear_layout=True,
+    group_sizes="4 bits: blocks of 64 (or group_size); 8 bits: per row (LLM.int8)",
+    row_scaled=(8,),
+)
 
 INT8_THRESHOLD = 6.0  # LLM.int8's outlier threshold, transformers' default (llm_int8_threshold)
 QUANT_TYPE = {"nf": "nf4", "fp": "fp4"}
@@ -28,8 +39,8 @@ def _bnb():
     return bitsandbytes
 
 
-def _compute_dtype(settings: dict) -> torch.dtype:
-    return getattr(torch, settings.get("compute_dtype") or "float32")
+def _compute_dtype(settings) -> torch.dtype:
+    return getattr(torch, settings.runtime.compute_dtype or "float32")
 
 
 def _linear_weight(module) -> torch.Tensor:
@@ -38,17 +49,18 @@ def _linear_weight(module) -> torch.Tensor:
     return (w.t() if is_conv1d(module) else w).contiguous()
 
 
-def to_4bit(module, settings: dict, device: torch.device):
+def to_4bit(module, settings, device: torch.device):
     """An nn.Linear/Conv1D -> a quantized bnb Linear4bit on `device` (bitsandbytes quantizes on `.to(device)`)."""
     bnb = _bnb()
     w = _linear_weight(module)
     out_f, in_f = w.shape
-    quant_type = QUANT_TYPE[settings["format"]]
+    quant = settings.quant
+    quant_type = QUANT_TYPE[quant.format]
     new = bnb.nn.Linear4bit(in_f, out_f, bias=module.bias is not None, compute_dtype=_compute_dtype(settings),
-                            compress_statistics=bool(settings["double_quant"]), quant_type=quant_type,
+                            compress_statistics=bool(quant.double_quant), quant_type=quant_type,
                             device="meta")
-    new.weight = bnb.nn.Params4bit(w, requires_grad=False, blocksize=settings["group_size"] or 64,
-                                   compress_statistics=bool(settings["double_quant"]), quant_type=quant_type,
+    new.weight = bnb.nn.Params4bit(w, requires_grad=False, blocksize=quant.group_size or 64,
+                                   compress_statistics=bool(quant.double_quant), quant_type=quant_type,
                                    module=new).to(device)
     new.quant_state = new.weight.quant_state
     if module.bias is not None:
@@ -59,7 +71,7 @@ def to_4bit(module, settings: dict, device: torch.device):
     return new
 
 
-def to_8bit(module, settings: dict, device: torch.device):
+def to_8bit(module, device: torch.device):
     """An nn.Linear/Conv1D -> an LLM.int8 Linear8bitLt on `device` (frozen int8 weights, no fp16 copy)."""
     bnb = _bnb()
     w = _linear_weight(module)
@@ -103,7 +115,8 @@ def _set_module(model, name: str, new) -> None:
 
 
 @torch.no_grad()
-def apply(model, plan: dict[str, int], settings: dict) -> list[dict]:
+def apply(model, plan: dict[str, int], settings) -> list[dict]:
+    """`settings`: the cell's settings tree; the format is its `quant`, the 4-bit compute dtype its `runtime`'s."""
     modules = dict(model.named_modules())
     stats = []
     for name, bits in plan.items():
@@ -111,9 +124,9 @@ def apply(model, plan: dict[str, int], settings: dict) -> list[dict]:
         device = module.weight.device
         w = _linear_weight(module).float()
         if bits == 4:
-            new, fmt = to_4bit(module, settings, device), QUANT_TYPE[settings["format"]]
+            new, fmt = to_4bit(module, settings, device), QUANT_TYPE[settings.quant.format]
         elif bits == 8:
-            new, fmt = to_8bit(module, settings, device), "int8"
+            new, fmt = to_8bit(module, device), "int8"
         else:  # study.check_settings rejects these before any job starts
             raise ValueError(f"bitsandbytes cannot quantize to {bits} bits")
         _set_module(model, name, new)

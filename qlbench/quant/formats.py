@@ -160,9 +160,9 @@ def out_in(module, weight: torch.Tensor) -> torch.Tensor:
     return weight.t() if is_conv1d(module) else weight
 
 
-def quantize_module(module, weight: torch.Tensor, bits: int, settings: dict) -> torch.Tensor:
-    """A module's weight quantize-dequantized, back in its own storage layout (channels and blocks as nn.Linear's)."""
+def quantize_module(module, weight: torch.Tensor, bits: int, quant) -> torch.Tensor:
+    """A module's weight quantize-dequantized, back in its own storage layout (channels and blocks as nn.Linear's);
+    `quant`: the format (`qlbench.study.settings.Quant`)."""
     rows = out_in(module, weight.detach())
-    q = quantize(rows, bits, settings["format"], settings["symmetric"], settings["group_size"],
-                 settings.get("double_quant", False))
+    q = quantize(rows, bits, quant.format, quant.symmetric, quant.group_size, quant.double_quant)
     return out_in(module, q).contiguous()

@@ -30,7 +30,7 @@ def format_bytes(shape: tuple[int, int], bits: int, fmt: str, symmetric: bool = 
 
 def weight_mem_mb(model, stats: list[dict]) -> float:
     """The base's weights in MiB: every parameter at its dtype, except the quantized ones at `weight_bytes`."""
-    quantized = {s["module"] + ".weight" for s in stats}
+    quantized = {m["module"] + ".weight" for m in stats}
     seen, total = set(), 0
     for name, p in model.named_parameters():  # tied weights appear once
         key = (p.device, p.data_ptr())
@@ -38,4 +38,4 @@ def weight_mem_mb(model, stats: list[dict]) -> float:
             continue
         seen.add(key)
         total += p.numel() * p.element_size()
-    return (total + sum(s["weight_bytes"] for s in stats)) / 2**20
+    return (total + sum(m["weight_bytes"] for m in stats)) / 2**20

@@ -7,68 +7,22 @@ failure is one QlbenchError line that names the problem.
 from __future__ import annotations
 
 import copy
-import json
+import functools
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qlbench import registry
 from qlbench.errors import QlbenchError
-from qlbench.study import masks as masklang, targets
+from qlbench.study import masks as masklang, settings as settings_tree, targets
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 AXES = ("models", "bits", "ranks", "masks", "seeds", "n_train")
 
-# Settings a study may leave out; `qlbench run --set KEY=VALUE` may override any of them.
-DEFAULTS: dict = {
-    "format": "int",
-    "backend": "fake",
-    "symmetric": True,
-    "group_size": None,  # None: per output channel for int, 64 for nf/fp
-    "double_quant": False,
-    "high_bits": 16,
-    "adapter_bits": 16,
-    "bits_target": "base",  # what the cell's `bits` quantize: the base's masked layers, or the LoRA matrices
-    "act_bits": 16,  # per-token activation quantization of the quantized linears' inputs (16: off)
-    "kv_bits": 16,  # per-token quantization of attention keys and values (16: off)
-    "layer_bits": {},  # {mask: bits} pinned widths on top of the cell's mask and high_bits (QaLoF's per-layer map)
-    "switch_bits": [],  # QaLoF switchable precision: widths the masked layers cycle through, one adapter each
-    "switch_schedule": "cyclic",  # or random
-    "cpt_bits": [],  # cyclic precision training: [low, high] ([]: off)
-    "cpt_cycles": 32,  # CPT's periods over the run (QaLoF's num_cyclic_period)
-    "cpt_schedule": "cosine",  # or triangular
-    "eval_bits": [],  # widths the trained model is evaluated at without retraining ([]: the switchable/CPT widths)
-    "eval_maps": {},  # {label: {mask: bits}}: per-layer maps the trained model is evaluated on (unlisted: high_bits)
-    "eval_scan": None,  # {each: block|module, bits, rest}: the layer-wise scan of the trained model
-    "task": "causal_lm",  # qlbench.tasks: causal_lm | extractive_qa
-    "probe_bits": 0,  # reference cells estimate each module's sensitivity at this width (0: off)
-    "probe_batches": 4,
-    "targets": None,  # None: the architecture's attention input projection(s)
-    "lora_alpha": "2r",
-    "lora_dropout": 0.0,
-    "steps": 40,
-    "lr": 2e-3,
-    "warmup": 0.1,
-    "weight_decay": 0.0,
-    "optimizer": "adamw",  # or paged_adamw / paged_adamw_8bit (bitsandbytes' paged optimizers, as QLoRA)
-    "grad_clip": 1.0,
-    "batch_size": 16,
-    "seq_len": 128,
-    "eval_batches": None,
-    "grad_var_points": 0,
-    "checkpoint_every": 0,
-    "compute_dtype": "float32",
-    "base_dtype": "auto",  # the base's weights as loaded: auto = bfloat16 on a GPU, float32 on a CPU
-    "device": "auto",
-    "gpus": 0,
-    "fail": None,
-    "n_train": None,
-}
-# Which (format, bits) each backend can do; `fake` simulates anything from 2 to 8 bits. bitsandbytes' only 8-bit
-# weight format is LLM.int8, so with bnb, 8 bits (as bits or high_bits) is LLM.int8 whatever the format.
-BACKEND_BITS = {
-    "fake": {"int": range(2, 9), "nf": range(2, 9), "fp": (4,)},
-    "bnb": {"int": (8,), "nf": (4, 8), "fp": (4, 8)},
-}
+# Settings a study may leave out, with their defaults; `qlbench run --set KEY=VALUE` may override any setting. Their
+# one source (names, types, defaults, descriptions, identity) is qlbench.study.settings.
+DEFAULTS: dict = settings_tree.defaults()
 
 
 @dataclass(frozen=True)
@@ -81,8 +35,21 @@ class Study:
     seeds: list[int]
     n_train: list[int | None]
     targets: list[str | None]  # presets when `targets: {each: [...]}` makes them an axis, else [None]
-    settings: dict  # fixed settings, defaults filled in
+    settings: dict  # fixed settings, defaults filled in, flat as the config names them (what identities hash)
     config: dict = field(repr=False)  # the whole validated config
+
+    @property
+    def results(self) -> str:
+        return results_root(self.config)
+
+    @property
+    def resources(self) -> str:
+        return resources_root(self.config)
+
+    @functools.cached_property
+    def tree(self) -> settings_tree.Settings:
+        """The same settings, typed and frozen (`qlbench.study.settings`)."""
+        return settings_tree.build(self.settings)
 
     def model(self, name: str) -> dict:
         return self.config["models"][name]
@@ -90,6 +57,16 @@ class Study:
     def layout(self, model: str) -> masklang.Layout:
         spec = self.model(model)
         return masklang.layout(spec["arch"], spec["n_layer"])
+
+
+def results_root(config: dict) -> str:
+    """Where results go: the config's `results`, or results/."""
+    return config.get("results", "results")
+
+
+def resources_root(config: dict) -> str:
+    """Where prepared bases, tokenizers and tokenized data are cached: the config's `resources`, or resources/."""
+    return config.get("resources", "resources")
 
 
 def read_config(paths: list[str | Path]) -> dict:
@@ -125,11 +102,20 @@ def _merge(into: dict, new: dict) -> None:
             into[key] = value
 
 
+def schema() -> dict:
+    """config.schema.yaml with every setting's schema and description added to a study's properties (from
+    qlbench.study.settings; the backends and tasks the registry finds are the allowed values of theirs)."""
+    out = _yaml(SCHEMA_PATH.read_text())
+    out["$defs"]["study"]["properties"].update(
+        settings_tree.schema_properties(list(registry.backends()), list(registry.tasks())))
+    out["$defs"]["robustness"]["properties"]["precisions"]["items"] = {"enum": list(settings_tree.ROBUST_PRECISIONS)}
+    return out
+
+
 def check_schema(config: dict) -> None:
     import jsonschema
 
-    schema = _yaml(SCHEMA_PATH.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.path), list(map(str, e.path))))
     if errors:
         err = jsonschema.exceptions.best_match(errors)
@@ -208,18 +194,20 @@ def load(config: dict, study: str | None = None) -> Study:
 def check_settings(settings: dict, bits: list[int], where: str) -> None:
     """The checks between settings that a schema cannot say: can this backend do these bit widths?"""
     backend, fmt = settings["backend"], settings["format"]
-    allowed = BACKEND_BITS[backend][fmt]
+    declared = registry.backend(backend)
+    allowed = declared.widths.get(fmt, ())
     settings = {**DEFAULTS, **settings}
     base_bits = set(bits) if settings["bits_target"] == "base" else set()  # else `bits` go to the adapters
     for b in sorted(base_bits | {settings["high_bits"]} | set(settings["layer_bits"].values())):
         if b != 16 and b not in allowed:
             raise QlbenchError(
                 f"{where}: backend {backend!r} cannot quantize {fmt!r} at {b} bits "
-                f"(it can do {', '.join(map(str, allowed))}; the 'fake' backend simulates 2-8)"
+                f"(it can do {', '.join(map(str, allowed)) or 'no width in this format'}; {_simulated()})"
             )
     switch = settings["switch_bits"]
-    if switch and (backend != "fake" or any(b not in switch for b in bits if b < 16)):
-        raise QlbenchError(f"{where}.switch_bits {switch}: needs backend 'fake' and every quantized width of bits "
+    if switch and (not declared.requantizes or any(b not in switch for b in bits if b < 16)):
+        raise QlbenchError(f"{where}.switch_bits {switch}: needs a backend that re-quantizes in place "
+                           f"({_requantizing()}) and every quantized width of bits "
                            f"{sorted(b for b in bits if b < 16)} among its widths")
     check_precision(settings, bits, where)
     if settings["adapter_bits"] != 16 and not 2 <= settings["adapter_bits"] <= 8:
@@ -236,10 +224,10 @@ def check_precision(settings: dict, bits: list[int], where: str) -> None:
     from qlbench.study.schedules import cpt_period, cpt_width
 
     switch, cpt = settings["switch_bits"], settings["cpt_bits"]
-    changing = switch or cpt or settings["eval_bits"] or settings["eval_maps"] or settings["eval_scan"]
-    if changing and settings["backend"] != "fake":
-        raise QlbenchError(f"{where}: switch_bits, cpt_bits and eval_* need backend 'fake' (it re-quantizes kept "
-                           f"full-precision weights); backend is {settings['backend']!r}")
+    changing = settings_tree.group("precision", settings).changes
+    if changing and not registry.backend(settings["backend"]).requantizes:
+        raise QlbenchError(f"{where}: switch_bits, cpt_bits and eval_* need a backend that re-quantizes kept "
+                           f"full-precision weights ({_requantizing()}); backend is {settings['backend']!r}")
     if switch and cpt:
         raise QlbenchError(f"{where}: switch_bits and cpt_bits exclude each other (one adapter per width, or one)")
     if cpt:
@@ -262,6 +250,16 @@ def check_precision(settings: dict, bits: list[int], where: str) -> None:
                                f"{missing}")
 
 
+def _simulated() -> str:
+    """`the 'fake' backend simulates 2-8`: where the widths a backend lacks can be had."""
+    fake = registry.backend("fake").widths["int"]
+    return f"the 'fake' backend simulates {min(fake)}-{max(fake)}"
+
+
+def _requantizing() -> str:
+    return ", ".join(repr(n) for n, b in registry.backends().items() if b.requantizes)
+
+
 def parse_override(text: str) -> tuple[str, object]:
     """`KEY=VALUE` from `--set`, VALUE read as YAML (so 8 is an int, [c_attn] a list, true a bool)."""
     import yaml
@@ -269,8 +267,8 @@ def parse_override(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise QlbenchError(f"--set {text!r}: use KEY=VALUE")
-    if key not in DEFAULTS or key == "n_train":
-        names = ", ".join(sorted(k for k in DEFAULTS if k != "n_train"))
+    if key not in settings_tree.SPECS:
+        names = ", ".join(sorted(settings_tree.SPECS))
         raise QlbenchError(f"--set {key}: unknown setting (n_train is --n-train); settings: {names}")
     return key, yaml.safe_load(value)
 
@@ -295,7 +293,7 @@ def cell_identity(study: Study, cell, settings: dict | None = None) -> tuple[dic
     if cell.targets:  # the targets axis: the cell's own preset
         settings = {**settings, "targets": cell.targets}
     spec = study.model(cell.model)
-    identity = {k: v for k, v in settings.items() if k != "fail"}  # planted trouble changes no number
+    identity = settings_tree.identity(settings)  # planted trouble (`testing`) changes no number
     identity["targets"] = settings["targets"] or targets.DEFAULT_TARGETS[spec["arch"]]
     chash = config_hash({"model": spec, "dataset": study.config["datasets"][settings["dataset"]],
                          "settings": identity, "cell": cell.coords()})

@@ -24,6 +24,7 @@ _PATH = re.compile(
     r"^(?P<model>[^/]+)(?:/n(?P<n_train>\d+))?(?:/t(?P<targets>[a-z_]+))?/b(?P<bits>\d+)/r(?P<rank>\d+)/(?P<mask>[^/]+)"
     r"/s(?P<seed>\d+)$"
 )
+CELL_PATTERN = re.sub(r"\?P<\w+>", "?:", _PATH.pattern[1:-1])  # the same, unanchored, no names: for Snakemake
 
 
 @dataclass(frozen=True, order=True)

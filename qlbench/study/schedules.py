@@ -21,16 +21,3 @@ def cpt_width(step: int, low: int, high: int, period: int, schedule: str = "cosi
 def cpt_period(steps: int, cycles: int) -> int:
     """Steps per period: the run divided into `cycles` periods (QaLoF: max_steps / num_cyclic_period)."""
     return max(1, steps // cycles)
-
-
-def eval_widths(settings: dict) -> list[int]:
-    """The widths a trained model's masked layers are evaluated at: `eval_bits`, else the switchable widths, else
-    every integer width between CPT's bounds."""
-    if settings["eval_bits"]:
-        return list(settings["eval_bits"])
-    if settings["switch_bits"]:
-        return list(settings["switch_bits"])
-    if settings["cpt_bits"]:
-        low, high = settings["cpt_bits"]
-        return list(range(low, high + 1))
-    return []

@@ -26,6 +26,7 @@ PRESETS: dict[str, dict[str, list[str]]] = {
         "attn_mlp": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     },
 }
+PRESET_NAMES = tuple(PRESETS["gpt2"])  # the same names for every architecture
 DEFAULT_TARGETS = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}  # when a study names none
 FUSED_QKV = {"gpt2": "c_attn"}  # module whose output is [Q | K | V], in that order
 _SLICED = re.compile(r"^(?P<module>[\w.]+)\[(?P<parts>[qkv](?:,[qkv])*)\]$")

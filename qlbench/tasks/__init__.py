@@ -1,6 +1,7 @@
 """Tasks, one file each: what a cell trains and measures — the head on the base, the batches, the loss, the metrics.
 
 A task module exposes:
+- `TASK = qlbench.registry.Task(...)`: its declaration (read from the source, so the config's checks need no torch);
 - `NAME`, `HEAD` (the transformers auto class the base loads with), `PEFT_TASK` (peft's task type, or None) and
   `HEAD_MODULES` (modules of a new head that train beside the LoRA weights);
 - `prepare(tokenizer, train_examples, eval_examples, settings) -> Data` (`.train`, `.eval`, `.describe(n)`);
@@ -18,15 +19,7 @@ The cell's stages ask the task and stay the same. A batch is a tensor or a `Batc
 
 from __future__ import annotations
 
-import importlib
-
-TASKS = ("causal_lm", "extractive_qa", "classification")
-
-
-def get(name: str = "causal_lm"):
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
-    return importlib.import_module(f"qlbench.tasks.{name}")
+from qlbench.registry import task_module as get  # noqa: F401  (a task module by name)
 
 
 class Batch(dict):

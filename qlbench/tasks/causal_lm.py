@@ -13,9 +13,15 @@ from dataclasses import dataclass
 import torch
 
 from qlbench.errors import QlbenchError
+from qlbench.registry import Task
 from qlbench.tasks import generate
 
-NAME = "causal_lm"
+TASK = Task(
+    name="causal_lm",
+    summary="next-token loss and perplexity on held-out text; greedy generations",
+    metrics=(),
+)
+NAME = TASK.name
 HEAD = "AutoModelForCausalLM"
 PEFT_TASK = "CAUSAL_LM"
 HEAD_MODULES: tuple[str, ...] = ()  # the LM head is the base's own, frozen
@@ -34,11 +40,12 @@ class Data:
                 f"{len(self.eval_examples)} eval examples ({self.eval.shape[0]} blocks)")
 
 
-def prepare(tokenizer, train_examples: list, eval_examples: list, settings: dict) -> Data:
-    train_blocks = blocks(tokenizer, [e.text for e in train_examples], settings["seq_len"])
-    eval_blocks = blocks(tokenizer, [e.text for e in eval_examples], settings["seq_len"])
-    if settings["eval_batches"]:
-        eval_blocks = eval_blocks[: settings["eval_batches"] * settings["batch_size"]]
+def prepare(tokenizer, train_examples: list, eval_examples: list, settings) -> Data:
+    """`settings`: the cell's settings tree (its lengths and batches)."""
+    train_blocks = blocks(tokenizer, [e.text for e in train_examples], settings.train.seq_len)
+    eval_blocks = blocks(tokenizer, [e.text for e in eval_examples], settings.train.seq_len)
+    if settings.eval.eval_batches:
+        eval_blocks = eval_blocks[: settings.eval.eval_batches * settings.train.batch_size]
     return Data(train_blocks, eval_blocks, eval_examples)
 
 

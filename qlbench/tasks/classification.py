@@ -14,9 +14,15 @@ from dataclasses import dataclass
 import torch
 
 from qlbench.errors import QlbenchError
+from qlbench.registry import Task
 from qlbench.tasks import Batch
 
-NAME = "classification"
+TASK = Task(
+    name="classification",
+    summary="a linear head on the last token: accuracy",
+    metrics=("accuracy",),
+)
+NAME = TASK.name
 HEAD = "AutoModelForSequenceClassification"
 PEFT_TASK = "SEQ_CLS"  # peft then trains the new head (`score`) beside the LoRA weights (modules_to_save)
 HEAD_MODULES: tuple[str, ...] = ("score",)
@@ -54,15 +60,16 @@ def encode(tokenizer, texts: list[str], label_ids: list[int], seq_len: int) -> B
                  labels=torch.tensor(label_ids, dtype=torch.long))
 
 
-def prepare(tokenizer, train_examples: list, eval_examples: list, settings: dict) -> Data:
+def prepare(tokenizer, train_examples: list, eval_examples: list, settings) -> Data:
+    """`settings`: the cell's settings tree (its lengths and batches)."""
     names = sorted({e.response for e in train_examples + eval_examples})
     if len(names) < 2:
         raise QlbenchError(f"classification needs at least 2 labels; the data has {names}")
     index = {n: i for i, n in enumerate(names)}
     train = encode(tokenizer, [e.prompt for e in train_examples], [index[e.response] for e in train_examples],
-                   settings["seq_len"])
+                   settings.train.seq_len)
     held_out = encode(tokenizer, [e.prompt for e in eval_examples], [index[e.response] for e in eval_examples],
-                      settings["seq_len"])
+                      settings.train.seq_len)
     return Data(train, held_out, list(eval_examples), list(names))
 
 

@@ -15,10 +15,16 @@ from dataclasses import dataclass
 import torch
 
 from qlbench.errors import QlbenchError
+from qlbench.registry import Task
 from qlbench.tasks import Batch
 from qlbench.tasks.squad import best_over_answers, exact_match, f1
 
-NAME = "extractive_qa"
+TASK = Task(
+    name="extractive_qa",
+    summary="a span head picks the answer in its context: EM / F1 (SQuAD v1.1 normalisation)",
+    metrics=("em", "f1"),
+)
+NAME = TASK.name
 HEAD = "AutoModelForQuestionAnswering"
 PEFT_TASK = None  # peft's QUESTION_ANS would copy the head per adapter; one head is shared by every width
 HEAD_MODULES = ("qa_outputs",)  # the span head: new, trained beside the LoRA weights
@@ -86,12 +92,13 @@ def featurize(tokenizer, examples: list, seq_len: int) -> Features:
     return Features(batch, texts, offsets)
 
 
-def prepare(tokenizer, train_examples: list, eval_examples: list, settings: dict) -> Data:
-    train = featurize(tokenizer, train_examples, settings["seq_len"]).batch
+def prepare(tokenizer, train_examples: list, eval_examples: list, settings) -> Data:
+    """`settings`: the cell's settings tree (its lengths and batches)."""
+    train = featurize(tokenizer, train_examples, settings.train.seq_len).batch
     keep = train["start_positions"] >= 0
     if not keep.any():
         raise QlbenchError(f"no training answer fits in {settings['seq_len']} tokens")
-    evaluated = featurize(tokenizer, eval_examples, settings["seq_len"])
+    evaluated = featurize(tokenizer, eval_examples, settings.train.seq_len)
     return Data(train=train[keep], eval=evaluated.batch, eval_features=evaluated, eval_examples=list(eval_examples))
 
 

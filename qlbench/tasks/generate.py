@@ -2,7 +2,7 @@
 output — what the similarity aggregate compares between a quantized cell and its 16-bit reference, model-free.
 
 The probe set is the first `N_PROBES` held-out examples of the dataset: the held-out split is fixed per dataset
-(`qlbench.data.examples.SPLIT_SEED`), so every cell of every study on that dataset answers the same prompts.
+(`qlbench.data.example.SPLIT_SEED`), so every cell of every study on that dataset answers the same prompts.
 """
 
 from __future__ import annotations

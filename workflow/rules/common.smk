@@ -10,8 +10,8 @@ from qlbench.study import config as studylib
 from qlbench.study.identities import cell_identities
 from qlbench.errors import QlbenchError
 
-RESULTS = config.get("results", "results")
-RESOURCES = config.get("resources", "resources")
+RESULTS = studylib.results_root(config)
+RESOURCES = studylib.resources_root(config)
 _extra = set(workflow.config_settings.config or {}) - {"study"}
 if _extra:
     sys.exit(
@@ -28,7 +28,7 @@ IDENTITY = {c.path: h for c, (_, h) in zip(CELLS, cell_identities(STUDY, CELLS))
 # A GPU from the cluster only when the study asks for one (`gpus:`), as GRES: a string resource, which a pack (group
 # job) asks for once however many of its cells run at once, so they share the job's GPUs (cells per GPU); an
 # integer `gpu` would be summed over them
-GPUS = {"gres": f"gpu:{STUDY.settings['gpus']}"} if STUDY.settings["gpus"] else {}
+GPUS = {"gres": f"gpu:{STUDY.tree.runtime.gpus}"} if STUDY.tree.runtime.gpus else {}
 # every qlbench command reads the same config files Snakemake read
 ENV = "../envs/qlbench.yaml"
 CONFIG_ARGS = " ".join(f"--config {shlex.quote(str(f))}" for f in workflow.configfiles)
@@ -37,7 +37,7 @@ CONFIG_ARGS = " ".join(f"--config {shlex.quote(str(f))}" for f in workflow.confi
 wildcard_constraints:
     study=r"[^/]+",
     model=r"[^/]+",
-    cell=r"[^/]+(/n\d+)?(/t[a-z_]+)?/b\d+/r\d+/[^/]+/s\d+",
+    cell=gridlib.CELL_PATTERN,
 
 
 def cell_dir(cell):
@@ -75,9 +75,10 @@ def budget_args():
     """The sensitivity checkpoint's budget: with module sizes (probe_bits > 0), an average of bits per weight
     halfway between the lowest scanned width and high_bits (6 for 4-bit modules in an 8-bit model), solved as an
     integer program; without them, half the blocks/modules by count."""
-    low = [b for b in STUDY.bits if b < STUDY.settings["high_bits"]]
-    if STUDY.settings.get("probe_bits") and low:
-        return f"--budget-bits {(min(low) + STUDY.settings['high_bits']) / 2:g}"
+    high = STUDY.tree.quant.high_bits
+    low = [b for b in STUDY.bits if b < high]
+    if STUDY.tree.eval.probe_bits and low:
+        return f"--budget-bits {(min(low) + high) / 2:g}"
     return "--budget 0.5"
 
 

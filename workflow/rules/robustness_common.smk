@@ -1,15 +1,15 @@
 # Input functions of robustness.smk (QaLoF's adversarial-robustness experiment), kept apart from its rules.
-ROBUST_PRECISIONS = ("fp32", "fake8", "fake4", "bnb8", "bnb4", "random")
+from qlbench.study.settings import ROBUST_PRECISIONS
 
 
 def robustness_cells():
-    if STUDY.settings.get("task") != "classification" or not STUDY.settings.get("robustness"):
+    if STUDY.tree.data.task != "classification" or not STUDY.tree.data.robustness:
         return []
     return [c for c in CELLS if c.bits == 16]
 
 
 def robustness_rows(wildcards):
-    precisions = STUDY.settings["robustness"].get("precisions", ROBUST_PRECISIONS)
+    precisions = STUDY.tree.data.robustness.get("precisions", ROBUST_PRECISIONS)
     root = f"{RESULTS}/{STUDY.name}/robustness"
     return [f"{root}/{c.path}/{p}.parquet" for c in robustness_cells() for p in precisions]
 

@@ -6,11 +6,13 @@ fails (or is killed) in a pack fails alone, and Snakemake and `qlbench sweep` ke
     qlbench run --warm ...   # a client: forwards its arguments, working directory, environment and stdio
     QLBENCH_WARM=0 qlbench run --warm ...   # the same cell in a fresh process (for comparisons)
 
-The server starts on the first client's request (a detached `python -m qlbench.cli.warm SOCKET`), serves any number
+The server starts on the first client's request (a detached `python -m qlbench.cluster.warm SOCKET`), serves any number
 of clients at once, and exits after IDLE_S without one. Its socket's name hashes the interpreter, the package's
 source files and the environment variables read at import time, so edited code or another setup gets a server of
 its own, never a stale one. Fork-safety: the server only imports (no torch op, no thread pool, no CUDA) and is
 single-threaded; each child seeds and sets its threads as a fresh process would, so rows are bit-identical.
+
+The server knows the command it serves by name (ENTRY): it sits with the cluster code, below the CLI it runs.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signa
 # must not serve this client
 IMPORT_ENV = ("HF_", "TRANSFORMERS_", "TOKENIZERS_", "OMP_", "MKL_", "CUDA_", "PYTORCH_", "TORCH", "BNB_",
               "PYTHON", "SLURM_JOB_ID", "QLBENCH_")
+ENTRY = ("qlbench.cli", "main")  # what a child runs: the `qlbench` command, with the client's argv
 PRELOAD = ("torch", "transformers", "peft", "safetensors.torch", "polars", "qlbench.cli", "qlbench.cell.run",
            "qlbench.cell.context", "qlbench.cell.load", "qlbench.cell.quantize", "qlbench.cell.attach",
            "qlbench.cell.evaluate", "qlbench.cell.train", "qlbench.cell.write", "qlbench.tasks",
@@ -102,7 +105,7 @@ def _connect(path: str) -> socket.socket | None:
         if server is None:
             # from the package's parent folder, so the server imports this very package (not a `qlbench/` in cwd)
             with open(path + ".log", "ab") as log:  # the server's own trouble, if any, lands here
-                server = subprocess.Popen([sys.executable, "-m", "qlbench.cli.warm", path], start_new_session=True,
+                server = subprocess.Popen([sys.executable, "-m", "qlbench.cluster.warm", path], start_new_session=True,
                                           cwd=Path(__file__).resolve().parents[2], stdin=subprocess.DEVNULL,
                                           stdout=log, stderr=log)
         # a server that failed (0 is one that found another starting: wait for that one), or no answer in time
@@ -195,8 +198,9 @@ def _child(request: dict, fds: list[int]) -> int:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"], QLBENCH_WARM_PARENT=str(os.getppid()))  # `qlbench run` says it was warm
-    from qlbench.cli import main
+    import importlib
 
+    main = getattr(importlib.import_module(ENTRY[0]), ENTRY[1])
     try:
         main(args=request["argv"], prog_name="qlbench")
         code = 0

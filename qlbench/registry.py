@@ -1,0 +1,102 @@
+"""What each quantization backend and each task can do, as its own file declares it — read without importing it.
+
+A backend is one file in `qlbench/quant/` (or in a folder on `QLBENCH_BACKENDS`, for a backend of one's own) that
+holds `BACKEND = Backend(...)` with literal arguments and `apply(model, plan, quant) -> list[dict]`; a task is one
+file in `qlbench/tasks/` that holds `TASK = Task(...)`. The declarations are read from the files' source (the
+arguments are literals), so the config's checks, `qlbench settings` and the aggregates learn what every backend and
+task can do without importing torch — and this module, below `study/` (the floors of `tests/test_structure.py`),
+never imports the rooms it describes. A cell imports the one it runs (`backend_module`, `task_module`).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
+BACKENDS_ENV = "QLBENCH_BACKENDS"  # folders (os.pathsep-separated) of backend files of one's own
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    summary: str
+    widths: dict[str, tuple[int, ...]]  # format -> the widths it can quantize (16 is always "left alone")
+    requantizes: bool = False  # can re-quantize a module in place from kept full-precision weights (QaLoF's modes)
+    linear_layout: bool = False  # replaces GPT-2's Conv1D (in, out) by an (out, in) Linear: LoRA's fan_in_fan_out off
+    group_sizes: str = ""  # which block / group sizes it takes (for `qlbench settings`)
+    row_scaled: tuple[int, ...] = ()  # widths whose weights keep one scale per row (LLM.int8): bytes depend on shape
+    source: str = ""  # the file that declares it (filled in by the registry)
+
+    def can(self, fmt: str, bits: int) -> bool:
+        return bits == 16 or bits in self.widths.get(fmt, ())
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    summary: str
+    metrics: tuple[str, ...] = ()  # the row's task metrics beyond the loss
+    source: str = ""
+
+
+def backends() -> dict[str, Backend]:
+    """name -> declaration of every backend: qlbench's own, then those in the folders on QLBENCH_BACKENDS."""
+    return _backends(os.environ.get(BACKENDS_ENV, ""))
+
+
+@functools.cache
+def _backends(extra: str) -> dict[str, Backend]:
+    folders = [PACKAGE / "quant"] + [Path(p) for p in extra.split(os.pathsep) if p]
+    return {d.name: d for f in folders for d in _declared(f, "BACKEND", Backend)}
+
+
+@functools.cache
+def tasks() -> dict[str, Task]:
+    return {d.name: d for d in _declared(PACKAGE / "tasks", "TASK", Task)}
+
+
+def backend(name: str) -> Backend:
+    found = backends()
+    if name not in found:
+        raise KeyError(f"unknown backend {name!r}; backends: {', '.join(found)}")
+    return found[name]
+
+
+def backend_module(name: str):
+    """The backend's file, imported (its `apply`, torch and all)."""
+    source = Path(backend(name).source)
+    if source.parent == PACKAGE / "quant":
+        return importlib.import_module(f"qlbench.quant.{name}")
+    module_name = f"qlbench_backend_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, source)
+        sys.modules[module_name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
+def task_module(name: str):
+    if name not in tasks():
+        raise KeyError(f"unknown task {name!r}; tasks: {', '.join(tasks())}")
+    return importlib.import_module(f"qlbench.tasks.{name}")
+
+
+def _declared(folder: Path, variable: str, kind: type) -> list:
+    """The `variable = kind(...)` declarations at the top level of the .py files in `folder`, in file-name order."""
+    out = []
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if (isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [variable]
+                    and isinstance(node.value, ast.Call)):
+                kwargs = {k.arg: ast.literal_eval(k.value) for k in node.value.keywords}
+                if kwargs.get("name") != path.stem:
+                    raise ValueError(f"{path}: {variable} must be named {path.stem!r} (the file's name)")
+                out.append(kind(**kwargs, source=str(path)))
+    return out

@@ -1,0 +1,349 @@
+"""Every setting of a cell, once: its name, type, default, allowed values (a JSON-schema fragment), description, and
+whether it belongs to the cell's identity — and the typed, frozen tree a cell's stages read.
+
+A study's config names settings flat (`steps: 40`, `backend: bnb`), as users write them; here each flat name is a
+field of one group (`train.steps`, `quant.backend`), and each stage takes the group it uses. From this one table
+come the study schema's settings (`config.schema.yaml` holds the axes, models and datasets), `qlbench settings`,
+`qlbench run --help`, the defaults, the identity (`testing` changes no number, so it stays out of the hash by
+type) and the settings a cell's tokenized data depends on.
+
+Why dataclasses and not pydantic: the study's config is already validated by its JSON schema before a tree is
+built, so the tree needs no validation of its own; frozen dataclasses import in microseconds (every cell and every
+`qlbench` command builds one) and add no dependency.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from qlbench.study.targets import PRESET_NAMES
+
+REQUIRED = dataclasses.MISSING  # a setting every study must give (its dataset)
+
+
+def setting(default: Any, doc: str, schema: dict, *, key: str | None = None, optional: bool = False,
+            data: bool | None = None):
+    """A field of the tree. `key`: its flat name in the config (default: the field's name); `optional`: absent from a
+    cell's settings unless the study gives it (so the identities of studies without it stay as they were);
+    `data`: whether a task's `prepare` may read it (a cell's tokenized data is cached by those settings); unset: no
+    for the groups in DATA_BLIND_GROUPS, yes for every other (a setting added there is in the cache key unless
+    marked: a needless cache miss costs a second, a wrong hit the numbers)."""
+    meta = {"doc": doc, "schema": schema, "key": key, "optional": optional, "data": data}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: _frozen(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _frozen(value):
+    """Lists become tuples and mappings read-only, all the way down: a frozen tree holds nothing mutable."""
+    if isinstance(value, dict):
+        return types.MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def thawed(value):
+    """The plain (JSON) form of a frozen value."""
+    if isinstance(value, types.MappingProxyType):
+        return {k: thawed(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thawed(v) for v in value]
+    return value
+
+
+_BITS = {"$ref": "#/$defs/bits"}
+_WIDTH = {"type": "integer", "minimum": 2, "maximum": 8}
+
+
+@dataclass(frozen=True)
+class Scan:
+    """QaLoF's layer-wise scan of a trained model: every module at `rest`, one block or module at a time at `bits`."""
+    each: str
+    bits: int
+    rest: int
+
+
+@dataclass(frozen=True)
+class Quant:
+    """How the base (or the adapters) are quantized."""
+    format: str = setting("int", "int: min-max per output channel; nf: normal-float blockwise absmax; fp: FP4",
+                          {"enum": ["int", "nf", "fp"]})
+    backend: str = setting("fake", "the quantizer (`qlbench settings` lists each backend's formats and widths)",
+                           {"$backends": True})
+    symmetric: bool = setting(True, "int: a symmetric grid around zero (else min-max with a zero point)",
+                              {"type": "boolean"})
+    group_size: int | None = setting(None, "block size for nf/fp, or int groups (0 or unset: per output channel for "
+                                           "int, 64 for nf/fp)", {"type": "integer", "minimum": 0})
+    double_quant: bool = setting(False, "quantize the block scales again (QLoRA's double quantization)",
+                                 {"type": "boolean"})
+    high_bits: int = setting(16, "bit width of the layers outside the mask", {"enum": [16, 8]})
+    adapter_bits: int = setting(16, "bit width of LoRA's A and B (16: not quantized)", _BITS)
+    bits_target: str = setting("base", "what `bits` quantizes: the base's masked layers, or LoRA's A and B (the "
+                                       "bounds study's noise model)", {"enum": ["base", "adapter"]})
+    act_bits: int | str = setting(16, "per-token activation quantization of quantized linears' inputs (16: off; "
+                                      "follow: each layer's own width, QaLoF)",
+                                  {"oneOf": [_BITS, {"const": "follow"}]})
+    kv_bits: int | str = setting(16, "per-token quantization of attention keys and values (16: off; follow: their "
+                                     "projection's width)", {"oneOf": [_BITS, {"const": "follow"}]})
+    layer_bits: Mapping[str, int] = setting(
+        {}, "{mask: bits}: widths pinned per layer on top of the cell's mask (QaLoF's per-layer bit map)",
+        {"type": "object", "additionalProperties": _BITS})
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Widths that change after quantization (QaLoF): switchable adapters, cyclic precision training, evaluation of
+    the trained model at other widths."""
+    switch_bits: tuple[int, ...] = setting(
+        [], "QaLoF switchable precision: widths the masked layers switch between, one LoRA adapter each ([]: off)",
+        {"type": "array", "items": _WIDTH, "uniqueItems": True})
+    switch_schedule: str = setting("cyclic", "switchable: the width of each step, in turn (cyclic) or drawn (random)",
+                                   {"enum": ["cyclic", "random"]})
+    cpt_bits: tuple[int, ...] = setting(
+        [], "cyclic precision training (CPT): [low, high]; one adapter, the masked layers' width cycling between "
+            "them ([]: off)", {"type": "array", "items": _WIDTH, "minItems": 2, "maxItems": 2})
+    cpt_cycles: int = setting(32, "CPT: periods over the run (QaLoF's num_cyclic_period: 32)",
+                              {"type": "integer", "minimum": 1})
+    cpt_schedule: str = setting("cosine", "CPT: the width's shape within a period",
+                                {"enum": ["cosine", "triangular"]})
+    eval_bits: tuple[int, ...] = setting(
+        [], "widths the trained model's masked layers are evaluated at without retraining ([]: the switchable "
+            "widths, or CPT's range)", {"type": "array", "items": _WIDTH, "uniqueItems": True})
+    eval_maps: Mapping[str, Mapping[str, int]] = setting(
+        {}, "{label: {mask: bits}}: per-layer maps the trained model is evaluated on (QaLoF's hybrid), applied in "
+            "order over the cell's own widths (unlisted layers: high_bits)",
+        {"type": "object", "additionalProperties": {"type": "object", "additionalProperties":
+                                                    {"type": "integer", "minimum": 2, "maximum": 16}}})
+    eval_scan: Scan | None = setting(
+        None, "QaLoF's layer-wise scan of the trained model: every module at `rest`, one block or module at `bits`",
+        {"oneOf": [{"type": "null"}, {"type": "object", "additionalProperties": False,
+                                      "required": ["each", "bits", "rest"],
+                                      "properties": {"each": {"enum": ["block", "module"]}, "bits": _WIDTH,
+                                                     "rest": {"type": "integer", "minimum": 2, "maximum": 16}}}]})
+
+    @property
+    def trains_switching(self) -> bool:
+        """Does training change the masked layers' width step by step (switchable adapters or CPT)?"""
+        return bool(self.switch_bits or self.cpt_bits)
+
+    @property
+    def eval_widths(self) -> list[int]:
+        """The widths a trained model's masked layers are evaluated at: `eval_bits`, else the switchable widths, else
+        every integer width between CPT's bounds."""
+        if self.eval_bits or self.switch_bits:
+            return list(self.eval_bits or self.switch_bits)
+        if self.cpt_bits:
+            low, high = self.cpt_bits
+            return list(range(low, high + 1))
+        return []
+
+    @property
+    def changes(self) -> bool:
+        """Do any widths change after quantization — in training, or when the trained model is evaluated?"""
+        return self.trains_switching or bool(self.eval_bits or self.eval_maps or self.eval_scan)
+
+
+@dataclass(frozen=True)
+class Lora:
+    """The adapters: where they go and how they scale."""
+    targets: Any = setting(None, "LoRA targets: a preset (qv, kv, attn, attn_mlp), or module names; `c_attn[q,v]` "
+                                 "adapts only those slices of GPT-2's fused QKV; {each: [presets]} makes them an axis "
+                                 "(unset: the architecture's attention input projection)",
+                           {"oneOf": [{"enum": list(PRESET_NAMES)},
+                                      {"type": "array", "minItems": 1,
+                                       "items": {"type": "string",
+                                                 "pattern": "^[A-Za-z0-9_.]+(\\[[qkv](,[qkv])*\\])?$"}},
+                                      {"type": "object", "additionalProperties": False, "required": ["each"],
+                                       "properties": {"each": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                                               "items": {"enum": list(PRESET_NAMES)}}}}]})
+    alpha: float | str = setting("2r", "LoRA's alpha: a number, or a multiple of the rank (`2r`)",
+                                 {"oneOf": [{"type": "number", "exclusiveMinimum": 0},
+                                            {"type": "string", "pattern": "^[0-9]*\\.?[0-9]*r$"}]},
+                                 key="lora_alpha")
+    dropout: float = setting(0.0, "dropout on LoRA's input", {"type": "number", "minimum": 0, "maximum": 1},
+                             key="lora_dropout")
+
+
+@dataclass(frozen=True)
+class Train:
+    """The training loop."""
+    steps: int = setting(40, "optimizer steps", {"type": "integer", "minimum": 1}, data=False)
+    lr: float = setting(2e-3, "peak learning rate", {"type": "number", "exclusiveMinimum": 0}, data=False)
+    warmup: float = setting(0.1, "fraction of the steps with a linear warm-up (then cosine decay)",
+                            {"type": "number", "minimum": 0, "maximum": 1}, data=False)
+    weight_decay: float = setting(0.0, "AdamW's weight decay", {"type": "number", "minimum": 0}, data=False)
+    optimizer: str = setting("adamw", "torch AdamW, or bitsandbytes' paged AdamW (QLoRA)",
+                             {"enum": ["adamw", "paged_adamw", "paged_adamw_8bit"]}, data=False)
+    grad_clip: float = setting(1.0, "gradient-norm clip (0: none)", {"type": "number", "minimum": 0}, data=False)
+    batch_size: int = setting(16, "examples per step (and per evaluation batch)", {"type": "integer", "minimum": 1})
+    seq_len: int = setting(128, "tokens per example", {"type": "integer", "minimum": 8})
+    checkpoint_every: int = setting(0, "steps between checkpoints a killed cell resumes from (0: none)",
+                                    {"type": "integer", "minimum": 0}, data=False)
+
+
+@dataclass(frozen=True)
+class Eval:
+    """What is measured besides the training curve."""
+    eval_batches: int | None = setting(None, "evaluate on the first N batches of the held-out set (unset: all)",
+                                       {"type": "integer", "minimum": 1})
+    probe_bits: int = setting(0, "reference cells estimate per-module sensitivity (Fisher x noise) at this width "
+                                 "(0: off)", {"type": "integer", "minimum": 0, "maximum": 8}, data=False)
+    probe_batches: int = setting(4, "batches the sensitivity probe reads", {"type": "integer", "minimum": 1}, data=False)
+    grad_var_points: int = setting(0, "training steps at which the gradient variance is measured (0: none)",
+                                   {"type": "integer", "minimum": 0}, data=False)
+
+
+@dataclass(frozen=True)
+class Data:
+    """What the cell learns from."""
+    dataset: str = setting(REQUIRED, "the dataset's name in the config's `datasets`", {"type": "string"})
+    task: str = setting("causal_lm", "what a cell trains and measures (`qlbench settings` lists the tasks)",
+                        {"$tasks": True})
+    robustness: Mapping[str, Any] | None = setting(
+        None, "QaLoF's GBDA experiment (task classification): attack each 16-bit cell once, evaluate it at each "
+              "precision", {"$ref": "#/$defs/robustness"}, optional=True)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and in what arithmetic a cell runs."""
+    compute_dtype: str = setting("float32", "the dtype of the forward pass (autocast; float32: none)",
+                                 {"enum": ["float32", "bfloat16", "float16"]})
+    base_dtype: str = setting("auto", "the base's weights as loaded; auto: bfloat16 on a GPU, float32 on a CPU",
+                              {"enum": ["auto", "float32", "bfloat16", "float16"]})
+    device: str = setting("auto", "auto: a GPU where one is visible, else the CPU", {"enum": ["auto", "cpu", "cuda"]})
+    gpus: int = setting(0, "GPUs a cell asks the cluster for", {"type": "integer", "minimum": 0})
+
+
+@dataclass(frozen=True)
+class Testing:
+    """Planted trouble for the tests: it changes no number, so it is never part of a cell's identity."""
+    fail: Any = setting(None, "testing only: first, always, kill@STEP or mem@MB, optionally :CELL-PATTERN "
+                              "(qlbench.study.fail)", {"oneOf": [{"type": "string"},
+                                                                 {"type": "array", "items": {"type": "string"}}]})
+
+
+# the robustness study's precisions: the attacked model, PTQ at 8 / 4 bits per backend, random precision inference
+ROBUST_PRECISIONS = ("fp32", "fake8", "fake4", "bnb8", "bnb4", "random")
+NOT_IDENTITY = ("testing",)  # groups that change no number
+DATA_BLIND_GROUPS = ("quant", "precision", "lora", "runtime", "testing")  # read after the data is made, never by it
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A cell's settings, typed and frozen; each stage reads its group."""
+    data: Data
+    quant: Quant = field(default_factory=Quant)
+    precision: Precision = field(default_factory=Precision)
+    lora: Lora = field(default_factory=Lora)
+    train: Train = field(default_factory=Train)
+    eval: Eval = field(default_factory=Eval)
+    runtime: Runtime = field(default_factory=Runtime)
+    testing: Testing = field(default_factory=Testing)
+
+    def replace(self, **flat) -> "Settings":
+        """A copy with some settings changed, by their flat names (`replace(backend="fake")`)."""
+        groups: dict[str, dict] = {}
+        for key, value in flat.items():
+            spec = SPECS[key]
+            groups.setdefault(spec.group, {})[spec.field] = _typed(spec, value)
+        return dataclasses.replace(self, **{g: dataclasses.replace(getattr(self, g), **v) for g, v in groups.items()})
+
+    def value(self, key: str):
+        """One setting by its flat name (for tables and messages; stages read their group)."""
+        spec = SPECS[key]
+        return getattr(getattr(self, spec.group), spec.field)
+
+
+@dataclass(frozen=True)
+class Spec:
+    key: str  # the flat name in the config
+    group: str
+    field: str
+    type: str
+    default: Any  # REQUIRED when a study must give it
+    doc: str
+    schema: dict
+    identity: bool
+    optional: bool
+    data: bool
+
+
+def _specs() -> dict[str, Spec]:
+    out = {}
+    for group in dataclasses.fields(Settings):
+        for f in dataclasses.fields(GROUPS[group.name]):
+            m = f.metadata
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            key = m["key"] or f.name
+            data = m["data"] if m["data"] is not None else group.name not in DATA_BLIND_GROUPS
+            out[key] = Spec(key, group.name, f.name, str(f.type), default, m["doc"], m["schema"],
+                            group.name not in NOT_IDENTITY, m["optional"], data)
+    return out
+
+
+GROUPS = {"data": Data, "quant": Quant, "precision": Precision, "lora": Lora, "train": Train, "eval": Eval,
+           "runtime": Runtime, "testing": Testing}
+SPECS: dict[str, Spec] = _specs()
+
+
+def _typed(spec: Spec, value):
+    if spec.key == "eval_scan" and isinstance(value, dict):
+        return Scan(**value)
+    return _frozen(value)
+
+
+def defaults() -> dict:
+    """The flat settings a study may leave out, with their defaults (plain lists and dicts: a fresh copy each call)."""
+    return {k: thawed(s.default) for k, s in SPECS.items() if s.default is not REQUIRED and not s.optional}
+
+
+def build(flat: dict) -> Settings:
+    """The tree of a cell's flat settings (a validated study's, defaults filled in)."""
+    unknown = set(flat) - set(SPECS)
+    if unknown:
+        raise KeyError(f"unknown settings: {', '.join(sorted(unknown))}")
+    groups: dict[str, dict] = {g: {} for g in GROUPS}
+    for key, value in flat.items():
+        spec = SPECS[key]
+        groups[spec.group][spec.field] = _typed(spec, value)
+    return Settings(**{g: GROUPS[g](**v) for g, v in groups.items()})
+
+
+def group(name: str, flat: dict):
+    """One group of the tree from those of `flat`'s settings that belong to it (the rest at their defaults)."""
+    fields = {s.field: _typed(s, flat[k]) for k, s in SPECS.items() if s.group == name and k in flat}
+    return GROUPS[name](**fields)
+
+
+def tree(**flat) -> Settings:
+    """The defaults with these settings changed, as a tree (for tests and notebooks: a study's cells build theirs
+    from its config)."""
+    return build({**defaults(), "dataset": "(none)", **flat})
+
+
+def identity(flat: dict) -> dict:
+    """The settings that determine a cell's numbers: all but the `testing` group's."""
+    return {k: v for k, v in flat.items() if SPECS[k].identity}
+
+
+def data_keys() -> set[str]:
+    """The settings a cell's tokenized data may depend on."""
+    return {k for k, s in SPECS.items() if s.data}
+
+
+def schema_properties(backends: list[str], tasks: list[str]) -> dict:
+    """The JSON-schema properties of every setting, descriptions included, for a study's schema."""
+    out = {}
+    for key, spec in SPECS.items():
+        fragment = dict(spec.schema)
+        if fragment.pop("$backends", False):
+            fragment["enum"] = backends
+        if fragment.pop("$tasks", False):
+            fragment["enum"] = tasks
+        out[key] = {**fragment, "description": spec.doc}
+    return out
