@@ -10,6 +10,7 @@ import torch
 
 from qlbench.data import labelled
 from qlbench.tasks import classification as task
+from qlbench.study.settings import tree
 
 TOPICS = {"source": "chatterbot", "format": "classification", "topics": ["ai", "emotion", "psychology", "trivia"],
           "per_class": 120, "eval_fraction": 0.2}
@@ -56,7 +57,7 @@ def examples(pairs):
 
 def test_prepare_right_pads_and_numbers_labels_in_sorted_order():
     data = task.prepare(Tok(), examples([("a b c", "pos"), ("d", "neg")]), examples([("a b c d e", "neg")]),
-                        {"seq_len": 4})
+                        tree(seq_len=4))
     assert data.labels == ["neg", "pos"]
     assert data.train["input_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
     assert data.train["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
@@ -66,7 +67,7 @@ def test_prepare_right_pads_and_numbers_labels_in_sorted_order():
 
 def test_accuracy_is_counted_by_hand():
     data = task.prepare(Tok(), examples([("x", "a"), ("y", "b")]),
-                        examples([("p", "a"), ("q", "b"), ("r", "b"), ("s", "a")]), {"seq_len": 4})
+                        examples([("p", "a"), ("q", "b"), ("r", "b"), ("s", "a")]), tree(seq_len=4))
 
     class Fixed(torch.nn.Module):  # says label 1 ("b") for every text
         def forward(self, input_ids, attention_mask):
@@ -88,8 +89,6 @@ def test_a_cells_adapter_rebuilds_the_same_classifier(tmp_path):
     torch.manual_seed(0)
     lm = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2))
     head = {"num_labels": 3, "pad_token_id": 0}
-    from qlbench.study.settings import tree
-
     settings = tree(targets=["c_attn"], lora_alpha=16, lora_dropout=0.0, backend="fake")
     trained = lora.attach(classifier_from_lm(lm, head), 4, settings, "gpt2", task_type=task.PEFT_TASK,
                           head_modules=task.HEAD_MODULES)

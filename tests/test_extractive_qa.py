@@ -8,6 +8,7 @@ import torch
 
 from qlbench.data.example import Example
 from qlbench.tasks import extractive_qa as qa
+from qlbench.study.settings import tree
 
 SET = [  # context, answer, the span the "model" predicts
     ("Botany is the study of what? The plants.\nWho wrote Hamlet? Shakespeare", "The plants.", "plants."),
@@ -51,7 +52,7 @@ def test_em_f1_equal_squad_v11_by_hand(tokenizer):
     "Richard Nixon" (EM 0; P 1, R 1/2: F1 2/3); "shot? 1963" for "1963" (EM 0; P 1/2, R 1: F1 2/3).
     SQuAD v1.1: EM 100/3 = 33.33, F1 100 * (1 + 2/3 + 2/3) / 3 = 77.78."""
     exs = examples()
-    data = qa.prepare(tokenizer, exs, exs, {"seq_len": 64})
+    data = qa.prepare(tokenizer, exs, exs, tree(seq_len=64))
     feats = data.eval_features
     start = torch.full(data.eval["input_ids"].shape, -10.0)
     end = start.clone()

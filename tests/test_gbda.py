@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from qlbench.attack.gbda import GBDA, GBDASettings, bert_score, idf_weights, log_perplexity, margin_loss
+from qlbench.study.settings import tree
 
 
 def tiny_lm(vocab=40, seed=0):
@@ -95,7 +96,7 @@ def small_classifier(micro_resources):
     ds = {"source": "chatterbot", "format": "classification", "topics": ["ai", "emotion", "trivia"],
           "per_class": 100, "eval_fraction": 0.2}
     train_ex, eval_ex = labelled.load(ds, "topics")
-    data = task.prepare(tok, train_ex, eval_ex, {"seq_len": 16})
+    data = task.prepare(tok, train_ex, eval_ex, tree(seq_len=16))
     clf = classifier_from_lm(lm, {**task.head_kwargs(ds), "pad_token_id": tok.pad_token_id})
     torch.manual_seed(0)
     model = get_peft_model(clf, LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn", "c_proj", "c_fc"],
@@ -139,8 +140,6 @@ def test_random_precision_changes_the_width_between_forward_passes():
     lm = tiny_lm()
     clf = tiny_classifier_like(lm)
     names = [f"transformer.h.{i}.{m}" for i in range(2) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc")]
-    from qlbench.study.settings import tree
-
     settings = tree(format="int", symmetric=True, group_size=None, double_quant=False)
     fixed = {}
     for width in (2, 8):  # the outputs a fixed-width model gives, quantized by hand
@@ -176,8 +175,6 @@ def test_the_robustness_study_draws_its_random_widths_on_a_copy_of_the_classifie
 
     clf = tiny_classifier_like(tiny_lm())
     names = [f"transformer.h.{i}.{m}" for i in range(2) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc")]
-    from qlbench.study.settings import tree
-
     settings = tree(format="int", symmetric=True, group_size=None, double_quant=True,
                     robustness={"random_widths": [2, 8]})
     x = torch.tensor([[5, 9, 2, 31, 7]])

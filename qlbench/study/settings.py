@@ -105,7 +105,7 @@ class Precision:
                                    {"enum": ["cyclic", "random"]})
     cpt_bits: tuple[int, ...] = setting(
         [], "cyclic precision training (CPT): [low, high]; one adapter, the masked layers' width cycling between "
-            "them ([]: off)", {"type": "array", "items": _WIDTH, "minItems": 2, "maxItems": 2})
+            "them ([]: off)", {"type": "array", "items": _WIDTH, "anyOf": [{"maxItems": 0}, {"minItems": 2, "maxItems": 2}]})
     cpt_cycles: int = setting(32, "CPT: periods over the run (QaLoF's num_cyclic_period: 32)",
                               {"type": "integer", "minimum": 1})
     cpt_schedule: str = setting("cosine", "CPT: the width's shape within a period",
