@@ -1,0 +1,119 @@
+"""The generated tables of the docs: every study setting (from `DEFAULTS` in qlbench/study/config.py and the
+descriptions in qlbench/study/config.schema.yaml) and every output column (from the parquet schemas in
+qlbench/results.py). `python docs/gen_settings.py [settings|outputs]` prints them; docs/hooks.py puts them into
+the site when mkdocs builds it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import sys
+
+import yaml
+
+from qlbench import results
+from qlbench.study import config
+
+_COMMENT = re.compile(r'^\s*"(\w+)":.*?#\s*(.+)$')
+
+
+def _comments(module) -> dict[str, str]:
+    """`"key": value,  # why` lines of a module's source: the comment of each key."""
+    found = {}
+    for line in inspect.getsource(module).splitlines():
+        m = _COMMENT.match(line)
+        if m:
+            found.setdefault(m.group(1), m.group(2).strip())
+    return found
+
+
+def _allowed(prop: dict, defs: dict) -> str:
+    """A schema property's values in a few words."""
+    if "$ref" in prop:
+        return _allowed(defs[prop["$ref"].split("/")[-1]], defs)
+    if "enum" in prop:
+        return " \\| ".join(f"`{v}`" for v in prop["enum"])
+    if "const" in prop:
+        return f"`{prop['const']}`"
+    for key in ("oneOf", "anyOf"):
+        if key in prop:
+            return " or ".join(_allowed(p, defs) for p in prop[key])
+    kind = prop.get("type", "")
+    if kind == "array" and "items" in prop:
+        return f"list of {_allowed(prop['items'], defs)}"
+    bounds = [f"≥ {prop['minimum']}" if "minimum" in prop else "", f"≤ {prop['maximum']}" if "maximum" in prop else "",
+              f"> {prop['exclusiveMinimum']}" if "exclusiveMinimum" in prop else ""]
+    return " ".join([kind] + [b for b in bounds if b]).strip()
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(rows: list[tuple], header: tuple) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _entry_table(name: str, schema: dict) -> str:
+    defs = schema["$defs"]
+    props = defs[name]["properties"]
+    required = set(defs[name].get("required", []))
+    rows = [(f"`{k}`" + (" (required)" if k in required else ""), _allowed(p, defs), p.get("description", ""))
+            for k, p in props.items()]
+    return _table(rows, ("key", "values", "what it is"))
+
+
+def settings_markdown() -> str:
+    schema = yaml.safe_load(config.SCHEMA_PATH.read_text())
+    defs = schema["$defs"]
+    study = defs["study"]["properties"]
+    notes = _comments(config)
+    axes = [(f"`{k}`", _allowed(study[k], defs), study[k].get("description", "")) for k in config.AXES]
+    rows = []
+    for key, default in config.DEFAULTS.items():
+        if key in config.AXES:
+            continue
+        prop = study.get(key, {})
+        rows.append((f"`{key}`", f"`{json.dumps(default)}`", _allowed(prop, defs),
+                     prop.get("description") or notes.get(key, "")))
+    others = [(f"`{k}`", _allowed(p, defs), p.get("description", "")) for k, p in study.items()
+              if k not in config.DEFAULTS and k not in config.AXES]
+    return "\n\n".join([
+        "## The grid's axes\n\nEach study names these; every combination is a cell.",
+        _table(axes, ("axis", "values", "what it is")),
+        "## Settings of every cell\n\nA study may leave any of these out; the default is then used.",
+        _table(rows, ("setting", "default", "values", "what it does")),
+        "## Other study keys",
+        _table(others, ("key", "values", "what it is")),
+        "## A model entry (`models:`)",
+        _entry_table("model", schema),
+        "## A dataset entry (`datasets:`)",
+        _entry_table("dataset", schema),
+    ]) + "\n"
+
+
+def _schema_table(schema: dict, notes: dict) -> str:
+    return _table([(f"`{k}`", str(t), notes.get(k, "")) for k, t in schema.items()], ("column", "type", "note"))
+
+
+def outputs_markdown() -> str:
+    notes = _comments(results)
+    parts = [
+        ("`row.parquet` (one per cell) and `cells.parquet` (every cell's row): coordinates", results.COORDS),
+        ("… settings", results.SETTINGS), ("… metrics", results.METRICS), ("… provenance", results.PROVENANCE),
+        (f"`curves.parquet` (a row per training step; in `row.parquet` the list column `{results.CURVE}`)",
+         results.STEP),
+        ("`layers.parquet` (a row per quantized module)", dict(results.LAYERS_SCHEMA)),
+        ("The one-pass sensitivity probe (a row per module, reference cells with `probe_bits`)",
+         dict(results.PROBE_SCHEMA)),
+    ]
+    return "\n\n".join(f"### {title}\n\n{_schema_table(schema, notes)}" for title, schema in parts) + "\n"
+
+
+if __name__ == "__main__":
+    which = sys.argv[1] if len(sys.argv) > 1 else "settings"
+    print({"settings": settings_markdown, "outputs": outputs_markdown}[which]())
