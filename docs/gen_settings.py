@@ -16,6 +16,11 @@ import yaml
 from qlbench import results
 from qlbench.study import config
 
+AXES = {  # what each axis of the grid is (the schema describes settings; these are the grid's own)
+    "models": "model entries (`models:`) to fine-tune", "bits": "widths of the masked layers (16: not quantized)",
+    "ranks": "LoRA ranks", "masks": "which layers get `bits` (see [your own study](own-study.md#masks))",
+    "seeds": "seeds: each repeats the cell with other batches and initial weights",
+}
 _COMMENT = re.compile(r'^\s*"(\w+)":.*?#\s*(.+)$')
 
 
@@ -34,7 +39,7 @@ def _allowed(prop: dict, defs: dict) -> str:
     if "$ref" in prop:
         return _allowed(defs[prop["$ref"].split("/")[-1]], defs)
     if "enum" in prop:
-        return " \\| ".join(f"`{v}`" for v in prop["enum"])
+        return " | ".join(f"`{v}`" for v in prop["enum"])
     if "const" in prop:
         return f"`{prop['const']}`"
     for key in ("oneOf", "anyOf"):
@@ -72,14 +77,14 @@ def settings_markdown() -> str:
     defs = schema["$defs"]
     study = defs["study"]["properties"]
     notes = _comments(config)
-    axes = [(f"`{k}`", _allowed(study[k], defs), study[k].get("description", "")) for k in config.AXES]
+    axes = [(f"`{k}`", _allowed(study[k], defs), study[k].get("description") or AXES.get(k, "")) for k in config.AXES]
     rows = []
     for key, default in config.DEFAULTS.items():
         if key in config.AXES:
             continue
         prop = study.get(key, {})
-        rows.append((f"`{key}`", f"`{json.dumps(default)}`", _allowed(prop, defs),
-                     prop.get("description") or notes.get(key, "")))
+        note = "" if "enum" in prop else notes.get(key, "")  # a comment like "or random" says no more than the values
+        rows.append((f"`{key}`", f"`{json.dumps(default)}`", _allowed(prop, defs), prop.get("description") or note))
     others = [(f"`{k}`", _allowed(p, defs), p.get("description", "")) for k, p in study.items()
               if k not in config.DEFAULTS and k not in config.AXES]
     return "\n\n".join([
