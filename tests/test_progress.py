@@ -68,6 +68,13 @@ def test_status_shows_a_running_cells_step_and_when_the_sweep_ends(workdir):
         assert info and info["steps"] == 100000, "the running cell wrote no progress"
         shown = subprocess.run([BIN / "qlbench", "status", "micro", "-c", "config.yaml"], cwd=workdir, text=True,
                                capture_output=True, timeout=60)
+        watch = subprocess.Popen([BIN / "qlbench", "status", "micro", "-c", "config.yaml", "--watch", "--every", "1"],
+                                 cwd=workdir, text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        try:
+            watched, _ = watch.communicate(timeout=8)
+        except subprocess.TimeoutExpired:  # it keeps refreshing while a cell runs
+            watch.terminate()
+            watched, _ = watch.communicate(timeout=30)
     finally:
         long.send_signal(signal.SIGKILL)
         long.wait(30)
@@ -79,3 +86,5 @@ def test_status_shows_a_running_cells_step_and_when_the_sweep_ends(workdir):
     assert end.startswith("progress: ") and "1 finished cells" in end and "to go (ends about" in end, shown.stdout
     # the finished cell's 10 steps, the running cell's, and the third cell's 10 still to come
     assert f"of {2 * 10 + 100000} steps" in end
+    refreshes = [int(x.split("step ")[1].split("/")[0]) for x in watched.splitlines() if second.path in x]
+    assert len(refreshes) >= 2 and refreshes[-1] > refreshes[0], watched  # --watch showed the cell moving on
