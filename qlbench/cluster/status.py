@@ -53,6 +53,7 @@ class Heartbeat:
         info = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": _slurm_job(),
                 "started": datetime.now().isoformat(timespec="seconds")}
         self.path.write_text(json.dumps(info) + "\n")
+        (self.path.parent / progress.PROGRESS).unlink(missing_ok=True)  # an earlier attempt's step is not this one's
         self._thread.start()
         return self
 
@@ -200,13 +201,15 @@ def study_estimate(study: Study, results: str, statuses: list[CellStatus]) -> pr
     and the running cells' step of N."""
     from qlbench.study import finished
 
+    running = [s.progress for s in statuses if s.state == "running" and s.progress]
+    if not running:  # nothing to estimate: status stays one pass over the tree
+        return None
     by_path = {c.path: c for c in grid.cells(study)}
     done = [s for s in statuses if s.state in ("done", "diverged")]
     files = finished.cell_files(results, study.name, [by_path[s.path] for s in done], grid.ROW)
     stamped = [(f, s) for f in files if (s := finished.stamp(f))]
     rows = finished.stack([f for f, _ in stamped], [s for _, s in stamped],
                           finished.cache_path(results, study.name, "cells"), ["step_time_s", "steps_done", "wall_s"])
-    running = [s.progress for s in statuses if s.state == "running" and s.progress]
     to_start = sum(s.state in ("failed", "missing", "stale") for s in statuses)
     return progress.estimate(study.settings["steps"], rows.to_dicts(), running, to_start)
 
