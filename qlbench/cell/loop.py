@@ -122,6 +122,7 @@ def train(
     on_step: Callable[[int], None] | None = None,
     before_step: Callable[[int], None] | None = None,
     log: Callable[[str], None] = print,
+    progress: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     params = list(_trainable(model).values())
     opt = make_optimizer(params, s)
@@ -169,6 +170,8 @@ def train(
         result.curve.append({"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                              "step_time_s": time.perf_counter() - t0})
         done = step + 1
+        if progress is not None:
+            progress(done, s.steps)  # `qlbench status` shows it: step of N (cluster/progress.py)
         if step % max(1, s.steps // 10) == 0 or done == s.steps:
             log(f"step {step:5d}  loss {loss_value:.4f}  lr {lr:.2e}  |g| {grad_norm:.3f}  "
                 f"{time.perf_counter() - t_start:.1f}s")

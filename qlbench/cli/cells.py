@@ -182,16 +182,33 @@ def aggregate(config_files, study, results, allow_missing):
 @click.option("--profile", default="profiles/slurm", show_default=True,
               help="the Snakemake profile the resubmit command names")
 @click.option("--all", "show_all", is_flag=True, help="list every cell, not only those that are not done")
-def status(config_files, study, results, profile, show_all):
-    """Cells done, diverged, failed (with the reason from each log), running and missing, and the command that
-    resubmits the failed and missing ones. Reads files only: no scheduler, no model."""
+@click.option("--watch", is_flag=True, help="refresh every --every seconds until no cell runs or waits (Ctrl-C ends it)")
+@click.option("--every", default=10.0, show_default=True, type=click.FloatRange(min=0.5), help="seconds between refreshes")
+def status(config_files, study, results, profile, show_all, watch, every):
+    """Cells done, diverged, failed (with the reason from each log), running (at which step of N) and missing, when
+    the running sweep should end, and the command that resubmits the failed and missing ones. Reads files only: no
+    scheduler, no model."""
+    import time
+
     from qlbench.cluster import status as statuslib
 
     st = load_study(config_files, study)
     root = results or st.results
-    statuses = statuslib.study_status(st, root)
     commands = statuslib.resubmit_commands(st.name, list(config_files), results, profile)
-    click.echo(statuslib.report(st, statuses, f"{root}/{st.name}/cells", commands, show_all))
+    while True:
+        statuses = statuslib.study_status(st, root)
+        estimate = statuslib.study_estimate(st, root, statuses)
+        text = statuslib.report(st, statuses, f"{root}/{st.name}/cells", commands, show_all, estimate)
+        if not watch:
+            return click.echo(text)
+        click.clear()
+        click.echo(text)
+        if not any(s.state in ("running", "missing") for s in statuses):
+            return
+        try:
+            time.sleep(every)
+        except KeyboardInterrupt:
+            return
 
 
 @main.command()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from qlbench.cluster import progress
 from qlbench.study import grid
 from qlbench.study.config import Study, changed_settings
 from qlbench.study.identities import cell_identities
@@ -35,6 +36,7 @@ class CellStatus:
     path: str  # the cell's folder under cells/
     state: str  # one of STATES
     reason: str = ""  # failed: why; running: where; stale: which settings changed
+    progress: dict | None = None  # running: its loop's step of N (cluster/progress.py)
 
 
 class Heartbeat:
@@ -51,6 +53,7 @@ class Heartbeat:
         info = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": _slurm_job(),
                 "started": datetime.now().isoformat(timespec="seconds")}
         self.path.write_text(json.dumps(info) + "\n")
+        (self.path.parent / progress.PROGRESS).unlink(missing_ok=True)  # an earlier attempt's step is not this one's
         self._thread.start()
         return self
 
@@ -64,6 +67,7 @@ class Heartbeat:
     def __exit__(self, *exc):
         self._stop.set()
         self.path.unlink(missing_ok=True)
+        (self.path.parent / progress.PROGRESS).unlink(missing_ok=True)
         return False
 
 
@@ -99,7 +103,10 @@ def unfinished_status(cell_dir: Path, path: str, now: float) -> CellStatus:
         where = f"{info.get('host')} pid {info.get('pid')}"
         if info.get("slurm_job"):
             where += f", SLURM job {info['slurm_job']}"
-        return CellStatus(path, "running", f"since {info.get('started', '?')} on {where}")
+        done = progress.read(cell_dir)
+        step = f"step {done['step']}/{done['steps']}  " if done else ""
+        started = str(info.get("started", "?")).split("T")[-1]  # the time of day; the date is today's, or near it
+        return CellStatus(path, "running", f"{step}since {started} on {where}", done)
     log = cell_dir / grid.LOG
     if not log.exists():
         return CellStatus(path, "missing")
@@ -189,6 +196,24 @@ def study_status(study: Study, results: str) -> list[CellStatus]:
             for i, c in enumerate(cells)]
 
 
+def study_estimate(study: Study, results: str, statuses: list[CellStatus]) -> progress.Estimate | None:
+    """When the sweep should end: the finished cells' step times (their rows, from the cache study_status filled)
+    and the running cells' step of N."""
+    from qlbench.study import finished
+
+    running = [s.progress for s in statuses if s.state == "running" and s.progress]
+    if not running:  # nothing to estimate: status stays one pass over the tree
+        return None
+    by_path = {c.path: c for c in grid.cells(study)}
+    done = [s for s in statuses if s.state in ("done", "diverged")]
+    files = finished.cell_files(results, study.name, [by_path[s.path] for s in done], grid.ROW)
+    stamped = [(f, s) for f in files if (s := finished.stamp(f))]
+    rows = finished.stack([f for f, _ in stamped], [s for _, s in stamped],
+                          finished.cache_path(results, study.name, "cells"), ["step_time_s", "steps_done", "wall_s"])
+    to_start = sum(s.state in ("failed", "missing", "stale") for s in statuses)
+    return progress.estimate(study.settings["steps"], rows.to_dicts(), running, to_start)
+
+
 def counts(statuses: list[CellStatus]) -> dict[str, int]:
     out = dict.fromkeys(STATES, 0)
     for s in statuses:
@@ -213,7 +238,7 @@ def resubmit_commands(study: str, config_files: list[str], results: str | None, 
 
 
 def report(study: Study, statuses: list[CellStatus], cells_dir: str, commands: list[str],
-           show_all: bool = False) -> str:
+           show_all: bool = False, estimate: progress.Estimate | None = None) -> str:
     n = counts(statuses)
     head = ", ".join(f"{n[s]} {s}" for s in STATES)
     lines = [f"{study.name}: {len(statuses)} cells: {head}  ({cells_dir})"]
@@ -229,4 +254,6 @@ def report(study: Study, statuses: list[CellStatus], cells_dir: str, commands: l
         lines += [f"  {commands[0]}", f"  or: {commands[1]}"]
     elif n["running"]:
         lines.append(f"{n['running']} cells still running")
+    if estimate is not None and n["running"]:
+        lines.append(estimate.line())
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from qlbench import registry
 from qlbench.errors import QlbenchError
-from qlbench.study import masks as masklang, settings as settings_tree, targets
+from qlbench.study import local as local_inputs, masks as masklang, settings as settings_tree, targets
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 AXES = ("models", "bits", "ranks", "masks", "seeds", "n_train")
@@ -148,13 +148,15 @@ def load(config: dict, study: str | None = None) -> Study:
         raise QlbenchError(
             f"{where}.dataset: unknown dataset {raw['dataset']!r}; datasets: {', '.join(config['datasets'])}"
         )
-    # local files must exist now, not fail in every cell after it queued on a cluster
-    local = [(f"dataset {raw['dataset']!r}", config["datasets"][raw["dataset"]])]
-    local += [(f"model {m!r}", config["models"][m]) for m in raw["models"]]
-    for what, spec in local:
-        if spec["source"] == "path" and not Path(spec["name"]).exists():
-            raise QlbenchError(f"{where}: {what}: no such file or folder {spec['name']!r} "
-                               f"(relative paths start from {Path.cwd()})")
+    # local files must exist and hold what they need now, not fail in every cell after it queued on a cluster
+    local = [(f"dataset {raw['dataset']!r}", config["datasets"][raw["dataset"]], local_inputs.check_dataset)]
+    local += [(f"model {m!r}", config["models"][m], local_inputs.check_model) for m in raw["models"]]
+    for what, spec, check in local:
+        if spec["source"] == "path":
+            try:
+                check(spec, what)
+            except QlbenchError as e:
+                raise QlbenchError(f"{where}: {e}") from None
     settings = {**DEFAULTS, **{k: v for k, v in raw.items() if k not in AXES}}
     n_train = raw.get("n_train")
     n_train_axis = n_train if isinstance(n_train, list) else [n_train]
