@@ -57,10 +57,12 @@ def test_bound_fit_over_all_cells_recovers_the_planted_law_and_picks_it():
     assert best["c1"] == pytest.approx(0.5, rel=0.10) and best["c2"] == pytest.approx(3.0, rel=0.10)
     assert best["L_star"] == pytest.approx(2.0, abs=0.005)
     assert best["c1_lo"] <= 0.5 <= best["c1_hi"] and best["c2_lo"] <= 3.0 <= best["c2_hi"]
-    assert best["ci_method"] == "bootstrap over seeds"
+    assert best["ci_method"].startswith("bootstrap over seeds")
     assert best["r2"] > 0.999 and best["loo_rmse"] < 0.005
-    rivals = fits.filter(pl.col("form") != "bound")
+    rivals = fits.filter(~pl.col("form").is_in(["bound", "free"]))  # `free` nests the bound (κ = 2, ρ = 1 is a node)
     assert (rivals["delta_aicc"] > 10).all()  # every rival clearly worse
+    free = fits.filter(pl.col("form") == "free").row(0, named=True)
+    assert free["delta_aicc"] > 0 and (free["kappa"], free["rho"], free["beta"]) == (2.0, 1.0, 0.0)
     exps = {r["exponent"]: r for r in claims.exponents(pts).iter_rows(named=True)}
     assert exps["kappa"]["ci_lo"] <= 2.0 <= exps["kappa"]["ci_hi"]
     assert exps["rho"]["ci_lo"] <= 1.0 <= exps["rho"]["ci_hi"]
@@ -68,9 +70,9 @@ def test_bound_fit_over_all_cells_recovers_the_planted_law_and_picks_it():
     assert verdict["rank–precision coupling"] == "supported"
     assert verdict["exponential bit scaling"] == "supported"
     assert verdict["b* rule"] == "supported"  # ρ/κ = ½ bit per doubling of r
-    # keeping 2^(−2b)·r below √(r/N) gives ¼·log₂ N, not the paper's ½: measured 1/(2κ) against 0.5
+    # at a fixed tolerance the bound's terms give 0 bits per doubling of N, measured from cells of three N
     n_row = verdict["rows"].filter(pl.col("claim").str.contains("log₂ N")).row(0, named=True)
-    assert n_row["measured"] == pytest.approx(0.25, abs=0.01) and verdict["b* rule N"] == "not supported"
+    assert abs(n_row["measured"]) < 0.07 and verdict["b* rule N"] == "not supported"
 
 
 def test_coefficient_intervals_cover_the_planted_values_at_their_nominal_rate():
@@ -78,17 +80,18 @@ def test_coefficient_intervals_cover_the_planted_values_at_their_nominal_rate():
     # interval in about 95%. Twenty fixed replicates: at least 16 must cover both c1 and c2 (percentile: 13).
     covered = 0
     for rng in range(20):
-        best = bounds.supported(fitted(planted(rng=rng))[1])
+        cells = planted(rng=rng)
+        best = bounds.supported(bounds.fit(bounds.points(cells), bounds.fit_cells(cells), boots=200, free=False))
         covered += best["c1_lo"] <= 0.5 <= best["c1_hi"] and best["c2_lo"] <= 3.0 <= best["c2_hi"]
     assert covered >= 16
 
 
 def _verdicts(cells, pts, fits):
-    gaps = bounds.gaps(cells)
-    best = bounds.supported(fits)
-    ranks, ns = sorted(pts["rank"].unique()), sorted(pts["train_examples"].unique())
-    table = bounds.rank_precision(gaps, bounds.b_star(best, ranks, ns, 0.01), 0.01)
-    v = claims.verdicts(fits, claims.exponents(pts), claims.grad_var_scaling(cells), table, len(ranks), len(ns))
+    from qlbench.analysis import power
+
+    table = bounds.rank_precision(bounds.gaps(cells), 0.01)
+    grad = claims.grad_var_scaling(cells)
+    v = claims.verdicts(pts, fits, grad, table, power.claim_powers(pts, grad, replicates=100))
     return {row["claim"].split(":")[0] + (" N" if "log₂ N" in row["claim"] else ""): row["verdict"]
             for row in v.iter_rows(named=True)} | {"rows": v}
 
