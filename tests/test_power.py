@@ -113,3 +113,44 @@ def test_power_planting_recovers_the_held_exponent_and_the_nuisance():
     fit = freefit.constrained(d, y, freefit.grid_for(d), kappa=3.0, rho=1.0)
     assert fit["coef"] == pytest.approx([2.0, 0.2, 5.0], rel=1e-6)
     assert np.allclose(fit["mean"], y)
+
+
+def test_qlbench_plan_prints_the_cells_that_would_decide_each_undecided_claim(tmp_path):
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from qlbench.cli import main
+
+    # the bounds study's grid (bits 16/8/4, ranks 4-32, 3 seeds, one N), planted κ = 3, each cell 90 s
+    cells = cells_of(KAPPA3, (16, 8, 4), (4, 8, 16, 32), (1000,), 3, 0.003).with_columns(
+        pl.lit("bounds").alias("study"), pl.lit(90.0).alias("wall_s"))
+    (tmp_path / "bounds").mkdir()
+    cells.write_parquet(tmp_path / "bounds/cells.parquet")
+    config = Path(__file__).resolve().parents[1] / "config.yaml"
+    result = CliRunner().invoke(main, ["plan", "-c", str(config), "bounds", "--results", str(tmp_path),
+                                       "--out", str(tmp_path / "plan")])
+    assert result.exit_code == 0, result.output
+    table = pl.read_parquet(tmp_path / "plan/plan.parquet")
+    kappa = table.filter(pl.col("claim").str.starts_with("κ")).row(0, named=True)
+    assert kappa["power_now"] < 0.8 and kappa["power_after"] >= 0.8 and kappa["addition"].startswith("widths +")
+    # a width adds one cell per rank and seed (4 × 3), at the measured 90 s each
+    assert kappa["cells"] == 12 and kappa["cell_hours"] == pytest.approx(12 * 90 / 3600)
+    n_row = table.filter(pl.col("claim").str.contains("doubling of N")).row(0, named=True)
+    assert not n_row["testable_now"] and "N +" in n_row["addition"] and n_row["power_after"] >= 0.8
+    assert "| κ = 2" in result.output and (tmp_path / "plan/plan.html").exists()
+
+
+def test_qlbench_plan_without_cells_plants_a_stated_nominal_law(tmp_path):
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from qlbench.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "config.yaml"
+    result = CliRunner().invoke(main, ["plan", "-c", str(config), "bounds", "--results", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "nominal law" in result.output and "unknown until cells" in result.output
+    bad = CliRunner().invoke(main, ["plan", "-c", str(config), "sensitivity", "--results", str(tmp_path)])
+    assert bad.exit_code == 1 and "no bounds grid" in bad.output

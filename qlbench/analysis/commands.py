@@ -201,3 +201,36 @@ def run_qlora_figure(study_dir: Path, out: Path) -> str:
     qlora_figure(cells, pairs, layers, rstar, out, f"{study_dir.name}: LoRA against QLoRA")
     found = "; ".join(f"{r['metric']} at {r['bits']} bits: r* = {r['r_star']}" for r in rstar.iter_rows(named=True))
     return f"{study_dir.name}: {pairs.height} pairs -> {out}" + (f"; {found}" if found else "")
+
+
+def run_plan(st, root: Path, level: float, replicates: int, out: Path | None) -> str:
+    """`qlbench plan`: the plan table from the study's cells (or its config's grid and a nominal law)."""
+    from qlbench.analysis import bounds, plan
+
+    cells_path = root / st.name / "cells.parquet"
+    cells = pl.read_parquet(cells_path) if cells_path.exists() else None
+    pts = None
+    if cells is not None:
+        cells = cells.filter(pl.col("model") == sorted(cells["model"].unique().to_list())[0])
+        pts = bounds.points(cells)
+        if pts.height < 4 or pts.filter(pl.col("bits") < 16).is_empty() or pts.filter(pl.col("bits") >= 16).is_empty():
+            pts = None
+    nominal = pts is None
+    if nominal:
+        masks = {m for ms in st.masks.values() for m in ms}
+        if 16 not in st.bits or not [b for b in st.bits if b < 16] or "all" not in masks:
+            raise ValueError(f"{st.name} has no bounds grid (it needs 16-bit cells and quantized cells of mask `all`)")
+        examples = sorted({n or 1000 for n in st.n_train})
+        pts = plan.nominal_points(st.bits, st.ranks, examples, len(st.seeds))
+    table = plan.plan(pts, cells, level, replicates)
+    timed = bool(plan.cell_seconds(cells))
+    text = plan.markdown(table, st.name, level, nominal, timed)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_parquet(table, out / "plan.parquet")
+        (out / "plan.md").write_text(text)
+        from qlbench.analysis.tables import html
+
+        (out / "plan.html").write_text(html(table, f"{st.name}: the cells that would decide each bounds claim",
+                                            text.split("\n\n")[-1] if "\n\n" in text else ""))
+    return text
