@@ -125,6 +125,15 @@ def _keys(cells: pl.DataFrame) -> list[str]:
     return [k for k in ("model", "n_train", "rank", "bits", "train_examples") if k in cells.columns]
 
 
+def grad_var_column(cells: pl.DataFrame) -> str | None:
+    """Per parameter where the cells report it (the bound's σ_g² is per coordinate: a sum over A and B would grow
+    with their count r·(m+n) and confound the slope in r), else the sum."""
+    for c in ("grad_var_per_param_mean", "grad_var_mean"):
+        if c in cells.columns and cells[c].is_finite().fill_null(False).any():
+            return c
+    return None
+
+
 def points(cells: pl.DataFrame) -> pl.DataFrame:
     """One row per (model, rank, bits, N): mean, sd and count over seeds, the weight nᵢ/max(sᵢ², median s²), and
     σ_g² of the 16-bit cell at that rank relative to its geometric mean over ranks (`grad_var_rel`)."""
@@ -138,12 +147,13 @@ def points(cells: pl.DataFrame) -> pl.DataFrame:
     else:
         out = out.with_columns((pl.col("seeds") / pl.max_horizontal(pl.col("var").fill_null(floor), pl.lit(floor)))
                                .alias("weight"))
-    if "grad_var_mean" in used.columns:
+    column = grad_var_column(used)
+    if column is not None:
         ref = [k for k in keys if k != "bits"]
         # NaN where a cell did not measure it (and NaN > 0 is true in polars): finite and positive only
-        gv = (used.filter((pl.col("bits") >= REFERENCE_BITS) & pl.col("grad_var_mean").is_finite()
-                          & (pl.col("grad_var_mean") > 0))
-              .group_by(ref).agg(pl.col("grad_var_mean").mean().alias("grad_var")))
+        gv = (used.filter((pl.col("bits") >= REFERENCE_BITS) & pl.col(column).is_finite()
+                          & (pl.col(column) > 0))
+              .group_by(ref).agg(pl.col(column).mean().alias("grad_var")))
         if gv.height:
             gv = gv.with_columns((pl.col("grad_var") / pl.col("grad_var").log().mean().exp()).alias("grad_var_rel"))
             out = out.join(gv.drop("grad_var"), on=ref, how="left", nulls_equal=True)

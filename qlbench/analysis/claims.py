@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from qlbench.analysis import freefit
-from qlbench.analysis.bounds import REFERENCE_BITS, design_of, fit_cells
+from qlbench.analysis.bounds import REFERENCE_BITS, design_of, fit_cells, grad_var_column
 from qlbench.analysis.stats import ols, t_quantile
 
 POWER_LEVEL = 0.8  # below it, a verdict is "undecided (grid)"
@@ -47,15 +47,6 @@ def _slopes(y: np.ndarray, columns: dict[str, np.ndarray], predicted: dict[str, 
                      "ci_hi": float(coef[i] + t * se), "predicted_slope": predicted[term], "points": len(y),
                      "residual_sd": s})
     return pl.DataFrame(rows)
-
-
-def grad_var_column(cells: pl.DataFrame) -> str | None:
-    """Per parameter where the cells report it (the bound's σ_g² is per coordinate: a sum over A and B would grow
-    with their count r·(m+n) and confound the slope in r), else the sum."""
-    for c in ("grad_var_per_param_mean", "grad_var_mean"):
-        if c in cells.columns and cells[c].is_finite().fill_null(False).any():
-            return c
-    return None
 
 
 def grad_var_scaling(cells: pl.DataFrame) -> pl.DataFrame:
