@@ -213,6 +213,22 @@ def test_one_pass_estimates_are_summed_per_mask_and_compared_by_rank():
     # estimated ranks 2, 1, 3, 4 against measured 1, 2, 3, 4: ρ = 1 − 6·(1 + 1)/(4·(16 − 1)) = 0.8
     assert out["rank_estimated"].to_list() == [2, 1, 3, 4]
     assert out["estimate_spearman"][0] == pytest.approx(0.8, abs=1e-12)
+    # over 4 masks, 4 of the 24 pairings reach ρ ≥ 0.8 (ρ = 1 once, 0.8 three times): the null probability is 1/6
+    assert out["estimate_p"][0] == pytest.approx(1 / 6) and out["estimate_ci_lo"][0] < 0 < out["estimate_ci_hi"][0]
+
+
+def test_spearman_permutation_p_is_exact_for_small_n_and_close_for_large():
+    from qlbench.analysis.stats import spearman_test
+
+    t = spearman_test([1, 2, 3, 4, 5], [1, 2, 3, 4, 5])
+    assert t["rho"] == pytest.approx(1.0) and t["p"] == pytest.approx(1 / 120) and t["exact"]
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=30)
+    t = spearman_test(a, a + rng.normal(size=30))
+    # against the normal approximation of the null, ρ·√(n − 1) ~ N(0, 1)
+    z = t["rho"] * math.sqrt(29)
+    assert t["p"] == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)), abs=0.01) and not t["exact"]
+    assert t["ci_lo"] < t["rho"] < t["ci_hi"]
 
 
 def _ranked(units: dict[str, dict[int, float]]) -> pl.DataFrame:

@@ -128,7 +128,9 @@ def run_sensitivity(cells_parquet: Path, out: Path, budget: float, budget_bits: 
     _tables(out, "recommendation", rec, f"{study}: recommended mixed precision")
     sensitivity_figure(ranked, out / "sensitivity.png", f"{study}: layer sensitivity")
     top = ranked.sort("degradation", descending=True).row(0, named=True)
-    agree = f"; one-pass estimate agrees with Spearman {top['estimate_spearman']:.2f}" if "estimate_spearman" in ranked.columns else ""
+    agree = (f"; one-pass estimate agrees with Spearman {top['estimate_spearman']:.2f} (null probability "
+             f"{top['estimate_p']:.3g})" if "estimate_spearman" in ranked.columns and top["estimate_spearman"] is not None
+             else "")
     budget_line = "".join(f"\n{r['level']}: {r['mask']} at {r['bits']} bits, {r.get('avg_bits', 0) or 0:.2f} bits "
                           f"per weight, predicted {r['predicted_degradation']:+.4f}"
                           for r in rec.iter_rows(named=True)) if budget_bits is not None else ""
