@@ -3,7 +3,8 @@ results folder — so anyone who reruns the study can regenerate the README's ta
 
 Sections appear where the results hold what they need: eval loss by rank and bits (cells.parquet), the gap to 16
 bits, LoRA-vs-quantized similarity (similarity.parquet), the bound fit and its verdicts (bounds/), the sensitivity
-ranking, its agreement and stability, and the validated recommendation (sensitivity/).
+ranking, its agreement and stability, and the validated recommendation (sensitivity/), and the plan of cells that
+would decide each undecided bounds claim (bounds/plan.md, `qlbench plan`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def findings(study_dir: Path) -> str:
         pairs = pl.read_parquet(study_dir / "similarity.parquet")
         if pairs.height:
             parts.append(similarity_table(pairs, study))
-    for name in ("bounds/fits.md", "bounds/verdicts.md"):
+    for name in ("bounds/fits.md", "bounds/verdicts.md", "bounds/plan.md"):
         if (study_dir / name).exists():
             parts.append((study_dir / name).read_text())
     if (study_dir / "sensitivity/ranking.parquet").exists():
