@@ -327,3 +327,21 @@ def test_qlbench_sensitivity_budget_bits_solves_per_module_widths(tmp_path):
     rec = pl.read_parquet(tmp_path / "s/recommendation.parquet").row(0, named=True)
     assert rec["mask"] == "b0.mlp.c_fc+b0.attn.c_proj" and rec["avg_bits"] == pytest.approx(6.0)
     assert rec["solver"] == "Optimal" and (tmp_path / "s/recommendation.html").exists()
+
+
+def test_a_coefficient_at_its_bound_is_reported_as_such_with_a_one_sided_interval():
+    # the 16-bit loss falls with rank (as in the demo): the bound's c1 ≥ 0 sits at 0
+    g = np.random.default_rng(0)
+    rows = [{"bits": b, "rank": r, "mask": "all", "seed": s,
+             "eval_loss": 2.2 - 0.01 * math.log2(r) + (0 if b == 16 else 3.0 * r * 2.0 ** (-2 * b)) + g.normal(0, 0.002)}
+            for r in (4, 8, 16) for b in (16, 8, 4, 3) for s in range(3)]
+    cells = cells_from(rows)
+    fits = bounds.fit(bounds.points(cells), bounds.fit_cells(cells), boots=100, free=False)
+    bound = fits.filter(pl.col("form") == "bound").row(0, named=True)
+    assert bound["c1"] == 0.0 and bound["c1_at_bound"] and bound["c1_lo"] == 0.0 and bound["c1_hi"] > 0
+    trend = fits.filter(pl.col("form") == "rank_trend").row(0, named=True)
+    assert trend["a"] == pytest.approx(-0.01, abs=0.003) and not trend["a_at_bound"]  # a trend may fall
+    from qlbench.analysis.commands import fits_view
+
+    view = fits_view(fits).filter(pl.col("form") == "bound").row(0, named=True)
+    assert view["c1"].startswith("0 (at bound), one-sided 95% ≤ ")

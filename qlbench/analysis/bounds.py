@@ -21,7 +21,8 @@ CIs: a bootstrap over seeds (one draw of seeds for all points, so a seed's luck 
 t-interval for the seed count; over points when there is one seed. One estimator in every draw: each draw's
 weights follow the point fit's rule with the point fit's floor (see _bootstrap_means: a floor re-estimated per
 draw is 0 when a draw repeats one seed of two, and every weight becomes 1). Batched over draws (numpy). A
-coefficient at its bound (0) is reported as such (`<c>_at_bound`), with a one-sided 95% upper limit.
+coefficient at its bound (0) is reported as such (`<c>_at_bound`), with a one-sided 95% upper limit (the larger
+of the bootstrap's and the profile likelihood's: every draw may sit at the bound too).
 """
 
 from __future__ import annotations
@@ -211,7 +212,11 @@ def fit(pts: pl.DataFrame, seed_losses: pl.DataFrame | None = None, boots: int =
         else:
             draws = np.array([_linear(name, coefs, design_fn, r[i], b[i], n[i], g[i], w[i], y[i])[1][:, 0]
                               for i in picks])
-        rows.append(_row(name, coefs, c, fitted, loo, y, w, draws, n_seeds, boot_y is not None))
+        row = _row(name, coefs, c, fitted, loo, y, w, draws, n_seeds, boot_y is not None)
+        for i, cname in enumerate(coefs):
+            if row[f"{cname}_at_bound"]:  # every draw may sit at 0 too: the upper limit from the profile
+                row[f"{cname}_hi"] = max(row[f"{cname}_hi"], _profile_upper(x, y, w, i, coefs))
+        rows.append(row)
     if free and npts > freefit.n_params(design_of(pts)):
         rows.append(_free_row(pts, y, w, boot_y, boot_w, n_seeds))
     table = pl.DataFrame(rows)
@@ -243,6 +248,35 @@ def _row(name, coefs, c, fitted, loo, y, w, draws, n_seeds, over_seeds, extra_pa
     row["ci_method"] = ("bootstrap over seeds, weights re-estimated per draw with the point fit's floor"
                         if over_seeds else "bootstrap over points")
     return row
+
+
+def _profile_upper(x, y, w, i: int, coefs) -> float:
+    """One-sided 95% upper limit of a coefficient estimated at its bound 0, by profile likelihood: the largest
+    value, held, whose refit (the other coefficients free as in the form) raises the WSSE by χ²₁(0.90)·s² at
+    most (s² = WSSE/(points − parameters)); bisection."""
+    sw = np.sqrt(w)
+    free = [j for j, cn in enumerate(coefs) if cn in FREE_SIGN and j != i]
+    rest = np.delete(x, i, axis=1) * sw[:, None]
+    free_rest = [j - (j > i) for j in free]
+    base = nnls_batch(x * sw[:, None], y * sw, [j for j, cn in enumerate(coefs) if cn in FREE_SIGN])[1][0]
+    dof = len(y) - len(coefs)
+    if dof <= 0:
+        return float("nan")
+    limit = base + 2.705543 * max(base / dof, 1e-300)
+
+    def wsse(value):
+        return nnls_batch(rest, (y - value * x[:, i]) * sw, free_rest)[1][0]
+
+    hi = 1e-6 * max(float(np.abs(y).max()), 1.0) / max(float(np.abs(x[:, i]).max()), 1e-300)
+    for _ in range(200):
+        if wsse(hi) > limit:
+            break
+        hi *= 2
+    lo = 0.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if wsse(mid) <= limit else (lo, mid)
+    return (lo + hi) / 2
 
 
 def _interval(c: float, draws, n_seeds: int, over_seeds: bool, held: bool) -> tuple[float, float, bool]:
