@@ -111,7 +111,9 @@ def bounds_figure(cells: pl.DataFrame, pts: pl.DataFrame, fits: pl.DataFrame, bs
         if v["ci_lo"] == v["ci_lo"]:
             number += f" [{v['ci_lo']:.3g}, {v['ci_hi']:.3g}]"
         pred = "" if v["predicted"] != v["predicted"] else f" vs {v['predicted']:.3g}"
-        return f"{v['verdict'].upper()}\n  {v['claim']}\n  measured {number or '–'}{pred}"
+        pw = v.get("power")
+        power = "" if pw is None or pw != pw else f"; power {pw:.2f} against {v['rival']:.3g}"
+        return f"{v['verdict'].upper()}\n  {v['claim']}\n  measured {number or '–'}{pred}{power}"
 
     text = "\n".join(line(v) for v in verdicts.iter_rows(named=True))
     ax[8].text(0, 1, f"I  findings (supported form: {best['form']}, R² {best['r2']:.3f})\n\n" + text, va="top",
