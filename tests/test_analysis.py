@@ -206,9 +206,11 @@ def test_one_pass_estimates_are_summed_per_mask_and_compared_by_rank():
     estimates = {0: (2.0, 1.0), 1: (2.5, 1.0), 2: (0.5, 0.6), 3: (0.1, 0.2)}  # sums 3.0, 3.5, 1.1, 0.3
     probes = pl.DataFrame({"model": ["m"] * 8, "n_train": [None] * 8, "rank": [8] * 8, "seed": [0] * 8,
                            "module": [f"transformer.h.{b}.{m}" for b in range(4) for m in ("attn.c_attn", "mlp.c_fc")],
-                           "estimate": [e for b in range(4) for e in estimates[b]]},
+                           "estimate": [e for b in range(4) for e in estimates[b]],
+                           "hessian_estimate": [e for b in range(4) for e in (4 - b, 0.0)]},  # ranks 1..4
                           schema_overrides={"n_train": pl.Int64})
     out = sensitivity.with_estimates(ranked, probes).sort("mask")
+    assert out["hessian_spearman"][0] == pytest.approx(1.0) and out["hessian_p"][0] == pytest.approx(1 / 24)
     assert out["estimate"].to_list() == pytest.approx([3.0, 3.5, 1.1, 0.3])
     # estimated ranks 2, 1, 3, 4 against measured 1, 2, 3, 4: ρ = 1 − 6·(1 + 1)/(4·(16 − 1)) = 0.8
     assert out["rank_estimated"].to_list() == [2, 1, 3, 4]
