@@ -207,7 +207,7 @@ def test_one_pass_estimates_are_summed_per_mask_and_compared_by_rank():
     probes = pl.DataFrame({"model": ["m"] * 8, "n_train": [None] * 8, "rank": [8] * 8, "seed": [0] * 8,
                            "module": [f"transformer.h.{b}.{m}" for b in range(4) for m in ("attn.c_attn", "mlp.c_fc")],
                            "estimate": [e for b in range(4) for e in estimates[b]],
-                           "hessian_estimate": [e for b in range(4) for e in (4 - b, 0.0)]},  # ranks 1..4
+                           "hessian_estimate": [e for b in range(4) for e in (4.0 - b, 0.0)]},  # ranks 1..4
                           schema_overrides={"n_train": pl.Int64})
     out = sensitivity.with_estimates(ranked, probes).sort("mask")
     assert out["hessian_spearman"][0] == pytest.approx(1.0) and out["hessian_p"][0] == pytest.approx(1 / 24)
