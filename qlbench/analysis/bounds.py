@@ -246,7 +246,8 @@ def _row(name, coefs, c, fitted, loo, y, w, draws, n_seeds, over_seeds, extra_pa
                                      over_seeds, held)
         row[f"{cname}_lo"], row[f"{cname}_hi"], row[f"{cname}_at_bound"] = lo, hi, at_bound
     row["ci_method"] = ("bootstrap over seeds, weights re-estimated per draw with the point fit's floor"
-                        if over_seeds else "bootstrap over points")
+                        if over_seeds else "bootstrap over points" if draws is not None
+                        else "none: one seed (the exponents' profile intervals are in exponents.parquet)")
     return row
 
 
