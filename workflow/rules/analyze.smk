@@ -66,7 +66,7 @@ rule plan:
     conda:
         ENV
     params:
-        results=RESULTS,
+        results=lambda wildcards, input: os.path.dirname(os.path.dirname(input[0])),
         out=lambda wildcards, output: os.path.dirname(output.plan),
     shell:
         f"qlbench plan {CONFIG_ARGS} {{wildcards.study}} --results {{params.results}} --out {{params.out}} "
