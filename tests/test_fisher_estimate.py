@@ -58,7 +58,7 @@ def test_the_probe_rows_carry_both_estimates_on_a_real_model():
     transformers = pytest.importorskip("transformers")
     cfg = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50, n_positions=16)
     torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(cfg)
+    model = transformers.GPT2LMHeadModel(cfg).eval()  # eval: SDPA picks its fused kernel, which has no 2nd derivative
     data = torch.randint(0, 50, (3, 16), generator=torch.Generator().manual_seed(1))
     rows = fisher.estimate(model, ["transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_fc"], 4, SETTINGS,
                            lambda i: data, 1, "cpu", hutchinson_samples=2)

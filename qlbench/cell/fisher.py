@@ -46,21 +46,29 @@ def hessian_traces(model, weights: list[torch.Tensor], sample, batches: int, dev
                    samples: int = HUTCHINSON_SAMPLES, seed: int = 0) -> list[float]:
     """Hutchinson's estimate of tr(H) per weight tensor: mean over `samples` Rademacher v of vᵀ·H·v, sample s on
     probe batch s mod `batches` (exact for a diagonal Hessian)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     gen = torch.Generator().manual_seed(seed)
     traces = [0.0] * len(weights)
-    for s in range(samples):
-        x = sample(PROBE_STEP0 + s % max(batches, 1)).to(device)
-        grads = torch.autograd.grad(loss_fn(model, x), weights, create_graph=True)
-        vs = [(torch.randint(0, 2, w.shape, generator=gen) * 2 - 1).to(w.device, w.dtype) for w in weights]
-        live = [k for k, g in enumerate(grads) if g.requires_grad]  # a gradient constant in w: H = 0 there
-        if not live:
-            continue
-        hv = torch.autograd.grad([grads[k] for k in live], weights, grad_outputs=[vs[k] for k in live],
-                                 allow_unused=True)
-        for k, (h, v) in enumerate(zip(hv, vs)):
-            if h is not None:
-                traces[k] += (h.detach() * v).sum().item() / samples
+    with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no second derivative
+        for s in range(samples):
+            _hutchinson_sample(model, weights, sample, batches, device, loss_fn, samples, gen, traces, s)
     return traces
+
+
+def _hutchinson_sample(model, weights, sample, batches, device, loss_fn, samples, gen, traces, s) -> None:
+    """Add one Rademacher sample's vᵀ·H·v / samples to each weight tensor's trace."""
+    x = sample(PROBE_STEP0 + s % max(batches, 1)).to(device)
+    grads = torch.autograd.grad(loss_fn(model, x), weights, create_graph=True)
+    vs = [(torch.randint(0, 2, w.shape, generator=gen) * 2 - 1).to(w.device, w.dtype) for w in weights]
+    live = [k for k, g in enumerate(grads) if g.requires_grad]  # a gradient constant in w: H = 0 there
+    if not live:
+        return
+    hv = torch.autograd.grad([grads[k] for k in live], weights, grad_outputs=[vs[k] for k in live],
+                             allow_unused=True)
+    for k, (h, v) in enumerate(zip(hv, vs)):
+        if h is not None:
+            traces[k] += (h.detach() * v).sum().item() / samples
 
 
 def estimate(model, modules: list[str], bits: int, settings: dict, sample, batches: int, device,
