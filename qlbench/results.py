@@ -105,6 +105,8 @@ def layers_frame(coords: dict, stats: list[dict]) -> pl.DataFrame:
 PROBE_SCHEMA = pl.Schema({
     **COORDS, "module": pl.String, "probe_bits": pl.Int64, "fisher_trace": pl.Float64, "noise_power": pl.Float64,
     "estimate": pl.Float64, "numel": pl.Int64,  # numel: the module's weights, what a bit budget is counted over
+    "fisher_examples": pl.Int64, "hessian_trace": pl.Float64, "hessian_estimate": pl.Float64,
+    "hutchinson_samples": pl.Int64,
 })
 
 

@@ -134,3 +134,45 @@ def test_probe_points_survive_a_resume(tmp_path, wrap):
     strip = lambda points: [{k: v for k, v in p.items() if k != "probe_s"} for p in points]  # noqa: E731
     assert len(gv_ref.points) == 3 and strip(gv_resumed.points) == strip(gv_ref.points)
     assert gv_resumed.row_columns() == gv_ref.row_columns()
+
+
+def test_gradient_variance_per_parameter_is_unchanged_when_a_layer_doubles_with_the_same_noise():
+    # per-coordinate noise of variance 1 around a mean: a module of 6 coordinates and one of 12 (twice the
+    # parameters, the same per-parameter noise). The sum doubles; the per-parameter variance does not.
+    g = torch.Generator().manual_seed(0)
+    k = 4000
+    small = [[torch.randn(2, 3, generator=g), torch.randn(3, 0, generator=g)] for _ in range(k)]
+    big = [[torch.randn(2, 6, generator=g), torch.randn(6, 0, generator=g)] for _ in range(k)]
+    total_s, per_s = gradstats.micro_batch_variance(small)
+    total_b, per_b = gradstats.micro_batch_variance(big)
+    assert total_b / total_s == pytest.approx(2.0, rel=0.05)
+    assert per_b == pytest.approx(per_s, rel=0.05) and per_s == pytest.approx(1.0, rel=0.05)
+    names = ["m.a.lora_A.default.weight", "m.a.lora_B.default.weight", "m.b.lora_A.default.weight",
+             "m.b.lora_B.default.weight"]
+    both = [s + b for s, b in zip(small, big)]
+    per_module = gradstats.per_module_variance(both, names)
+    assert set(per_module) == {"m.a", "m.b"}
+    assert per_module["m.b"] == pytest.approx(per_module["m.a"], rel=0.05)
+
+
+def test_grad_var_scaling_uses_the_per_parameter_variance():
+    # planted per-parameter excess ∝ r·2^(−2b); the summed variance also grows with the count r·(m+n)
+    import numpy as np
+    import polars as pl
+
+    from qlbench.analysis import claims
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for r in (4, 8, 16, 32):
+        count = r * (64 + 64)
+        for seed in range(3):
+            for b in (16, 2, 3, 4, 6):
+                per = 1.0 + (0 if b == 16 else 50.0 * r * 2.0 ** (-2 * b) * math.exp(rng.normal(0, 0.05)))
+                rows.append({"model": "m", "n_train": None, "train_examples": 1000, "status": "ok", "mask": "all",
+                             "bits": b, "rank": r, "seed": seed, "eval_loss": 2.0, "grad_var_per_param_mean": per,
+                             "grad_var_mean": per * count})
+    slopes = {s["term"]: s for s in claims.grad_var_scaling(
+        pl.DataFrame(rows, schema_overrides={"n_train": pl.Int64})).iter_rows(named=True)}
+    assert slopes["log2_rank"]["measured_slope"] == pytest.approx(1.0, abs=0.05)  # the sum would give 2
+    assert slopes["log2_rank"]["column"] == "grad_var_per_param_mean"

@@ -122,3 +122,11 @@ def test_similarity_command_imports_no_torch(fake_study, tmp_path):
     assert pl.read_parquet(root / "simtest" / "rstar.parquet").height == 3
     assert pl.read_parquet(root / "simtest" / "similarity_layers.parquet")["module"].to_list() == \
         ["transformer.h.0.attn.c_attn"] * 2
+
+
+def test_r_star_is_the_rank_from_which_every_higher_rank_passes():
+    # rank 4 passes, 8 fails again, 16 and 32 pass: r* is 16, not 4
+    assert sim.first_passing_for_good([4, 8, 16, 32], [0.96, 0.90, 0.97, 0.99], 0.95) == 16
+    assert sim.first_passing_for_good([4, 8, 16], [0.96, 0.97, 0.90], 0.95) is None  # the highest fails
+    assert sim.first_passing_for_good([2, 4], [0.99, 0.99], 0.95) == 2
+    assert sim.first_passing_for_good([2, 4, 8], [0.99, float("nan"), 0.99], 0.95) == 8

@@ -75,7 +75,7 @@ def test_deleting_a_cell_reruns_only_it_and_the_aggregates(ran, micro):
     shutil.rmtree(folder)
     dry = snakemake(work, "-n", "--config", "study=micro")
     counts = job_counts(dry.stdout)
-    aggregates = {"aggregate", "summarize", "similarity", "qlora_figure", "bounds", "sensitivity",
+    aggregates = {"aggregate", "summarize", "similarity", "qlora_figure", "bounds", "plan", "sensitivity",
                   "validate_recommendation"}
     assert counts["cell"] == 1 and counts["aggregate"] == 1, dry.stdout[-2000:]
     assert set(counts) - {"cell", "all", "total"} <= aggregates  # no base is prepared again, no other cell runs

@@ -81,7 +81,8 @@ def sensitivity_figure(ranked: pl.DataFrame, path: Path, title: str) -> None:
         stability = g["rank_stability"][0]
         extra = f", rank stability {stability:.2f}" if stability is not None else ""
         if "estimate_spearman" in g.columns and g["estimate_spearman"][0] is not None:
-            extra += f", one-pass estimate ρ {g['estimate_spearman'][0]:.2f}"
+            extra += (f", one-pass estimate ρ {g['estimate_spearman'][0]:.2f}"
+                      + (f" (p {g['estimate_p'][0]:.2g})" if "estimate_p" in g.columns and g['estimate_p'][0] is not None else ""))
         ax.set_title(f"{model} r={rank}: one {lvl} at {bits} bits{extra}", fontsize=9)
         ax.set_ylabel("Δ eval loss")
         ax.grid(alpha=0.3, axis="y")

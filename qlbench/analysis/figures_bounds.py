@@ -11,16 +11,9 @@ from qlbench.analysis.figures import plt_agg
 
 def _predict(form: dict, r, b, n, g=1.0):
     """The fitted loss L(r, b, N) of one form (a row of fits.parquet)."""
-    import numpy as np
+    from qlbench.analysis.bounds import predict
 
-    from qlbench.analysis.bounds import bit_term
-
-    r, b, n = (np.asarray(v, dtype=float) for v in (r, b, n))
-    c1, c2 = form.get("c1") or 0.0, form.get("c2") or 0.0
-    bit = {"bound": r * bit_term(b), "no_rank_coupling": bit_term(b), "no_sqrt_term": r * bit_term(b),
-           "bound_grad_var": r * bit_term(b) * g}.get(form["form"], 0 * r)
-    sqrt = 0 * r if form["form"] == "no_sqrt_term" else np.sqrt(r / n)
-    return form["L_star"] + c1 * sqrt + c2 * bit, c1 * sqrt, c2 * bit
+    return predict(form, r, b, n, g)
 
 
 def bounds_figure(cells: pl.DataFrame, pts: pl.DataFrame, fits: pl.DataFrame, bstar: pl.DataFrame,
@@ -107,7 +100,7 @@ def bounds_figure(cells: pl.DataFrame, pts: pl.DataFrame, fits: pl.DataFrame, bs
     quant = pts.filter((pl.col("bits") < 16) & (pl.col("train_examples") == n0)).sort("rank", "bits")
     labels = [f"r{r}/{b}b" for r, b in zip(quant["rank"], quant["bits"])]
     x = np.arange(quant.height)
-    ax[7].bar(x - 0.2, quant["sqrt_term"].clip(1e-6), 0.4, label="c1·√(r/N)")
+    ax[7].bar(x - 0.2, quant["sqrt_term"].clip(1e-6), 0.4, label="c1·√(r/N) (a·log₂ r for rank_trend)")
     ax[7].bar(x + 0.2, quant["bit_term"].clip(1e-6), 0.4, label="quantization term")
     ax[7].set_xticks(x, labels, rotation=70, fontsize=7)
     ax[7].set(yscale="log", ylabel="nats above L*",
@@ -118,7 +111,9 @@ def bounds_figure(cells: pl.DataFrame, pts: pl.DataFrame, fits: pl.DataFrame, bs
         if v["ci_lo"] == v["ci_lo"]:
             number += f" [{v['ci_lo']:.3g}, {v['ci_hi']:.3g}]"
         pred = "" if v["predicted"] != v["predicted"] else f" vs {v['predicted']:.3g}"
-        return f"{v['verdict'].upper()}\n  {v['claim']}\n  measured {number or '–'}{pred}"
+        pw = v.get("power")
+        power = "" if pw is None or pw != pw else f"; power {pw:.2f} against {v['rival']:.3g}"
+        return f"{v['verdict'].upper()}\n  {v['claim']}\n  measured {number or '–'}{pred}{power}"
 
     text = "\n".join(line(v) for v in verdicts.iter_rows(named=True))
     ax[8].text(0, 1, f"I  findings (supported form: {best['form']}, R² {best['r2']:.3f})\n\n" + text, va="top",

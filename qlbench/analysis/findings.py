@@ -3,7 +3,8 @@ results folder — so anyone who reruns the study can regenerate the README's ta
 
 Sections appear where the results hold what they need: eval loss by rank and bits (cells.parquet), the gap to 16
 bits, LoRA-vs-quantized similarity (similarity.parquet), the bound fit and its verdicts (bounds/), the sensitivity
-ranking, its agreement and stability, and the validated recommendation (sensitivity/).
+ranking, its agreement and stability, and the validated recommendation (sensitivity/), and the plan of cells that
+would decide each undecided bounds claim (bounds/plan.md, `qlbench plan`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def findings(study_dir: Path) -> str:
         pairs = pl.read_parquet(study_dir / "similarity.parquet")
         if pairs.height:
             parts.append(similarity_table(pairs, study))
-    for name in ("bounds/fits.md", "bounds/verdicts.md"):
+    for name in ("bounds/fits.md", "bounds/verdicts.md", "bounds/plan.md"):
         if (study_dir / name).exists():
             parts.append((study_dir / name).read_text())
     if (study_dir / "sensitivity/ranking.parquet").exists():
@@ -106,9 +107,22 @@ def sensitivity_tables(ranked: pl.DataFrame, study: str) -> str:
         cols += [c for c in ("rank_estimated",) if c in group.columns]
         out.append(markdown(group.sort("rank_measured").select(cols),
                             f"{study}: one {level[0]} at low bits, the rest at high bits (Δ eval loss, 95% CI)"))
-        agree = group["estimate_spearman"][0] if "estimate_spearman" in group.columns else None
         stable = group["rank_stability"][0]
-        out.append(f"{level[0]}s: one-pass estimate vs measured ranking, Spearman "
-                   f"{'–' if agree is None else f'{agree:.2f}'}; ranking stability across seeds "
+        parts = [_agreement(group, prefix, what) for prefix, what in
+                 (("estimate", "empirical Fisher × noise"), ("hessian", "Hutchinson Hessian trace × noise"))]
+        parts = [p for p in parts if p] or ["one-pass estimate: –"]
+        out.append(f"{level[0]}s ({group.height}): " + "; ".join(parts) + "; ranking stability across seeds "
                    f"{'–' if stable is None else f'{stable:.2f}'}\n")
     return "\n".join(out)
+
+
+def _agreement(group: pl.DataFrame, prefix: str, what: str) -> str:
+    """"<what> vs measured ranking: Spearman ρ (one-sided permutation p, 95% CI)", or "" without it."""
+    if f"{prefix}_spearman" not in group.columns or group[f"{prefix}_spearman"][0] is None:
+        return ""
+    row = group.row(0, named=True)
+    fmt = lambda v: "–" if v is None or v != v else f"{v:.2f}"
+    p = row.get(f"{prefix}_p")
+    return (f"{what} vs measured ranking, Spearman {fmt(row[f'{prefix}_spearman'])} (null probability "
+            f"{'–' if p is None or p != p else f'{p:.3g}'}, 95% CI [{fmt(row.get(f'{prefix}_ci_lo'))}, "
+            f"{fmt(row.get(f'{prefix}_ci_hi'))}])")

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from qlbench.analysis.pairs import with_reference
-from qlbench.analysis.stats import spearman, t_quantile
+from qlbench.analysis.stats import spearman, spearman_test, t_quantile
 
 GROUP = ["model", "n_train", "rank", "bits"]
 
@@ -68,24 +68,37 @@ def ranking(cells: pl.DataFrame, metric: str = "eval_loss") -> pl.DataFrame:
 
 
 def with_estimates(ranked: pl.DataFrame, probes: pl.DataFrame) -> pl.DataFrame:
-    """Add each mask's one-pass estimate (the sum over its modules, mean over seeds) and the Spearman agreement
-    of the estimated ranking with the measured one, per group."""
+    """Add each mask's one-pass estimates (the sum over its modules, mean over seeds): `estimate` (empirical
+    Fisher × noise) and, where the probes hold it, `hessian_estimate` (Hutchinson trace × noise, HAWQ-V2); and per
+    group the Spearman agreement of each estimated ranking with the measured one, with its one-sided permutation
+    probability (exact for up to 8 masks) and a 95% CI (`estimate_spearman`, `estimate_p`, `estimate_ci_lo/hi`;
+    `hessian_*` likewise)."""
     if ranked.is_empty() or probes.is_empty():
         return ranked
     parts = probes["module"].str.extract_groups(r"\.(\d+)\.(.+)$")
     modules = probes.with_columns(parts.struct.field("1").cast(pl.Int64).alias("block"),
                                   parts.struct.field("2").alias("suffix"))
     keys = [k for k in ("model", "n_train", "rank") if k in ranked.columns]
-    per_module = modules.group_by(*keys, "block", "suffix").agg(pl.col("estimate").mean())
-    block_mask = per_module.group_by(*keys, "block").agg(pl.col("estimate").sum()).with_columns(
+    kinds = [c for c in ("estimate", "hessian_estimate") if c in probes.columns and probes[c].is_not_null().any()]
+    per_module = modules.group_by(*keys, "block", "suffix").agg(*(pl.col(c).mean() for c in kinds))
+    block_mask = per_module.group_by(*keys, "block").agg(*(pl.col(c).sum() for c in kinds)).with_columns(
         pl.format("b{}", "block").alias("mask"))
     module_mask = per_module.with_columns(pl.format("b{}.{}", "block", "suffix").alias("mask"))
-    estimates = pl.concat([block_mask.select(*keys, "mask", "estimate"), module_mask.select(*keys, "mask", "estimate")])
+    estimates = pl.concat([block_mask.select(*keys, "mask", *kinds), module_mask.select(*keys, "mask", *kinds)])
     out = ranked.join(estimates, on=[*keys, "mask"], how="left", nulls_equal=True)
     group = [g for g in GROUP if g in out.columns] + ["level"]
     out = out.with_columns(pl.col("estimate").rank("ordinal", descending=True).over(group).alias("rank_estimated"))
-    agreement = out.group_by(group).agg(
-        pl.corr("rank_measured", "rank_estimated", method="pearson").alias("estimate_spearman"))
+    rows = []
+    for key, g in out.group_by(group, maintain_order=True):
+        row = dict(zip(group, key))
+        for c in kinds:
+            prefix = "estimate" if c == "estimate" else "hessian"
+            ok = g.filter(pl.col(c).is_not_null() & pl.col("degradation").is_not_null())
+            t = spearman_test(ok["degradation"].to_numpy(), ok[c].to_numpy())
+            row |= {f"{prefix}_spearman": t["rho"], f"{prefix}_p": t["p"], f"{prefix}_ci_lo": t["ci_lo"],
+                    f"{prefix}_ci_hi": t["ci_hi"]}
+        rows.append(row)
+    agreement = pl.DataFrame(rows, schema_overrides={g: out.schema[g] for g in group})
     return out.join(agreement, on=group, how="left", nulls_equal=True).sort(*group, "rank_measured")
 
 

@@ -150,10 +150,23 @@ def _frame(rows: list[dict]) -> pl.DataFrame:
                                                                      pl.col("targets").cast(pl.String))
 
 
+def first_passing_for_good(ranks: list[int], sims: list, threshold: float) -> int | None:
+    """The smallest scanned rank from which every higher scanned rank passes (similarity ≥ threshold); None when
+    the highest fails. A rank that passes below one that fails again is no r*."""
+    passing = [s is not None and s == s and s >= threshold for s in sims]
+    found = None
+    for r, ok in sorted(zip(ranks, passing), reverse=True):
+        if not ok:
+            break
+        found = r
+    return found
+
+
 def r_star(pair_frame: pl.DataFrame, metrics=("dw_cos_mean", "token_match", "embed_cos"),
            threshold: float = THRESHOLD) -> pl.DataFrame:
-    """Per (model, n_train, targets, bits, mask) and metric: r*, the smallest rank whose seed-mean similarity ≥ threshold
-    (null when no rank reaches it), with the mean similarity at each rank."""
+    """Per (model, n_train, targets, bits, mask) and metric: r*, the smallest rank from which every higher scanned
+    rank's seed-mean similarity is ≥ threshold (null when the highest rank misses it), with the mean similarity at
+    each rank."""
     schema = {"model": pl.String, "n_train": pl.Int64, "targets": pl.String, "bits": pl.Int64, "mask": pl.String,
               "metric": pl.String,
               "threshold": pl.Float64, "r_star": pl.Int64, "ranks": pl.List(pl.Int64),
@@ -169,7 +182,6 @@ def r_star(pair_frame: pl.DataFrame, metrics=("dw_cos_mean", "token_match", "emb
                    .sort([*group, "rank"], nulls_last=True))
         for key, g in by_rank.group_by(group, maintain_order=True):
             ranks, sims = g["rank"].to_list(), g["sim"].to_list()
-            ok = [r for r, s in zip(ranks, sims) if s is not None and s == s and s >= threshold]
             rows.append({**dict(zip(group, key)), "metric": metric, "threshold": threshold,
-                         "r_star": min(ok) if ok else None, "ranks": ranks, "similarity": sims})
+                         "r_star": first_passing_for_good(ranks, sims, threshold), "ranks": ranks, "similarity": sims})
     return pl.DataFrame(rows, schema=schema)

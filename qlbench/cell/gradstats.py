@@ -3,13 +3,15 @@
 At a probe step the training batch is split into micro-batches of one sequence each; the LoRA gradient of each
 is computed on its own, and σ_g² is their variance: the trace of the covariance, E‖g_i − ḡ‖² with the unbiased
 1/(k−1), summed over every trainable coordinate (`grad_var`), and the same divided by the number of coordinates
-(`grad_var_per_param`). The probe runs in `train`'s `on_step` hook, after backward and clip and before the
+(`grad_var_per_param`: the bound's σ_g² is per coordinate; the sum over A and B grows with their count r·(m+n)),
+and per LoRA module (`grad_var_per_module`, JSON: module -> per-coordinate variance over its A and B). The probe runs in `train`'s `on_step` hook, after backward and clip and before the
 optimizer step; it saves and restores the gradients and the RNG state, so training takes the same path whether
 it probes or not. Its points go into the loop's checkpoints (`state_dict`), so a resumed cell keeps them.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Callable
 
@@ -40,6 +42,19 @@ def micro_batch_variance(grads: list[list[torch.Tensor]]) -> tuple[float, float]
     return total, total / numel
 
 
+def module_of(name: str) -> str:
+    """The LoRA module a trainable parameter belongs to: its name up to `.lora_` (the whole name otherwise)."""
+    return name.split(".lora_")[0]
+
+
+def per_module_variance(grads: list[list[torch.Tensor]], names: list[str]) -> dict[str, float]:
+    """Per module: the per-coordinate micro-batch variance over the parameters whose names map to it."""
+    groups: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        groups.setdefault(module_of(n), []).append(i)
+    return {m: micro_batch_variance([[g[i] for i in idx] for g in grads])[1] for m, idx in groups.items()}
+
+
 class GradVariance:
     """The `on_step` probe. `points` holds one dict per probe step: step, grad_var, grad_var_per_param, probe_s."""
 
@@ -53,7 +68,8 @@ class GradVariance:
         if step not in self.steps:
             return
         t0 = time.perf_counter()
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        names, params = [n for n, _ in named], [p for _, p in named]
         saved = [None if p.grad is None else p.grad.detach().clone() for p in params]
         rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
@@ -76,7 +92,7 @@ class GradVariance:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.points.append({"step": step, "grad_var": total, "grad_var_per_param": per_param,
-                            "probe_s": time.perf_counter() - t0})
+                            "per_module": per_module_variance(grads, names), "probe_s": time.perf_counter() - t0})
 
     def state_dict(self) -> dict:
         """What a checkpoint keeps of the probe: the points taken so far (a resumed run must not lose them)."""
@@ -99,6 +115,10 @@ class GradVariance:
         """The row's `grad_var*` columns: first, last and mean over the probe points (NaN when none ran)."""
         values = [p["grad_var"] for p in sorted(self.points, key=lambda p: p["step"])]
         per_param = [p["grad_var_per_param"] for p in self.points]
+        modules: dict[str, list[float]] = {}
+        for p in self.points:
+            for m, v in p.get("per_module", {}).items():
+                modules.setdefault(m, []).append(v)
         nan = float("nan")
         return {
             "grad_var_n": len(values),
@@ -106,4 +126,5 @@ class GradVariance:
             "grad_var_last": values[-1] if values else nan,
             "grad_var_mean": sum(values) / len(values) if values else nan,
             "grad_var_per_param_mean": sum(per_param) / len(per_param) if per_param else nan,
+            "grad_var_per_module": json.dumps({m: sum(v) / len(v) for m, v in sorted(modules.items())}),
         }

@@ -177,3 +177,28 @@ def qalof_table(cells_parquets, out, metric):
                  f"retraining {first['retrain_s'] or 0:.0f} s of cells\n")
     (folder / "qalof_table.md").write_text(text)
     click.echo(text)
+
+
+@main.command()
+@config_option
+@click.argument("study", required=False)
+@click.option("--results", default=None, help="results folder (default: the config's, or results/)")
+@click.option("--level", default=0.8, show_default=True, help="the power a claim's test must reach")
+@click.option("--replicates", default=100, show_default=True, help="simulated data sets per claim and grid")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="also write plan.md, plan.html and plan.parquet into this folder")
+def plan(config_files, study, results, level, replicates, out):
+    """Which cells would decide each bounds claim that STUDY's grid cannot (runs no cell): per claim, its power
+    now and the smallest addition (widths, ranks, N, seeds) that brings it above --level, by simulation with the
+    study's fitted values and seed noise (cells.parquet when it exists; a stated nominal law before), with the
+    cells it adds and their estimated cell-hours (from the measured wall time per cell)."""
+    from qlbench.analysis.commands import run_plan
+    from qlbench.study import config as studylib
+
+    name = study or studylib.read_config(config_files).get("study") or "demo"
+    st = load_study(config_files, name)
+    root = Path(results or st.config.get("results", "results"))
+    try:
+        click.echo(run_plan(st, root, level, replicates, Path(out) if out else None))
+    except ValueError as e:
+        raise QlbenchError(f"plan: {e}") from None

@@ -49,6 +49,30 @@ rule bounds:
         "qlbench bounds {input} --out {params.out} > {log} 2>&1"
 
 
+rule plan:
+    input:
+        f"{RESULTS}/{{study}}/cells.parquet",
+    output:
+        plan=f"{RESULTS}/{{study}}/bounds/plan.parquet",
+        markdown=f"{RESULTS}/{{study}}/bounds/plan.md",
+        table=report(
+            f"{RESULTS}/{{study}}/bounds/plan.html",
+            caption="../report/plan.rst",
+            category="Bounds",
+            subcategory="Tables",
+        ),
+    log:
+        f"{RESULTS}/{{study}}/logs/plan.log",
+    conda:
+        ENV
+    params:
+        results=lambda wildcards, input: os.path.dirname(os.path.dirname(input[0])),
+        out=lambda wildcards, output: os.path.dirname(output.plan),
+    shell:
+        f"qlbench plan {CONFIG_ARGS} {{wildcards.study}} --results {{params.results}} --out {{params.out}} "
+        "> {log} 2>&1"
+
+
 checkpoint sensitivity:
     input:
         cells=f"{RESULTS}/{{study}}/cells.parquet",

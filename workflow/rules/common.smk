@@ -100,7 +100,7 @@ def final_targets():
     if 16 in STUDY.bits and min(STUDY.bits) < 16:  # quantized cells and their 16-bit references
         targets += [f"{base}/similarity.parquet", f"{base}/rstar.parquet", f"{base}/figures/qlora.png"]
     if analysis_applies("bounds"):
-        targets.append(f"{base}/bounds/bounds.png")
+        targets += [f"{base}/bounds/bounds.png", f"{base}/bounds/plan.html"]
     if analysis_applies("sensitivity"):
         targets += [f"{base}/sensitivity/sensitivity.png", f"{base}/sensitivity/validation.parquet"]
     return targets
