@@ -5,8 +5,8 @@ cell for chatterbot on a CPU).
 The cache lives under `resources/prepared/`, one file per key, written atomically by the first cell that needs it
 (cells running at once may both write it: same bytes, last rename wins). The key holds everything the data could
 depend on: the model (its tokenizer; for a prepared base, the base's stamp), the dataset entry, the cell's n_train
-and every setting a task's `prepare` may read (those `qlbench.study.settings` marks `data=True`). A setting added
-there without the mark reads no data: a wrong hit would cost the numbers, so mark any setting `prepare` reads.
+and every setting except those `qlbench.study.settings` knows change no token (`data_blind_keys`): a key it does
+not know is in the key, so a needless cache miss may cost a second, but a wrong hit never costs the numbers.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Callable
 
 from qlbench.data import models
 from qlbench.study.config import config_hash, resources_root
-from qlbench.study.settings import data_keys
+from qlbench.study.settings import data_blind_keys
 
 
 
@@ -28,7 +28,8 @@ def key(config: dict, model: str, settings: dict, n_train: int | None) -> str:
     if spec["source"] in models.PREPARED:  # a base prepared again may come with another tokenizer
         base = Path(models.base_dir(resources_root(config), model))
         stamp = [(p.name, p.stat().st_mtime_ns) for p in sorted(base.glob("*token*"))] if base.exists() else None
-    data_settings = {k: v for k, v in settings.items() if k in data_keys()}
+    blind = data_blind_keys()
+    data_settings = {k: v for k, v in settings.items() if k not in blind}
     return config_hash({"model": spec, "base": stamp, "dataset": config["datasets"][settings["dataset"]],
                         "settings": data_settings, "n_train": n_train})
 

@@ -331,9 +331,9 @@ def identity(flat: dict) -> dict:
     return {k: v for k, v in flat.items() if SPECS[k].identity}
 
 
-def data_keys() -> set[str]:
-    """The settings a cell's tokenized data may depend on."""
-    return {k for k, s in SPECS.items() if s.data}
+def data_blind_keys() -> set[str]:
+    """The settings a cell's tokenized data cannot depend on (any other key, known or not, is in its cache key)."""
+    return {k for k, s in SPECS.items() if not s.data}
 
 
 def schema_properties(backends: list[str], tasks: list[str]) -> dict:
