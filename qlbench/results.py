@@ -65,7 +65,7 @@ LAYERS_SCHEMA = pl.Schema({
     "noise_var_uniform": pl.Float64,  # the uniform-noise model Δ²/12, Δ = 2^(1-b)·max|w|
     "noise_ratio": pl.Float64,  # measured quant_mse / noise_var_uniform
 })
-TIMING_COLUMNS = ("step_time_s", "tokens_per_s", "peak_mem_mb", "wall_s")  # differ run to run
+TIMING_COLUMNS = ("step_time_s", "tokens_per_s", "peak_mem_mb", "wall_s", "scan_s")  # differ run to run
 
 
 def row_frame(row: dict, curve: list[dict] | None = None) -> pl.DataFrame:
