@@ -211,7 +211,7 @@ def study_estimate(study: Study, results: str, statuses: list[CellStatus]) -> pr
     rows = finished.stack([f for f, _ in stamped], [s for _, s in stamped],
                           finished.cache_path(results, study.name, "cells"), ["step_time_s", "steps_done", "wall_s"])
     to_start = sum(s.state in ("failed", "missing", "stale") for s in statuses)
-    return progress.estimate(study.settings["steps"], rows.to_dicts(), running, to_start)
+    return progress.estimate(study.tree.train.steps, rows.to_dicts(), running, to_start)
 
 
 def counts(statuses: list[CellStatus]) -> dict[str, int]:
