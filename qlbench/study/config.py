@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qlbench.errors import QlbenchError
-from qlbench.study import masks as masklang, targets
+from qlbench.study import masks as masklang, names, targets
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 AXES = ("models", "bits", "ranks", "masks", "seeds", "n_train")
@@ -150,6 +150,7 @@ def _schema_message(err) -> str:
 def load(config: dict, study: str | None = None) -> Study:
     """Validate the whole config and return one study, ready for grid expansion."""
     check_schema(config)
+    names.check_config(config)  # keys become folders and shell words: plain names only
     name = study or config.get("study") or "demo"
     if name not in config["studies"]:
         raise QlbenchError(f"study {name!r} is not in the config; studies: {', '.join(config['studies'])}")
@@ -181,7 +182,8 @@ def load(config: dict, study: str | None = None) -> Study:
     for model in raw["models"]:
         spec = config["models"][model]
         lay = masklang.layout(spec["arch"], spec["n_layer"])
-        expanded = [m for entry in raw["masks"] for m in masklang.expand(entry, lay)]
+        expanded = [names.check(f"{where}.masks: mask", m) for entry in raw["masks"]
+                    for m in masklang.expand(entry, lay)]
         for mask in expanded + list(settings["layer_bits"]):
             masklang.resolve(mask, lay)
         study_masks[model] = list(dict.fromkeys(expanded))
