@@ -66,9 +66,10 @@ def run(config_files, study, cell_path, model, bits, rank, mask, seed, n_train, 
     settings = studylib.cell_settings(st, dict(studylib.parse_override(o) for o in overrides), cell.bits)
     out_dir = Path(out)
     try:
-        with CellLock(out_dir, echo=lambda m: click.echo(m, err=True)) as lock:  # one run of a cell at a time
-            if lock.finished_meanwhile:  # a concurrent driver ran it: its row stands, untouched
-                click.echo(f"{cell.path}: finished by another run meanwhile")
+        # one run of a cell at a time; a concurrent driver that finished it meanwhile leaves its row untouched
+        with CellLock(out_dir, studylib.cell_identity(st, cell, settings), echo=click.echo) as lock:
+            if lock.already_finished:
+                click.echo(f"{cell.path}: finished by another run")
                 return
             with Heartbeat(out_dir):  # how `qlbench status` tells a running cell from a killed one
                 row = run_cell(st, cell, out_dir, settings, threads)

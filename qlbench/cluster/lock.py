@@ -3,7 +3,7 @@
 
 Two drivers that start one cell at once — two `qlbench sweep` submissions of a study, a sweep beside a snakemake
 run — meet here: the second waits for the first, and if the first left a row while it waited, the second has
-nothing to do (`finished_meanwhile`) and writes nothing, so no row is clobbered and no cell runs twice at once.
+nothing to do (`already_finished`) and writes nothing, so no row is clobbered and no cell runs twice at once.
 """
 
 from __future__ import annotations
@@ -15,34 +15,38 @@ import socket
 import time
 from pathlib import Path
 
-from qlbench.study import finished, grid
+from qlbench.cluster import status
 
 LOCK = ".lock"
 
 
 class CellLock:
-    def __init__(self, out: Path, echo=print):
-        self.out, self.echo = Path(out), echo
+    """`identity`: the cell's (settings, hash) now. Once the lock is held, a readable row made under exactly these
+    settings means another driver finished the cell after this one was told to run it (every driver runs only
+    cells without such a row): `already_finished`, and the row is left as it is."""
+
+    def __init__(self, out: Path, identity: tuple[dict, str], echo=print):
+        self.out, self.identity, self.echo = Path(out), identity, echo
         self._fd: int | None = None
-        self.finished_meanwhile = False  # another run wrote a readable row while this one waited
+        self.already_finished = False
 
     def __enter__(self):
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / LOCK
-        row = self.out / grid.ROW
-        before = finished.stamp(str(row))
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = None
         except BlockingIOError:
-            holder = _holder(path)
-            self.echo(f"{self.out}: another run of this cell holds its lock ({holder}); waiting for it")
+            self.echo(f"{self.out}: another run of this cell holds its lock ({_holder(path)}); waiting for it")
             start = time.time()
             fcntl.flock(self._fd, fcntl.LOCK_EX)
-            after = finished.stamp(str(row))
-            self.finished_meanwhile = after is not None and after != before and _readable(row)
-            self.echo(f"{self.out}: the other run ended after {time.time() - start:.0f} s" +
-                      ("; it left a row: nothing to do" if self.finished_meanwhile else "; running the cell"))
+            waited = time.time() - start
+        self.already_finished = status.cell_status(self.out, "", identity=self.identity).state in ("done", "diverged")
+        if waited is not None or self.already_finished:
+            self.echo(f"{self.out}: " + (f"the other run ended after {waited:.0f} s; " if waited is not None else "")
+                      + ("a row of these settings is there: nothing to do (delete it to run the cell again)"
+                         if self.already_finished else "running the cell"))
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, (json.dumps({"host": socket.gethostname(), "pid": os.getpid()}) + "\n").encode(), 0)
         return self
@@ -60,9 +64,3 @@ def _holder(path: Path) -> str:
         return f"{info.get('host')} pid {info.get('pid')}"
     except (OSError, ValueError):
         return "unknown process"
-
-
-def _readable(row: Path) -> bool:
-    corrupt: dict[str, str] = {}
-    finished.read_many([str(row)], corrupt, finished.row_required())
-    return not corrupt
