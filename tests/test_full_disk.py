@@ -50,9 +50,10 @@ def test_a_cell_on_a_full_disk_fails_in_one_line_leaves_no_row_and_reruns(tmp_pa
     fill(small_disk, leave)
     failed = run_cell(tmp_path, out)
     assert failed.returncode == 1, failed.stdout + failed.stderr
-    lines = failed.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("qlbench run: ") and "No space left on device" in lines[0], \
-        failed.stderr
+    # the cell's log lines go to stderr too; its reason is one line, the last
+    reasons = [x for x in failed.stderr.splitlines() if x.startswith("qlbench run: ")]
+    assert len(reasons) == 1 and failed.stderr.strip().splitlines()[-1] == reasons[0], failed.stderr[-3000:]
+    assert "no space left on device" in reasons[0].lower(), reasons
     left = sorted(os.listdir(out))
     assert "row.parquet" not in left and not [f for f in left if ".tmp" in f], left  # nothing half-written
     status = subprocess.run([BIN / "qlbench", "status", "micro", "-c", REPO / "config.yaml", "--results",

@@ -94,6 +94,9 @@ def _fail(out_dir: Path, e: BaseException):
     from qlbench.study.grid import LOG
 
     reason = _reason(e)
+    full = _full_disk(out_dir)
+    if full and "No space left on device" not in reason:  # torch.save on a full disk says only "unexpected pos"
+        reason = f"no space left on device ({full}): {reason}"
     if out_dir.exists():
         try:
             with open(out_dir / LOG, "a") as log:
@@ -103,6 +106,17 @@ def _fail(out_dir: Path, e: BaseException):
             reason += f" (and the log could not be written: {log_error.strerror})"
     click.echo(f"qlbench run: {reason}", err=True)
     sys.exit(130 if isinstance(e, KeyboardInterrupt) else 1)
+
+
+def _full_disk(out_dir: Path) -> str | None:
+    """'<bytes> bytes free under OUT' when the filesystem holding the cell's folder is (all but) full."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(out_dir if out_dir.exists() else out_dir.parent).free
+    except OSError:
+        return None
+    return f"{free} bytes free under {out_dir}" if free < 2**20 else None
 
 
 def _reason(e: BaseException) -> str:
