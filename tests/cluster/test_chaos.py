@@ -35,6 +35,7 @@ ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_O
 SEED = int(os.environ.get("QLBENCH_CHAOS_SEED", "24"))
 FAULTS = ("scancel", "kill_cell", "kill_warm", "drain", "requeue", "truncate")
 MAX_RERUNS = 4
+FIRST_RUN_S = 480
 HOST = socket.gethostname().split(".")[0]
 
 
@@ -56,8 +57,8 @@ def chaos_config(work: Path) -> Path:
 
 
 def smk(work: Path, config: Path, *args, profile=True, timeout=1500) -> list[str]:
-    cmd = [BIN / "snakemake", "--snakefile", REPO / "Snakefile", "--directory", work, "--configfile",
-           REPO / "config.yaml", config, "--config", "study=chaos", "results/chaos/cells.parquet", *args]
+    cmd = [BIN / "snakemake", "results/chaos/cells.parquet", "--snakefile", REPO / "Snakefile", "--directory", work,
+           *args, "--configfile", REPO / "config.yaml", config, "--config", "study=chaos"]
     if profile:
         cmd += ["--profile", REPO / "profiles/slurm", "--qlbench-slurm-init-seconds-before-status-checks", "1",
                 "--seconds-between-status-checks", "2"]
@@ -185,8 +186,10 @@ def test_a_sweep_under_faults_finishes_every_cell_once_with_an_undisturbed_run_s
     print(f"chaos: seed {SEED}, {len(cells)} cells, faults planned at " +
           ", ".join(f"{t:.0f}s {k}" for t, k in plan), flush=True)
     command = smk(work, config)
+    # seen here once: after a pack's warm process was killed, snakemake 9 kept waiting with every job over. The
+    # first run gets a time limit; a run that hangs is stopped as a user would stop it, and the command rerun
     t0 = time.monotonic()
-    first = subprocess.Popen(command, cwd=work, env=ENV, text=True, stdout=open(tmp_path / "run0.out", "w"),
+    first = subprocess.Popen(smk(work, config, timeout=FIRST_RUN_S), cwd=work, env=ENV, text=True, stdout=open(tmp_path / "run0.out", "w"),
                              stderr=subprocess.STDOUT)
     pending = list(plan)
     try:
@@ -221,15 +224,17 @@ def test_a_sweep_under_faults_finishes_every_cell_once_with_an_undisturbed_run_s
     table = pl.read_parquet(work / "results/chaos/cells.parquet")
     coords = table.select("model", "bits", "rank", "mask", "seed")
     assert table.height == len(cells) and coords.n_unique() == len(cells)  # none lost, none duplicated
-    differ = []
+    differ, twice = [], {}
     for cell in cells:
         folder = work / "results/chaos/cells" / cell.path
         got = comparable(pl.read_parquet(folder / "row.parquet"))
         want = comparable(pl.read_parquet(ref / "results/chaos/cells" / cell.path / "row.parquet"))
         differ += [(cell.path, c) for c in want if not same(got.get(c), want[c])]
         finishes = (folder / "log.txt").read_text().count(" done in ")
-        assert finishes == (2 if folder in chaos.truncated else 1), (cell.path, finishes)
+        if finishes != (2 if folder in chaos.truncated else 1):
+            twice[cell.path] = finishes
     assert not differ, differ
+    assert not twice, (twice, sorted(str(t) for t in chaos.truncated))
 
 
 def all_done(work: Path, cells) -> bool:
