@@ -69,7 +69,8 @@ def test_snakemake_refuses_a_hostile_model_before_any_job(tmp_path, repo_config)
     config.write_text(yaml.safe_dump(hostile(repo_config, "model", "../../escaped;touch pwned")))
     dry = snakemake(tmp_path, "--cores", "1", configfile=config)
     assert dry.returncode != 0
-    assert dry.stdout.strip() == "qlbench: models: model '../../escaped;touch pwned': a name, not a path (no '/', '\\' or '..')", dry.stdout
+    assert dry.stdout.strip() == ("qlbench: models: model '../../escaped;touch pwned': a name, not a path "
+                                  "(no '/', '\\' or '..')"), dry.stdout
     assert sorted(os.listdir(tmp_path)) in (["hostile.yaml"], [".snakemake", "hostile.yaml"])
     assert not (tmp_path.parent / "escaped").exists()
 
