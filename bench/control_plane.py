@@ -77,16 +77,20 @@ def write_cells(root: Path, st: studylib.Study) -> None:
         lr=pl.lit(2e-3), grad_norm=pl.lit(1.0), step_time_s=pl.lit(0.1), grad_var=pl.lit(float("nan")))
     curve = pl.Series(results.CURVE, [steps.to_dicts()] * n, dtype=results.CURVE_DTYPE)  # the row carries its curve
     rows = rows.select([c for c in results.ROW_SCHEMA if c in rows.columns]).with_columns(curve)
-    shared = root / "shared"
-    shared.mkdir(parents=True)
-    for name in (grid.ADAPTER, grid.LAYERS, grid.GENERATIONS):
-        (shared / name).write_bytes(b"x" * 1024)
     empty_probe = results.probe_frame({"study": st.name, **cells[0].coords(), "targets": "c_attn"}, [])
     for i, cell in enumerate(cells):
+        shared = root / f"shared{i // 60_000}"  # ext4 allows 65,000 links to a file
+        if not shared.exists():
+            shared.mkdir(parents=True)
+            for name in (grid.ADAPTER, grid.LAYERS, grid.GENERATIONS):
+                (shared / name).write_bytes(b"x" * 1024)
         d = Path(grid.cell_dir(str(root), st.name, cell))
-        d.mkdir(parents=True)
+        if (d / grid.ROW).exists():  # a build that stopped part-way goes on where it stopped
+            continue
+        d.mkdir(parents=True, exist_ok=True)
         for name in (grid.ADAPTER, grid.LAYERS, grid.GENERATIONS):
-            os.link(shared / name, d / name)
+            if not (d / name).exists():
+                os.link(shared / name, d / name)
         empty_probe.write_parquet(d / grid.PROBE)
         (d / grid.LOG).write_text(f"00:00:00 cell {st.name}/{cell.path}\n")
         rows.slice(i, 1).write_parquet(d / grid.ROW)
@@ -116,6 +120,7 @@ def main() -> None:
     t = time.perf_counter()
     if (work / "config.yaml").exists():  # a tree kept from an earlier run: measure it again
         st = studylib.load(yaml.safe_load((work / "config.yaml").read_text()), "scale")
+        write_cells(work / "results", st)  # any cell a stopped build did not write
         shutil.rmtree(work / "results/scale" / finished.CACHE, ignore_errors=True)
         print(f"{len(grid.cells(st))} finished cells under {work}/results (kept)")
     else:
