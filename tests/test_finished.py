@@ -49,7 +49,7 @@ def test_cache_rereads_only_changed_files_and_keeps_order(tmp_path, monkeypatch)
     first = finished.stack(paths, stamps, cache)
     read = []
     real = finished.read_many
-    monkeypatch.setattr(finished, "read_many", lambda files: read.append(list(files)) or real(files))
+    monkeypatch.setattr(finished, "read_many", lambda files, *a: read.append(list(files)) or real(files, *a))
     assert finished.stack(paths, stamps, cache).equals(first) and read == []  # all from the cache
     assert finished.stack(paths, stamps, cache, ["a"])["a"].to_list() == [1, 2, 3, 4, 5, 6]
     # file 1 rewritten the way cells write (a new file renamed into place): only it is read again
@@ -84,7 +84,7 @@ def _cell_files(root, study, cells, stale=()):
         folder = grid.cell_dir(str(root), study.name, cell)
         os.makedirs(folder)
         identity, digest = identities[cell.path]
-        pl.DataFrame({"mask": [cell.mask], "seed": [cell.seed], "eval_loss": [2.0 + i],
+        pl.DataFrame({"mask": [cell.mask], "seed": [cell.seed], "status": ["ok"], "eval_loss": [2.0 + i],
                       "config_hash": ["0" * 16 if cell.path in stale else digest],
                       "settings_json": [json.dumps({**identity, "steps": 1}, default=str)]}
                      ).write_parquet(f"{folder}/{grid.ROW}")

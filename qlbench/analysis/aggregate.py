@@ -12,20 +12,26 @@ from __future__ import annotations
 
 import polars as pl
 
+from qlbench.errors import QlbenchError
 from qlbench.results import COORDS, CURVE, CURVE_SCHEMA, PROBE_SCHEMA, curve_frame
 from qlbench.study import finished, grid
 from qlbench.study.config import Study, changed_settings
 from qlbench.study.identities import cell_identities
 
 
-def aggregate(study: Study, results: str) -> tuple[dict[str, pl.DataFrame], list[str], dict[str, str]]:
+def aggregate(study: Study, results: str, corrupt: dict[str, str] | None = None
+              ) -> tuple[dict[str, pl.DataFrame], list[str], dict[str, str]]:
     """{table name: its rows over the grid's current cells}, the cells without a row, and the cells whose row was
-    made under other settings ({path: what changed}) — left out, so no table mixes settings."""
+    made under other settings ({path: what changed}) — left out, so no table mixes settings.
+    A row or curve that cannot be read (or is not one) is left out and named in `corrupt` ({cell: file and
+    reason}); without `corrupt`, the first one raises a one-line QlbenchError."""
+    bad: dict[str, str] = {}
     cells = grid.cells(study)
     done, rows = _existing(results, study.name, cells, grid.ROW)
+    table = _stack(results, study.name, "cells", done, bad, finished.row_required())
+    done = [(cell, found) for cell, found in done if found[0] not in bad]
     finished_at = {cell for cell, _ in done}
     missing = [cell.path for cell in cells if cell not in finished_at]
-    table = _stack(results, study.name, "cells", done)
     stale = {}
     if done:
         identities = cell_identities(study, [cell for cell, _ in done])
@@ -37,16 +43,23 @@ def aggregate(study: Study, results: str) -> tuple[dict[str, pl.DataFrame], list
         if stale:
             table = table.filter(~is_stale)
     current = [cell for cell, _ in done if cell.path not in stale]
-    tables = {"cells": table.drop(CURVE, strict=False), "curves": _curves(results, study.name, table, current)}
+    tables = {"cells": table.drop(CURVE, strict=False), "curves": _curves(results, study.name, table, current, bad)}
     if study.tree.eval.probe_bits:
         probed = _existing(results, study.name, current, grid.PROBE)[0]
-        tables["probes"] = _stack(results, study.name, "probes", probed)
+        tables["probes"] = _stack(results, study.name, "probes", probed, bad)
     else:  # no cell of this study probes: 0 rows each
         tables["probes"] = pl.DataFrame(schema=PROBE_SCHEMA)
+    by_cell = {f"{cell.path}": f"{path}: {bad[path]}" for cell, path in zip(cells, rows) if path in bad}
+    by_cell.update({f: f"{f}: {why}" for f, why in bad.items() if f not in set(rows)})  # curves, probes
+    if bad and corrupt is None:
+        first = next(iter(by_cell.values()))
+        raise QlbenchError(f"{len(bad)} unreadable result files (first: {first}); rerun their cells")
+    if corrupt is not None:
+        corrupt.update(by_cell)
     return tables, missing, stale
 
 
-def _curves(results: str, study: str, rows: pl.DataFrame, cells: list) -> pl.DataFrame:
+def _curves(results: str, study: str, rows: pl.DataFrame, cells: list, bad: dict) -> pl.DataFrame:
     """Every step of every row's curve, in the rows' order; a row written before rows carried their curves (no
     `curve`) gives the steps of the curve.parquet in its folder."""
     if rows.is_empty():
@@ -55,7 +68,8 @@ def _curves(results: str, study: str, rows: pl.DataFrame, cells: list) -> pl.Dat
     if inline.all():
         return curve_frame(rows)
     older = [cell for cell, has in zip(cells, inline) if not has]
-    read = _stack(results, study, "curves", _existing(results, study, older, grid.CURVE)[0])
+    read = _stack(results, study, "curves", _existing(results, study, older, grid.CURVE)[0], bad,
+                  {c: CURVE_SCHEMA[c] for c in ("step", "loss")})
     if not inline.any():
         return read
     # both kinds (cells added to a study after an upgrade): each cell's steps where its row stands
@@ -72,6 +86,8 @@ def _existing(results: str, study: str, cells, name: str) -> tuple[list[tuple], 
     return found, paths
 
 
-def _stack(results: str, study: str, table: str, found: list[tuple]) -> pl.DataFrame:
+def _stack(results: str, study: str, table: str, found: list[tuple], bad: dict, required: dict | None = None,
+           ) -> pl.DataFrame:
     return finished.stack([p for _, (p, _) in found], [s for _, (_, s) in found],
-                          finished.cache_path(results, study, table))
+                          finished.cache_path(results, study, table), corrupt=bad, required=required,
+                          one_row=table == "cells")

@@ -89,8 +89,11 @@ def save_checkpoint(path: Path, model, opt, step: int, curve: list[dict], probes
         "probes": probes or {},  # hook name -> its state_dict()
     }
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:  # a full disk: no half-written checkpoint left beside the last good one
+        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path, model, opt, probes: dict | None = None) -> tuple[int, list[dict]]:

@@ -50,6 +50,7 @@ def run(config_files, study, cell_path, model, bits, rank, mask, seed, n_train, 
     from qlbench.cell.run import run as run_cell
     from qlbench.study.grid import Cell, parse
     from qlbench.cluster.status import Heartbeat
+    from qlbench.cluster.lock import CellLock
 
     if cell_path is not None:
         cell = parse(cell_path)
@@ -61,8 +62,13 @@ def run(config_files, study, cell_path, model, bits, rank, mask, seed, n_train, 
     settings = studylib.cell_settings(st, dict(studylib.parse_override(o) for o in overrides), cell.bits)
     out_dir = Path(out)
     try:
-        with Heartbeat(out_dir):  # how `qlbench status` tells a running cell from a killed one
-            row = run_cell(st, cell, out_dir, settings, threads)
+        # one run of a cell at a time; a concurrent driver that finished it meanwhile leaves its row untouched
+        with CellLock(out_dir, studylib.cell_identity(st, cell, settings), echo=click.echo) as lock:
+            if lock.already_finished:
+                click.echo(f"{cell.path}: finished by another run")
+                return
+            with Heartbeat(out_dir):  # how `qlbench status` tells a running cell from a killed one
+                row = run_cell(st, cell, out_dir, settings, threads)
     except QlbenchError:
         raise
     except BaseException as e:  # a cell that cannot run: one line here, the traceback in its log
@@ -78,12 +84,29 @@ def _fail(out_dir: Path, e: BaseException):
     from qlbench.study.grid import LOG
 
     reason = _reason(e)
+    full = _full_disk(out_dir)
+    if full and "No space left on device" not in reason:  # torch.save on a full disk says only "unexpected pos"
+        reason = f"no space left on device ({full}): {reason}"
     if out_dir.exists():
-        with open(out_dir / LOG, "a") as log:
-            traceback.print_exception(e, file=log)
-            log.write(f"error: {reason}\n")
+        try:
+            with open(out_dir / LOG, "a") as log:
+                traceback.print_exception(e, file=log)
+                log.write(f"error: {reason}\n")
+        except OSError as log_error:  # a full disk or quota: the log cannot take it either; the line below can
+            reason += f" (and the log could not be written: {log_error.strerror})"
     click.echo(f"qlbench run: {reason}", err=True)
     sys.exit(130 if isinstance(e, KeyboardInterrupt) else 1)
+
+
+def _full_disk(out_dir: Path) -> str | None:
+    """'<bytes> bytes free under OUT' when the filesystem holding the cell's folder is (all but) full."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(out_dir if out_dir.exists() else out_dir.parent).free
+    except OSError:
+        return None
+    return f"{free} bytes free under {out_dir}" if free < 2**20 else None
 
 
 def _reason(e: BaseException) -> str:
@@ -159,7 +182,13 @@ def aggregate(config_files, study, results, allow_missing):
 
     st = load_study(config_files, study)
     root = results or st.results
-    tables, missing, stale = run_aggregate(st, root)
+    corrupt: dict[str, str] = {}
+    tables, missing, stale = run_aggregate(st, root, corrupt)
+    if corrupt and not allow_missing:
+        first, why = next(iter(corrupt.items()))
+        raise QlbenchError(f"{len(corrupt)} cells have a result file that cannot be read (first: {first}: {why}); "
+                           "rerun them (snakemake or qlbench sweep reruns corrupt cells), or use --allow-missing "
+                           "to leave them out")
     if stale and not allow_missing:
         first, changes = next(iter(stale.items()))
         raise QlbenchError(f"{len(stale)} cells were made under other settings (first: {first}: {changes}); rerun "
@@ -172,6 +201,7 @@ def aggregate(config_files, study, results, allow_missing):
         write_parquet(table, Path(root) / st.name / f"{name}.parquet")
     click.echo(f"{st.name}: {tables['cells'].height} cells, {tables['curves'].height} curve rows" +
                (f", {len(missing)} missing" if missing else "") +
+               (f", {len(corrupt)} corrupt left out" if corrupt else "") +
                (f", {len(stale)} made under other settings left out" if stale else ""))
 
 

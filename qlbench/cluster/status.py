@@ -21,10 +21,13 @@ from pathlib import Path
 
 from qlbench.cluster import progress
 from qlbench.study import grid
+from qlbench.study.finished import MOVED_ASIDE
 from qlbench.study.config import Study, changed_settings
 from qlbench.study.identities import cell_identities
 
-STATES = ("done", "diverged", "stale", "failed", "running", "missing")
+STATES = ("done", "diverged", "stale", "failed", "running", "missing", "corrupt")
+# corrupt: a row that cannot be read, or is not a row (truncated by a full disk, an interrupted copy): both drivers
+# rerun the cell, no aggregate reads it. Counted in the summary line only when there is one.
 RUNNING = ".running"
 HEARTBEAT_S = 30  # how often a running cell touches its heartbeat file
 STALE_S = 150  # a heartbeat older than this means the process is gone
@@ -83,7 +86,11 @@ def cell_status(cell_dir: Path, path: str, now: float | None = None, identity: t
     """`identity`: the cell's current (settings, hash); a row made under other settings is then `stale`."""
     row = cell_dir / grid.ROW
     if row.exists():
-        return row_state(path, _row_status(row), identity)
+        try:
+            values = _row_status(row)
+        except Exception as e:  # noqa: BLE001  (whatever the bytes make pyarrow raise)
+            return CellStatus(path, "corrupt", f"{row}: unreadable ({type(e).__name__}: {str(e).strip()[:200]})")
+        return row_state(path, values, identity)
     return unfinished_status(cell_dir, path, time.time() if now is None else now)
 
 
@@ -108,6 +115,9 @@ def unfinished_status(cell_dir: Path, path: str, now: float) -> CellStatus:
         started = str(info.get("started", "?")).split("T")[-1]  # the time of day; the date is today's, or near it
         return CellStatus(path, "running", f"{step}since {started} on {where}", done)
     log = cell_dir / grid.LOG
+    aside = cell_dir / (grid.ROW + MOVED_ASIDE)
+    if aside.exists() and (not log.exists() or _last_error(log) is None):
+        return CellStatus(path, "corrupt", f"{aside}: a row that could not be read, moved aside; rerun the cell")
     if not log.exists():
         return CellStatus(path, "missing")
     reason = _last_error(log)
@@ -186,12 +196,18 @@ def study_status(study: Study, results: str) -> list[CellStatus]:
     stamps = [finished.stamp(p) for p in paths]
     done = [i for i, s in enumerate(stamps) if s]
     columns = ["status", "config_hash", "settings_json"]
+    corrupt: dict[str, str] = {}
     rows = finished.stack([paths[i] for i in done], [stamps[i] for i in done],
-                          finished.cache_path(results, study.name, "cells"), columns)
+                          finished.cache_path(results, study.name, "cells"), columns, corrupt=corrupt,
+                          required=finished.row_required(), one_row=True)
+    bad = {i: CellStatus(cells[i].path, "corrupt", f"{paths[i]}: {corrupt[paths[i]]}") for i in done
+           if paths[i] in corrupt}
+    done = [i for i in done if i not in bad]
     values = [rows[c].to_list() if c in rows.columns else [None] * len(done) for c in columns]
     identities = cell_identities(study, [cells[i] for i in done])
     by_cell = {i: row_state(cells[i].path, (state, chash, settings or "{}"), identity)
                for i, state, chash, settings, identity in zip(done, *values, identities)}
+    by_cell.update(bad)
     return [by_cell[i] if i in by_cell else unfinished_status(Path(paths[i]).parent, c.path, now)
             for i, c in enumerate(cells)]
 
@@ -240,15 +256,16 @@ def resubmit_commands(study: str, config_files: list[str], results: str | None, 
 def report(study: Study, statuses: list[CellStatus], cells_dir: str, commands: list[str],
            show_all: bool = False, estimate: progress.Estimate | None = None) -> str:
     n = counts(statuses)
-    head = ", ".join(f"{n[s]} {s}" for s in STATES)
+    head = ", ".join(f"{n[s]} {s}" for s in STATES if s != "corrupt" or n[s])
     lines = [f"{study.name}: {len(statuses)} cells: {head}  ({cells_dir})"]
     shown = [s for s in statuses if show_all or s.state != "done"]
     width = max((len(s.path) for s in shown), default=0)
     for s in shown:
         lines.append(f"  {s.state:<8}  {s.path:<{width}}  {s.reason}".rstrip())
-    todo = n["failed"] + n["missing"] + n["stale"]
+    todo = n["failed"] + n["missing"] + n["stale"] + n["corrupt"]
     if todo:
         stale = f", {n['stale']} stale" if n["stale"] else ""
+        stale += f", {n['corrupt']} corrupt" if n["corrupt"] else ""
         lines.append(f"resubmit the {n['failed']} failed{stale} and {n['missing']} missing cells "
                      "(finished cells are kept; a checkpointed cell resumes):")
         lines += [f"  {commands[0]}", f"  or: {commands[1]}"]

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from qlbench.study import grid as gridlib
+from qlbench.study import finished, grid as gridlib
 from qlbench.cluster import status as statuslib
 from qlbench.study import config as studylib
 from qlbench.errors import QlbenchError
@@ -191,7 +191,9 @@ def sweep(
     for cell, state in zip(gridlib.cells(st), statuslib.study_status(st, root)):  # one pass over the tree
         if state.state in ("done", "diverged"):
             outcome.skipped.append(cell.path)
-        else:  # missing, failed, or made under other settings (stale)
+        else:  # missing, failed, made under other settings (stale), or a row that cannot be read (corrupt)
+            if state.state == "corrupt":  # moved aside, as the workflow does: no driver takes it for a result
+                finished.move_aside(str(Path(gridlib.cell_dir(root, st.name, cell)) / gridlib.ROW))
             todo.append(cell)
     echo(f"{st.name}: {len(todo)} cells to run, {len(outcome.skipped)} already done ({executor})")
     for attempt in range(1, retries + 2):
@@ -215,7 +217,7 @@ def sweep(
         todo = []
         for cell, state in zip(jobs, states):
             out = Path(gridlib.cell_dir(root, st.name, cell))
-            if (out / gridlib.ROW).exists():
+            if statuslib.cell_status(out, cell.path).state in ("done", "diverged"):  # a row, and a readable one
                 outcome.done.append(cell.path)
                 outcome.failed.pop(cell.path, None)
                 continue

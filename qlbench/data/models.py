@@ -8,13 +8,20 @@ import os
 from pathlib import Path
 
 from qlbench.errors import QlbenchError
+from qlbench.study import names
 
 EOS = "<|endoftext|>"
 
 
 def base_dir(resources: str, model: str) -> Path:
     """Where `qlbench prepare` caches a pretrained base (model + tokenizer)."""
-    return Path(resources) / "models" / model
+    return Path(resources) / "models" / names.check("model", model)
+
+
+def remote_code(spec: dict) -> bool:
+    """transformers' trust_remote_code for a model entry: only an explicit `trust_remote_code: true` runs a
+    folder's own code; anything else (absent, a string, 1) is False."""
+    return spec.get("trust_remote_code") is True
 
 
 def train_tokenizer(text: str, vocab_size: int):
@@ -109,8 +116,9 @@ def load(spec: dict, name: str, resources: str, dtype=None, head: str = "AutoMod
 
     kwargs = {"dtype": dtype} if dtype is not None else {}
     kwargs.update(head_kwargs or {})  # a classification head's size and label names (tasks.classification)
+    kwargs["trust_remote_code"] = remote = remote_code(spec)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=local_only, trust_remote_code=remote)
         model = getattr(transformers, head).from_pretrained(ref, local_files_only=local_only, **kwargs)
     except OSError as e:
         raise QlbenchError(f"model {name!r}: cannot load {ref!r}: {str(e).strip().splitlines()[0]}") from None

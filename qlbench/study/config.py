@@ -15,7 +15,7 @@ from pathlib import Path
 
 from qlbench import registry
 from qlbench.errors import QlbenchError
-from qlbench.study import local as local_inputs, masks as masklang, settings as settings_tree, targets
+from qlbench.study import local as local_inputs, masks as masklang, names, settings as settings_tree, targets
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 AXES = ("models", "bits", "ranks", "masks", "seeds", "n_train")
@@ -136,6 +136,7 @@ def _schema_message(err) -> str:
 def load(config: dict, study: str | None = None) -> Study:
     """Validate the whole config and return one study, ready for grid expansion."""
     check_schema(config)
+    names.check_config(config)  # keys become folders and shell words: plain names only
     name = study or config.get("study") or "demo"
     if name not in config["studies"]:
         raise QlbenchError(f"study {name!r} is not in the config; studies: {', '.join(config['studies'])}")
@@ -169,7 +170,8 @@ def load(config: dict, study: str | None = None) -> Study:
     for model in raw["models"]:
         spec = config["models"][model]
         lay = masklang.layout(spec["arch"], spec["n_layer"])
-        expanded = [m for entry in raw["masks"] for m in masklang.expand(entry, lay)]
+        expanded = [names.check(f"{where}.masks: mask", m) for entry in raw["masks"]
+                    for m in masklang.expand(entry, lay)]
         for mask in expanded + list(settings["layer_bits"]):
             masklang.resolve(mask, lay)
         study_masks[model] = list(dict.fromkeys(expanded))

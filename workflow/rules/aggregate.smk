@@ -12,7 +12,7 @@ rule aggregate:
     params:
         results=lambda wildcards, output: os.path.dirname(os.path.dirname(output.cells)),
     shell:
-        f"qlbench aggregate {CONFIG_ARGS} {{wildcards.study}} --results {{params.results}} > {{log}} 2>&1"
+        f"qlbench aggregate {CONFIG_ARGS} {{wildcards.study:q}} --results {{params.results}} > {{log}} 2>&1"
 
 
 rule summarize:
@@ -64,4 +64,4 @@ rule similarity:
     params:
         results=lambda wildcards, output: os.path.dirname(os.path.dirname(output.pairs)),
     shell:
-        f"qlbench similarity {CONFIG_ARGS} {{wildcards.study}} --results {{params.results}} > {{log}} 2>&1"
+        f"qlbench similarity {CONFIG_ARGS} {{wildcards.study:q}} --results {{params.results}} > {{log}} 2>&1"

@@ -19,6 +19,6 @@ rule cell:
     shell:
         # the config files are not a param: passing another --configfile (planted trouble) must not rerun cells
         # --warm: forked from a process that has imported torch & co. already (one per machine or SLURM job)
-        f"qlbench run --warm {CONFIG_ARGS} --study {{wildcards.study}} --cell {{wildcards.cell}} "
-        f"--out {RESULTS}/{{wildcards.study}}/cells/{{wildcards.cell}} --threads {{threads}} "
+        f"qlbench run --warm {CONFIG_ARGS} --study {{wildcards.study:q}} --cell {{wildcards.cell:q}} "
+        f"--out {shlex.quote(RESULTS)}/{{wildcards.study:q}}/cells/{{wildcards.cell:q}} --threads {{threads}} "
         "2> /dev/null  # the cell writes {log} itself"

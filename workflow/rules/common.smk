@@ -95,7 +95,7 @@ def final_targets():
     # a cell without a row is a target too: a missing input of a finished aggregate is no reason to run its job
     # (Snakemake asks only for missing targets). Finished cells reach the DAG as the aggregate's inputs, where a
     # changed setting (params) or a newer base still reruns them: one stat each here, not 10,000 more targets.
-    targets = [row for row in cell_rows(None) if not os.path.exists(row)]
+    targets = unfinished_rows()
     targets += [f"{base}/summary.md", f"{base}/summary.csv", f"{base}/figures/eval_loss_vs_bits.png"]
     if 16 in STUDY.bits and min(STUDY.bits) < 16:  # quantized cells and their 16-bit references
         targets += [f"{base}/similarity.parquet", f"{base}/rstar.parquet", f"{base}/figures/qlora.png"]
@@ -104,6 +104,29 @@ def final_targets():
     if analysis_applies("sensitivity"):
         targets += [f"{base}/sensitivity/sensitivity.png", f"{base}/sensitivity/validation.parquet"]
     return targets
+
+
+def unfinished_rows():
+    """The rows of cells without one, and of cells whose row cannot be read (truncated, not a row): such a row
+    would pass for a finished cell, so it is renamed to row.parquet.corrupt and its cell is missing and rerun.
+    One stat per cell, and one read of whatever rows changed since the last look (the cache `qlbench status` and
+    the aggregate share)."""
+    from qlbench.study import finished
+
+    rows = cell_rows(None)
+    files = finished.cell_files(RESULTS, STUDY.name, CELLS, gridlib.ROW)  # absolute: the cache's keys
+    stamps = [finished.stamp(f) for f in files]
+    found = [i for i, s in enumerate(stamps) if s]
+    corrupt = {}
+    finished.stack([files[i] for i in found], [stamps[i] for i in found],
+                   finished.cache_path(RESULTS, STUDY.name, "cells"), [], corrupt=corrupt,
+                   required=finished.row_required(), one_row=True)
+    for i in found:
+        if files[i] in corrupt and finished.move_aside(files[i]):
+            print(f"qlbench: {rows[i]}: {corrupt[files[i]]}; moved aside to row.parquet.corrupt: its cell reruns",
+                  file=sys.stderr)
+            stamps[i] = None
+    return [rows[i] for i, s in enumerate(stamps) if s is None]
 
 
 def analysis_applies(name):

@@ -9,4 +9,4 @@ rule prepare_base:
     params:
         spec=base_hash,  # a changed model entry (shape, pretraining) prepares the base again
     shell:
-        f"qlbench prepare {CONFIG_ARGS} {{wildcards.model}} --out {{output}} --threads {{threads}} > {{log}} 2>&1"
+        f"qlbench prepare {CONFIG_ARGS} {{wildcards.model:q}} --out {{output}} --threads {{threads}} > {{log}} 2>&1"

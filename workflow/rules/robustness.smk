@@ -26,7 +26,7 @@ rule attack:
         coords=robust_args,
         cell_dir=lambda wildcards, input: os.path.dirname(input.row),
     shell:
-        f"qlbench attack {CONFIG_ARGS} --study {{wildcards.study}} {{params.coords}} --cell-dir {{params.cell_dir}} "
+        f"qlbench attack {CONFIG_ARGS} --study {{wildcards.study:q}} {{params.coords}} --cell-dir {{params.cell_dir}} "
         f"--threads {{threads}} --out {{output}} > {{log}} 2>&1"
 
 
@@ -47,7 +47,7 @@ rule robust_eval:
         coords=robust_args,
         cell_dir=lambda wildcards, input: os.path.dirname(input.row),
     shell:
-        f"qlbench robust-eval {CONFIG_ARGS} --study {{wildcards.study}} {{params.coords}} --cell-dir {{params.cell_dir}} "
+        f"qlbench robust-eval {CONFIG_ARGS} --study {{wildcards.study:q}} {{params.coords}} --cell-dir {{params.cell_dir}} "
         f"--precision {{wildcards.precision}} --adversarial {{input.adversarial}} --threads {{threads}} "
         f"--out {{output}} > {{log}} 2>&1"
 

@@ -1,0 +1,72 @@
+"""Two drivers of one study at once — two `qlbench sweep` submissions, a sweep beside a snakemake run — never run one
+cell twice at once or clobber a row: each cell's run holds a lock on its folder (qlbench/cluster/lock.py); a run that
+finds it held waits, and has nothing to do if the other left a row."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import polars as pl
+import pytest
+
+from qlbench.study import config as studylib, grid
+
+from conftest import BIN, REPO
+
+pytestmark = pytest.mark.workflow
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+       "TRANSFORMERS_OFFLINE": "1"}
+START = re.compile(r"^\d\d:\d\d:\d\d cell ", re.M)  # the first line of every attempt in a cell's log
+
+
+def starts(log) -> int:
+    return len(START.findall(log.read_text()))
+
+
+def start(cmd, work, name):
+    out = open(work / f"{name}.out", "w")
+    return subprocess.Popen(["timeout", "-k", "10", "600", *map(str, cmd)], cwd=work, env=ENV, text=True,
+                            stdout=out, stderr=subprocess.STDOUT)
+
+
+def test_two_runs_of_one_cell_at_once_run_it_once(tmp_path, micro_resources):
+    shutil.copytree(micro_resources, tmp_path / "resources")
+    out = tmp_path / "results/micro/cells/micro-gpt2/b4/r4/all/s0"
+    cmd = [BIN / "qlbench", "run", "-c", REPO / "config.yaml", "--study", "micro", "--cell", "micro-gpt2/b4/r4/all/s0",
+           "--out", out]
+    first = start(cmd, tmp_path, "first")
+    while not (out / ".lock").exists():  # the first holds the lock before the second starts
+        assert first.poll() is None, (tmp_path / "first.out").read_text()
+        time.sleep(0.05)
+    second = start(cmd, tmp_path, "second")
+    assert first.wait() == 0 and second.wait() == 0, (tmp_path / "second.out").read_text()
+    said = (tmp_path / "second.out").read_text()
+    assert "holds its lock" in said and "finished by another run" in said, said
+    assert starts(out / "log.txt") == 1  # one attempt wrote the log: the second never began the cell
+    assert pl.read_parquet(out / "row.parquet")["status"][0] == "ok"
+
+
+def test_two_sweeps_and_a_snakemake_run_of_one_study_run_each_cell_once(tmp_path, micro_resources):
+    shutil.copytree(micro_resources, tmp_path / "resources")
+    micro = studylib.load(studylib.read_config([REPO / "config.yaml"]), "micro")
+    sweep = [BIN / "qlbench", "sweep", "micro", "-c", REPO / "config.yaml", "--executor", "local", "--parallel", "2"]
+    drivers = [start(sweep, tmp_path, "sweep-a"), start(sweep, tmp_path, "sweep-b"),
+               start([BIN / "snakemake", "--snakefile", REPO / "Snakefile", "--directory", tmp_path, "--cores", "2",
+                      "--configfile", REPO / "config.yaml", "--config", "study=micro"], tmp_path, "snakemake")]
+    codes = [d.wait() for d in drivers]
+    outs = {n: (tmp_path / f"{n}.out").read_text() for n in ("sweep-a", "sweep-b", "snakemake")}
+    assert codes == [0, 0, 0], {n: o[-2000:] for n, o in outs.items()}
+    cells = grid.cells(micro)
+    for cell in cells:
+        folder = tmp_path / "results/micro/cells" / cell.path
+        assert starts(folder / "log.txt") == 1, (cell.path, (folder / "log.txt").read_text()[-2000:])
+        assert pl.read_parquet(folder / "row.parquet")["status"][0] == "ok"
+    # the drivers met: some run of some cell found another holding it (what a sweep's cells print is in its logs)
+    logs = [p.read_text() for p in (tmp_path / "results/micro/logs/sweep").rglob("*.out")]
+    assert any("holds its lock" in o for o in [*outs.values(), *logs]), outs
+    table = pl.read_parquet(tmp_path / "results/micro/cells.parquet")
+    assert table.height == len(cells) and (table["status"] == "ok").all()
