@@ -118,13 +118,21 @@ def unfinished_rows():
     stamps = [finished.stamp(f) for f in files]
     found = [i for i, s in enumerate(stamps) if s]
     corrupt = {}
-    finished.stack([files[i] for i in found], [stamps[i] for i in found],
-                   finished.cache_path(RESULTS, STUDY.name, "cells"), [], corrupt=corrupt,
-                   required=finished.row_required(), one_row=True)
+    finished.stack(
+        [files[i] for i in found],
+        [stamps[i] for i in found],
+        finished.cache_path(RESULTS, STUDY.name, "cells"),
+        [],
+        corrupt=corrupt,
+        required=finished.row_required(),
+        one_row=True,
+    )
     for i in found:
         if files[i] in corrupt and finished.move_aside(files[i]):
-            print(f"qlbench: {rows[i]}: {corrupt[files[i]]}; moved aside to row.parquet.corrupt: its cell reruns",
-                  file=sys.stderr)
+            print(
+                f"qlbench: {rows[i]}: {corrupt[files[i]]}; moved aside to row.parquet.corrupt: its cell reruns",
+                file=sys.stderr,
+            )
             stamps[i] = None
     return [rows[i] for i, s in enumerate(stamps) if s is None]
 
