@@ -59,8 +59,8 @@ def test_slice_restricted_lora_leaves_other_slices_exactly_zero(micro_resources,
     if backend == "bnb":
         from qlbench.quant import bnb
 
-        bnb.apply(model, {"transformer.h.0.attn.c_attn": 4}, {"format": "nf", "double_quant": True,
-                                                                "group_size": None, "compute_dtype": "float32"})
+        bnb.apply(model, {"transformer.h.0.attn.c_attn": 4},
+                  tree(format="nf", double_quant=True, group_size=None, compute_dtype="float32"))
     torch.manual_seed(0)
     model = lora.attach(model, 4, SETTINGS.replace(backend=backend, targets=preset), "gpt2")
     _train(model)
