@@ -108,7 +108,7 @@ class Pack:
 
     def _run(self, command: Command) -> str | None:
         self._running.add(command)
-        print(f"pack: {command.label} starts", flush=True)
+        _say(f"pack: {command.label} starts")
         try:
             command()
             return None
@@ -116,7 +116,7 @@ class Pack:
             return str(e)
         finally:
             self._running.discard(command)
-            print(f"pack: {command.label} ends", flush=True)
+            _say(f"pack: {command.label} ends")
 
     def checkpoint(self, *args, **kwargs):
         import submitit
@@ -131,6 +131,12 @@ class Pack:
 
     def __getstate__(self):
         return {"commands": self.commands, "at_once": self.at_once, "_running": set()}
+
+
+def _say(line: str) -> None:
+    """One line in one write: print writes a line's end apart, and the pack's threads share one stdout."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def job_size(cells: int, at_once: int, attempt: int, *, mem_gb: float, time_min: int, cpus: int,
