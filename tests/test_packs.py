@@ -59,3 +59,15 @@ def test_warm_cells_equal_fresh_ones_and_a_failing_cell_fails_alone(tmp_path, mi
     for c in cells:
         assert (packed / "results/micro/cells" / c.path / grid.ADAPTER).read_bytes() == \
             (fresh / "results/micro/cells" / c.path / grid.ADAPTER).read_bytes(), c.path
+
+
+def test_a_requeued_job_s_snakemake_is_not_forced_so_its_finished_cells_keep_their_rows():
+    """SLURM restarts a requeued job's command as it was: forced, the pack's finished cells ran again (the chaos
+    test saw their rows rewritten). The first start keeps snakemake's command; a restart drops --force alone."""
+    from snakemake_executor_plugin_qlbench_slurm.nested import args
+
+    spawned = ["--snakefile", "Snakefile", "--target-jobs", "cell:study=micro", "--force", "--nolock"]
+    assert args(spawned, {}) == spawned
+    assert args(spawned, {"SLURM_RESTART_COUNT": "0"}) == spawned
+    assert args(spawned, {"SLURM_RESTART_COUNT": "2"}) == ["--snakefile", "Snakefile", "--target-jobs",
+                                                            "cell:study=micro", "--nolock"]

@@ -13,7 +13,8 @@ Here the nested run keeps going, a retry of a pack targets only its cells withou
 finished keep their rows, the failed one is rerun alone), and the cells run as plain children of the job's own
 shell (snakemake's local executor), so they all fork from the one warm process the first started: as many at once
 as the job was sized for (its `pack_slot`s, the profile's cells at once; they share the job's GPUs). A job with
-one cell keeps its step. Settings are the slurm plugin's, named `qlbench-slurm-*`.
+one cell keeps its step. A job SLURM requeues (preemption) starts its snakemake without `--force`, so the cells
+that finished before keep their rows (nested.py). Settings are the slurm plugin's, named `qlbench-slurm-*`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ __all__ = ["Executor", "ExecutorSettings", "common_settings"]
 
 
 JOBSTEP = "--executor slurm-jobstep --jobs 1"  # how the slurm plugin runs a job's nested snakemake
+SNAKEMAKE = " -m snakemake "  # how snakemake starts a job's own snakemake
+NESTED = " -m snakemake_executor_plugin_qlbench_slurm.nested "
 
 
 class Executor(SlurmExecutor):
@@ -57,6 +60,10 @@ class Executor(SlurmExecutor):
 
     def format_job_exec(self, job) -> str:
         command = super().format_job_exec(job)
+        if SNAKEMAKE not in command:  # snakemake's spelling changed: fail loudly
+            raise RuntimeError(f"qlbench-slurm: no `{SNAKEMAKE}` in a job's command; snakemake changed")
+        # a requeued job must not force its finished cells to run again (nested.py)
+        command = command.replace(SNAKEMAKE, NESTED, 1)
         if not job.is_group():
             return command
         if JOBSTEP not in command:  # snakemake's or the slurm plugin's spelling changed: fail loudly
