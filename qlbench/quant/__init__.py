@@ -1,4 +1,5 @@
-"""Quantization backends, one file each: `fake` (simulated quantize-dequantize, any width) and `bnb` (bitsandbytes).
+"""Quantization backends, one file each: `fake` (simulated quantize-dequantize, any width), `bnb` (bitsandbytes),
+`hqq` (the hqq package's HQQLinear) and `torchao` (torchao's int8 and NF4 tensors).
 
 A backend file declares what it can do (`BACKEND = qlbench.registry.Backend(...)`: formats and widths, whether it
 re-quantizes in place, its layout) and exposes `apply(model, plan, settings) -> list[dict]`: it quantizes, in

@@ -127,9 +127,9 @@ def _schema_message(err) -> str:
     if err.validator == "additionalProperties":
         return err.message.replace("Additional properties are not allowed", "unknown key")
     if err.validator == "not" and isinstance(err.instance, int):
-        return f"{err.instance} bits is not a supported width (use 2-8 or 16)"
+        return f"{err.instance} bits is not a supported width (use 1-8 or 16)"
     if err.validator in ("minimum", "maximum") and "bits" in [str(p) for p in err.absolute_path]:
-        return f"{err.instance} bits is not a supported width (use 2-8 or 16)"
+        return f"{err.instance} bits is not a supported width (use 1-8 or 16)"
     return err.message.splitlines()[0]
 
 

@@ -80,6 +80,8 @@ class Quant:
                                            "int, 64 for nf/fp)", {"type": "integer", "minimum": 0})
     double_quant: bool = setting(False, "quantize the block scales again (QLoRA's double quantization)",
                                  {"type": "boolean"})
+    hqq_axis: int = setting(1, "hqq: the axis its groups run along (1: the input dimension, hqq's default; 0: the "
+                               "output dimension)", {"enum": [0, 1]}, optional=True)
     high_bits: int = setting(16, "bit width of the layers outside the mask", {"enum": [16, 8]})
     adapter_bits: int = setting(16, "bit width of LoRA's A and B (16: not quantized)", _BITS)
     bits_target: str = setting("base", "what `bits` quantizes: the base's masked layers, or LoRA's A and B (the "
