@@ -297,3 +297,30 @@ def test_a_text_outside_the_similarity_constraint_is_no_attack():
     assert got["adv_accuracy"] == 0.75  # text 1 keeps its clean (right) prediction, text 3 its adversarial one
     assert got["attack_success_unconstrained"] == pytest.approx(2 / 3)
     assert got["adv_accuracy_unconstrained"] == 0.5
+
+
+def test_the_robustness_table_summarises_similarity_and_perplexity_of_the_hard_texts(tmp_path):
+    import polars as pl
+
+    from qlbench.analysis import robustness as table
+
+    coords = {"model": "m", "rank": 8, "seed": 0}
+    adv = pl.DataFrame([{**coords, "label": 0, "clean_pred": 0, "adv_pred": p, "token_change": 0.5,
+                         "clean_lm_nll": 2.0, "adv_lm_nll": 3.0, "clean_lm_ppl": math.exp(2.0),
+                         "adv_lm_ppl": math.exp(n), "success": s, "similar": s, "adv_bertscore_f1": f,
+                         "adv_bertscore": f - 0.5, "bertscore_baseline": 0.5, "similarity_threshold": 0.5,
+                         "ends_kept": True} for p, s, f, n in [(1, True, 0.9, 3.0), (1, False, 0.6, 5.0)]])
+    folder = tmp_path / "robustness" / "m"
+    folder.mkdir(parents=True)
+    adv.write_parquet(folder / "adversarial.parquet")
+    pl.DataFrame([{**coords, "precision": "fp32", "widths": "", "clean_accuracy": 1.0, "adv_accuracy": 0.5,
+                   "attack_success": 0.5, "eval_accuracy": 0.9, "adv_accuracy_unconstrained": 0.0,
+                   "attack_success_unconstrained": 1.0}]).write_parquet(folder / "fp32.parquet")
+    table.write(tmp_path / "robustness", tmp_path / "out")
+    text = (tmp_path / "out/robustness.md").read_text()
+    per_seed = table.attacks(adv).row(0, named=True)
+    assert per_seed["success"] == 0.5 and per_seed["similar"] == 0.5
+    assert per_seed["adv_bertscore_f1"] == pytest.approx(0.75)
+    assert per_seed["adv_lm_ppl"] == pytest.approx((math.exp(3.0) + math.exp(5.0)) / 2)  # the median of two
+    assert "| 50% | 50% (≥ 0.5) | 0.750 (0.25; 0.500) |" in text
+    assert "50.0% |" in text and "100.0% |" in text  # constrained and unconstrained success side by side
