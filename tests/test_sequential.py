@@ -154,3 +154,31 @@ def test_the_qalof_table_names_each_rows_schedule():
     assert rows[("switchable, all-8", "cyclic")]["em"] == 50.0  # unset: today's cyclic alternation
     assert rows[("switchable, all-8", "sequential")]["em"] == 61.0
     assert rows[("switchable, all-8", "sequential")]["seeds"] == 2
+
+
+def test_each_tasks_loss_and_logits_is_its_training_loss_and_the_logits_it_reads():
+    """What the cascade distils: per task, the loss beside the logits equals the task's own training loss, and QA's
+    padding carries no probability in either distribution."""
+    import torch
+    from transformers import GPT2Config, GPT2ForQuestionAnswering, GPT2ForSequenceClassification
+
+    from qlbench.tasks import Batch, causal_lm, classification, extractive_qa
+
+    cfg = dict(n_layer=1, n_head=2, n_embd=16, vocab_size=40, n_positions=16, pad_token_id=0)
+    torch.manual_seed(0)
+    ids = torch.randint(1, 40, (2, 6))
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
+    lm = tiny_gpt2().eval()
+    blocks = torch.randint(0, 64, (2, 8))
+    loss, (logits,) = causal_lm.loss_and_logits(lm, blocks)
+    assert logits.shape == (2, 8, 64) and loss.item() == pytest.approx(causal_lm.loss(lm, blocks).item(), rel=1e-6)
+    qa = GPT2ForQuestionAnswering(GPT2Config(**cfg)).eval()
+    batch = Batch(input_ids=ids, attention_mask=mask, start_positions=torch.tensor([1, 2]),
+                  end_positions=torch.tensor([3, 3]))
+    loss, (start, end) = extractive_qa.loss_and_logits(qa, batch)
+    assert loss.item() == pytest.approx(extractive_qa.loss(qa, batch).item(), rel=1e-6)
+    assert torch.softmax(start, -1)[1, 4:].sum() < 1e-30 and torch.softmax(end, -1)[1, 4:].sum() < 1e-30
+    clf = GPT2ForSequenceClassification(GPT2Config(**cfg, num_labels=3)).eval()
+    batch = Batch(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 2]))
+    loss, (z,) = classification.loss_and_logits(clf, batch)
+    assert z.shape == (2, 3) and loss.item() == pytest.approx(classification.loss(clf, batch).item(), rel=1e-6)
