@@ -234,6 +234,13 @@ def check_precision(settings: dict, bits: list[int], where: str) -> None:
                            f"full-precision weights ({_requantizing()}); backend is {settings['backend']!r}")
     if switch and cpt:
         raise QlbenchError(f"{where}: switch_bits and cpt_bits exclude each other (one adapter per width, or one)")
+    distils = any(k in settings for k in ("distill_alpha", "distill_temperature"))
+    if (settings["switch_schedule"] == "sequential" or distils) and len(switch) < 2:
+        raise QlbenchError(f"{where}: switch_schedule sequential and distill_* train switchable adapters in turn: "
+                           f"switch_bits needs two widths or more (has {list(switch)})")
+    if distils and settings["switch_schedule"] != "sequential":
+        raise QlbenchError(f"{where}: distill_alpha and distill_temperature are sequential training's "
+                           f"(switch_schedule: sequential), not {settings['switch_schedule']!r}")
     if cpt:
         low, high = cpt
         period = cpt_period(settings["steps"], settings["cpt_cycles"])

@@ -103,8 +103,16 @@ class Precision:
     switch_bits: tuple[int, ...] = setting(
         [], "QaLoF switchable precision: widths the masked layers switch between, one LoRA adapter each ([]: off)",
         {"type": "array", "items": _WIDTH, "uniqueItems": True})
-    switch_schedule: str = setting("cyclic", "switchable: the width of each step, in turn (cyclic) or drawn (random)",
-                                   {"enum": ["cyclic", "random"]})
+    switch_schedule: str = setting(
+        "cyclic", "switchable: the width of each step, in turn (cyclic) or drawn (random); or QaLoF's sequential: "
+                  "each width's adapter for the full steps in turn, highest first, lower ones distilled from the next "
+                  "higher", {"enum": ["cyclic", "random", "sequential"]})
+    distill_alpha: float = setting(0.5, "sequential switchable: weight of the cascade distillation term against the "
+                                        "task loss (QaLoF: 0.5)", {"type": "number", "minimum": 0, "maximum": 1},
+                                   optional=True, data=False)
+    distill_temperature: float = setting(2.0, "sequential switchable: the distillation's softmax temperature "
+                                              "(QaLoF: 2)", {"type": "number", "exclusiveMinimum": 0},
+                                         optional=True, data=False)
     cpt_bits: tuple[int, ...] = setting(
         [], "cyclic precision training (CPT): [low, high]; one adapter, the masked layers' width cycling between "
             "them ([]: off)", {"type": "array", "items": _WIDTH, "anyOf": [{"maxItems": 0}, {"minItems": 2, "maxItems": 2}]})
