@@ -64,6 +64,8 @@ LAYERS_SCHEMA = pl.Schema({
     "quant_rel_err": pl.Float64, "quant_snr_db": pl.Float64,
     "noise_var_uniform": pl.Float64,  # the uniform-noise model Δ²/12, Δ = 2^(1-b)·max|w|
     "noise_ratio": pl.Float64,  # measured quant_mse / noise_var_uniform
+    "init_error": pl.Float64,  # ‖W − (Q + s·B·A)‖_F as training starts (default init: B = 0, so ‖W − Q‖_F)
+    "init_error_default": pl.Float64,  # ‖W − Q(W)‖_F: the default init's, for comparison under lora_init loftq
 })
 TIMING_COLUMNS = ("step_time_s", "tokens_per_s", "peak_mem_mb", "wall_s", "scan_s")  # differ run to run
 
@@ -97,7 +99,8 @@ def layers_frame(coords: dict, stats: list[dict]) -> pl.DataFrame:
     rows = [{**coords, "module": m["module"], "module_bits": m["bits"], "numel": m.get("numel"),
              "quant_mse": m["quant_mse"], "quant_rel_err": m.get("quant_rel_err", nan),
              "quant_snr_db": m.get("quant_snr_db", nan), "noise_var_uniform": m.get("noise_var_uniform", nan),
-             "noise_ratio": m["quant_mse"] / m["noise_var_uniform"] if m.get("noise_var_uniform") else nan}
+             "noise_ratio": m["quant_mse"] / m["noise_var_uniform"] if m.get("noise_var_uniform") else nan,
+             "init_error": m.get("init_error", nan), "init_error_default": m.get("init_error_default", nan)}
             for m in stats]
     return pl.DataFrame(rows, schema=LAYERS_SCHEMA)
 

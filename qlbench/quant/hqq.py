@@ -44,6 +44,11 @@ def quant_config(bits: int, quant) -> dict:
     return _hqq().BaseQuantizeConfig(nbits=bits, group_size=group, axis=quant.hqq_axis)
 
 
+def dequantized_weight(module) -> torch.Tensor:
+    """What an HQQLinear computes with, as an (out, in) float tensor."""
+    return module.dequantize().float()
+
+
 def held_bytes(module) -> int:
     """Bytes the quantized weight really occupies: the packed codes plus every scale and zero point hqq keeps."""
     tensors = [module.W_q] + [v for v in module.meta.values() if torch.is_tensor(v)]

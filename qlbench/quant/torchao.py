@@ -71,6 +71,11 @@ def dequantized(weight) -> torch.Tensor:
     return weight.dequantize().float()
 
 
+def dequantized_weight(module) -> torch.Tensor:
+    """What a quantized linear computes with, as an (out, in) float tensor."""
+    return dequantized(module.weight)
+
+
 def held_bytes(weight) -> int:
     """Bytes the quantized weight really holds: its inner tensors (codes, scales, zero points, quantized scales)."""
     names, _ = weight.__tensor_flatten__()

@@ -214,6 +214,11 @@ def check_settings(settings: dict, bits: list[int], where: str) -> None:
                            f"({_requantizing()}) and every quantized width of bits "
                            f"{sorted(b for b in bits if b < 16)} among its widths")
     check_precision(settings, bits, where)
+    changing = ("switch_bits", "cpt_bits", "eval_bits", "eval_maps", "eval_scan")
+    if settings.get("lora_init") == "loftq" and any(settings.get(k) for k in changing):
+        raise QlbenchError(f"{where}.lora_init loftq: does not combine with widths that change after quantization "
+                           f"({', '.join(k for k in changing if settings.get(k))}): LoftQ fits the adapter to one "
+                           "quantized weight")
     if settings["adapter_bits"] != 16 and not 2 <= settings["adapter_bits"] <= 8:
         raise QlbenchError(f"{where}.adapter_bits: {settings['adapter_bits']} (use 2-8, or 16 for none)")
     if settings.get("fail") is not None:

@@ -176,6 +176,13 @@ class Lora:
                                  key="lora_alpha")
     dropout: float = setting(0.0, "dropout on LoRA's input", {"type": "number", "minimum": 0, "maximum": 1},
                              key="lora_dropout")
+    init: str = setting("default", "how the adapters start: default (peft's: A random, B zero, so the model is the "
+                                   "quantized base) or loftq (LoftQ: B·A fitted by alternating SVD to what "
+                                   "quantization took from each quantized target's weight, the base quantized "
+                                   "again around it by the cell's own backend)",
+                        {"enum": ["default", "loftq"]}, key="lora_init", optional=True)
+    loftq_iter: int = setting(1, "loftq: alternating rounds of quantize and SVD (LoftQ's T; peft's default 1)",
+                              {"type": "integer", "minimum": 1}, optional=True)
 
 
 @dataclass(frozen=True)
