@@ -67,7 +67,7 @@ LAYERS_SCHEMA = pl.Schema({
     "init_error": pl.Float64,  # ‖W − (Q + s·B·A)‖_F as training starts (default init: B = 0, so ‖W − Q‖_F)
     "init_error_default": pl.Float64,  # ‖W − Q(W)‖_F: the default init's, for comparison under lora_init loftq
 })
-TIMING_COLUMNS = ("step_time_s", "tokens_per_s", "peak_mem_mb", "wall_s", "scan_s")  # differ run to run
+TIMING_COLUMNS = ("step_time_s", "tokens_per_s", "peak_mem_mb", "wall_s", "scan_s", "merged_s")  # differ run to run
 
 
 def row_frame(row: dict, curve: list[dict] | None = None) -> pl.DataFrame:
