@@ -44,6 +44,15 @@ METRICS = {
     "resumed_from": pl.Int64,
     "wall_s": pl.Float64,
 }
+# Metrics of rows written since these were added: optional, so an older row without them still reads as finished
+# (`finished.row_required` asks for ROW_SCHEMA's columns only); a row carries them as extra columns.
+OPTIONAL_METRICS = {
+    "init_error": pl.Float64,  # mean over quantized modules of ‖W − (Q + s·B·A)‖_F as training starts
+    "init_error_default": pl.Float64,  # … of ‖W − Q(W)‖_F, the default init's (equal to init_error unless LoftQ)
+    "merged_eval_loss": pl.Float64,  # adapter merged into the 16-bit base (W + s·B·A); NaN: nothing quantized
+    "merged_requant_eval_loss": pl.Float64,  # that merged model quantized again with the cell's plan and backend
+    "merged_s": pl.Float64,  # seconds the two merged evaluations took, the reload included
+}
 PROVENANCE = {
     "config_hash": pl.String, "qlbench_version": pl.String, "torch_version": pl.String,
     "transformers_version": pl.String, "peft_version": pl.String, "python_version": pl.String,
@@ -78,7 +87,8 @@ def row_frame(row: dict, curve: list[dict] | None = None) -> pl.DataFrame:
         raise ValueError(f"row lacks columns {missing}")
     core = pl.DataFrame([{k: row[k] for k in ROW_SCHEMA}], schema=ROW_SCHEMA)
     extra = {k: v for k, v in row.items() if k not in ROW_SCHEMA}
-    parts = [core] + ([pl.DataFrame([extra])] if extra else [])
+    typed = {k: t for k, t in OPTIONAL_METRICS.items() if k in extra}
+    parts = [core] + ([pl.DataFrame([extra], schema_overrides=typed)] if extra else [])
     if curve is not None:
         steps = [{**{k: r[k] for k in STEP if k != "grad_var"}, "grad_var": r.get("grad_var", float("nan"))}
                  for r in curve]

@@ -88,3 +88,20 @@ def test_a_cell_with_nothing_quantized_has_nan_merged_columns():
     Ctx.settings, Ctx.log = tree(), __import__("logging").getLogger("test")
     out = deployed.evaluate(Ctx, None, None, Quantized(plan={}, stats=[], weight_mem_mb=0.0))
     assert set(out) == set(deployed.LOSSES) and all(math.isnan(v) for v in out.values())
+
+
+def test_rows_written_before_the_merged_columns_still_read_as_finished(tmp_path):
+    from qlbench import results
+    from qlbench.study import finished
+
+    old = {k: None for k in results.ROW_SCHEMA} | {"study": "s", "model": "m", "bits": 4, "rank": 4, "mask": "all",
+                                                   "seed": 0, "status": "ok", "eval_loss": 5.0}
+    new = old | {"seed": 1, "merged_eval_loss": 5.1, "merged_requant_eval_loss": 5.2, "init_error": 0.3}
+    files = []
+    for i, row in enumerate((old, new)):
+        results.write_parquet(results.row_frame(row), tmp_path / f"{i}.parquet")
+        files.append(str(tmp_path / f"{i}.parquet"))
+    corrupt: dict = {}
+    table = finished.read_many(files, corrupt, finished.row_required()).sort("seed")
+    assert corrupt == {} and table.height == 2
+    assert table["merged_eval_loss"].to_list() == [None, 5.1] and table.schema["init_error"] == pl.Float64
