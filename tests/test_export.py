@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from qlbench.analysis import sensitivity
 from qlbench.errors import QlbenchError
-from qlbench.export import hqq as export_hqq
+from qlbench.export import hqq as export_hqq, recommendation
 from qlbench.study import masks as masklang
 from qlbench.study.settings import tree
 
@@ -67,7 +67,7 @@ def _export(tmp_path, rec: pl.DataFrame) -> Path:
                                     "--results", str(tmp_path / "results")])
     assert res.exit_code == 0, res.output
     out = tmp_path / "results/micro/export/hqq_micro-gpt2_r4_module.json"
-    assert str(out) in res.output
+    assert str(out) in res.output and "no llm-compressor recipe" in res.output  # GPT-2: Conv1D
     return out
 
 
@@ -131,8 +131,8 @@ def test_export_refuses_widths_hqq_lacks_and_an_ambiguous_choice():
         export_hqq.config(row, LAYOUT, tree().quant)
     two = pl.DataFrame({"model": ["m", "m"], "rank": [4, 8], "level": ["module", "module"], "bit_map": ["{}", "{}"]})
     with pytest.raises(QlbenchError, match="2 recommendations match"):
-        export_hqq.pick(two)
-    assert export_hqq.pick(two, rank=8)["rank"] == 8
+        recommendation.pick(two)
+    assert recommendation.pick(two, rank=8)["rank"] == 8
 
 
 def test_a_count_budget_recommendation_exports_its_mask_at_its_bits():

@@ -81,7 +81,8 @@ def test_track_logs_one_run_per_finished_cell_and_a_second_call_adds_none(study)
     _, chash = studylib.cell_identity(st, cell)
     assert run.data.tags["qlbench.config_hash"] == chash and run.info.status == "FINISHED"
     assert run.data.params["bits"] == str(cell.bits) and run.data.params["mask"] == cell.mask
-    assert run.data.params["steps"] == str(st.settings["steps"]) and run.data.params["backend"] == st.settings["backend"]
+    assert run.data.params["steps"] == str(st.settings["steps"])
+    assert run.data.params["backend"] == st.settings["backend"]
     assert run.data.metrics["eval_loss"] == pytest.approx(2.0) and run.data.metrics["wall_s"] == 3.0
     history = client.get_metric_history(run.info.run_id, "curve.loss")
     assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [
@@ -112,3 +113,22 @@ def test_a_changed_row_updates_its_own_run_and_a_new_cell_gets_one(study):
     assert changed.info.run_id == ids[f"micro/{cells[1].path}"]  # in place, not a second run
     assert changed.data.metrics["eval_loss"] == pytest.approx(1.5)
     assert now[f"micro/{cells[0].path}"].info.run_id == ids[f"micro/{cells[0].path}"]
+
+
+def test_a_row_under_new_settings_replaces_its_run_and_stale_rows_are_left_out(study):
+    work, st, cells = study
+    _track(work)
+    _, before = _runs(work)
+    old = {r.data.tags["qlbench.cell"]: r.info.run_id for r in before}[f"micro/{cells[0].path}"]
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["studies"]["micro"]["steps"] = st.settings["steps"] + 10  # new settings: every row is now stale
+    (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    new_st = studylib.load(config, "micro")
+    _write_row(work / "results", new_st, cells[0], 1.9)  # one cell rerun under them
+    out = _track(work)
+    assert "0 runs created, 0 updated, 1 replaced, 0 unchanged, 1 left out" in out
+    client, after = _runs(work)
+    assert len(after) == len(cells) - 1  # the replaced run is deleted; the stale cell's run stays
+    new = next(r for r in after if r.data.tags["qlbench.cell"] == f"micro/{cells[0].path}")
+    assert new.data.tags["qlbench.replaces"] == old and new.data.params["steps"] == str(new_st.settings["steps"])
+    assert client.get_run(old).info.lifecycle_stage == "deleted"

@@ -1,5 +1,5 @@
-"""Commands that hand results to other tools: `export` (a recommendation as an HQQ config that loads) and `track`
-(finished cells as MLflow runs). No model, no torch."""
+"""Commands that hand results to other tools: `export` (a recommendation as an HQQ config and an llm-compressor
+recipe) and `track` (finished cells as MLflow runs). No model, no torch."""
 
 from __future__ import annotations
 
@@ -21,16 +21,17 @@ from qlbench.errors import QlbenchError
 @click.option("--rank", type=int, default=None, help="which recommendation: its rank")
 @click.option("--n-train", type=int, default=None, help="which recommendation: its N")
 @click.option("--level", type=click.Choice(["block", "module"]), default=None, help="which recommendation: its level")
-@click.option("--out", default=None, type=click.Path(dir_okay=False),
-              help="the HQQ config .json (default: results/STUDY/export/hqq_<model>_r<rank>_<level>.json)")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="folder for the exports (default: results/STUDY/export)")
 def export(config_files, study, results, rec_path, model, rank, n_train, level, out):
-    """A sensitivity recommendation (a width per block or module) as an HQQ per-layer config: JSON mapping every
-    quantizable linear to hqq's {nbits, group_size, axis} (null: left 16-bit), with the study's group size and
-    axis. Load it with `qlbench.export.load_hqq(model_or_folder, path)` (hqq's HQQLinear per layer; GPT-2's Conv1D
-    becomes nn.Linear first)."""
+    """A sensitivity recommendation (a width per block or module) as configs other tools load: an HQQ per-layer
+    config (hqq_*.json: every quantizable linear -> hqq's {nbits, group_size, axis}, null where 16-bit; load it with
+    `qlbench.export.load_hqq(model_or_folder, path)`) and, for Linear-layer models (not GPT-2's Conv1D), an
+    llm-compressor recipe (llmc_*.yaml: compressed-tensors weight schemes per layer, for llmcompressor's oneshot)."""
     import polars as pl
 
-    from qlbench.export import hqq
+    from qlbench.export import hqq, llmc, recommendation
+    from qlbench.results import atomic_path
 
     st = load_study(config_files, study)
     root = Path(results or st.results) / st.name
@@ -38,15 +39,24 @@ def export(config_files, study, results, rec_path, model, rank, n_train, level, 
     if not path.exists():
         raise QlbenchError(f"no recommendation at {path}: run the study's sensitivity (snakemake, or qlbench "
                            "sensitivity) first, or give --recommendation")
-    row = hqq.pick(pl.read_parquet(path), model=model, rank=rank, n_train=n_train, level=level)
+    row = recommendation.pick(pl.read_parquet(path), model=model, rank=rank, n_train=n_train, level=level)
     if row.get("model") not in st.config["models"]:
         raise QlbenchError(f"model {row.get('model')!r} of the recommendation is not in the config")
-    cfg = hqq.config(row, st.layout(row["model"]), st.tree.quant, st.name)
-    target = hqq.write(cfg, Path(out) if out else root / "export" / hqq.file_name(row))
+    lay, folder = st.layout(row["model"]), Path(out) if out else root / "export"
+    cfg = hqq.config(row, lay, st.tree.quant, st.name)
+    target = hqq.write(cfg, folder / f"hqq_{recommendation.file_name(row)}.json")
     low = sum(c is not None for c in cfg["layers"].values())
     how = ("the same in every block: hqq's quantize_model takes it" if cfg["hqq_quant_config"]
            else "widths differ between blocks: loaded layer by layer")
     click.echo(f"{target}: {low} of {len(cfg['layers'])} linears quantized by HQQ ({how})")
+    if lay.arch == "gpt2":
+        click.echo("no llm-compressor recipe: it quantizes nn.Linear layers, and GPT-2's are Conv1D")
+        return
+    recipe = folder / f"llmc_{recommendation.file_name(row)}.yaml"
+    with atomic_path(recipe) as tmp:
+        tmp.write_text(llmc.text(llmc.recipe(row, lay, st.tree.quant)))
+    click.echo(f"{recipe}: the llm-compressor recipe (oneshot(model=..., recipe=...) in an environment with "
+               "llmcompressor)")
 
 
 @main.command()

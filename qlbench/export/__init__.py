@@ -1,6 +1,7 @@
-"""What leaves qlbench for other tools: a sensitivity recommendation as a quantization config others load (`hqq`),
-and a study's finished cells as MLflow runs (`track`). No module here imports torch at its top: `qlbench export`
-and `qlbench track` never load a model; `hqq.load_hqq` imports torch and hqq when it is called."""
+"""What leaves qlbench for other tools: a sensitivity recommendation as configs others load (`hqq`: an HQQ
+per-layer config; `llmc`: an llm-compressor recipe), and a study's finished cells as MLflow runs (`track`). No
+module here imports torch at its top: `qlbench export` and `qlbench track` never load a model; `hqq.load_hqq`
+imports torch and hqq when it is called."""
 
 from __future__ import annotations
 

@@ -20,48 +20,15 @@ branch and fails (KeyError 'offload_meta'). So `load_hqq` quantizes layer by lay
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-import polars as pl
-
 from qlbench.errors import QlbenchError
+from qlbench.export.recommendation import widths
 from qlbench.registry import backend
 from qlbench.study import masks as masklang
 
 FORMAT = "qlbench-hqq/1"
 DEFAULT_GROUP = 64  # qlbench.quant.hqq.DEFAULT_GROUP (imported there with torch; a test keeps the two equal)
-KEYS = ("model", "n_train", "rank", "level")
-
-
-def pick(rec: pl.DataFrame, **wanted) -> dict:
-    """The one recommendation row that matches `wanted` (model, n_train, rank, level; None: any)."""
-    rows = rec
-    for k, v in wanted.items():
-        if v is not None and k in rows.columns:
-            rows = rows.filter(pl.col(k).cast(pl.String) == str(v))
-    if rows.height != 1:
-        keys = [k for k in KEYS if k in rec.columns]
-        choices = "; ".join(", ".join(f"{k} {r[k]}" for k in keys) for r in rec.select(keys).iter_rows(named=True))
-        raise QlbenchError(f"{rows.height} recommendations match (choose one with --model/--rank/--n-train/--level): "
-                           f"{choices or 'none in the file'}")
-    return rows.row(0, named=True)
-
-
-def widths(row: dict, lay: masklang.Layout, high_bits: int) -> dict[str, int]:
-    """Every quantizable linear of the layout -> its recommended width (16: left alone)."""
-    if row.get("bit_map"):
-        units = {u: int(w) for u, w in json.loads(row["bit_map"]).items()}
-    else:
-        units = {row["mask"]: int(row["bits"])}
-    out = dict.fromkeys(lay.all_names(), high_bits)
-    seen: dict[str, str] = {}
-    for unit, w in units.items():
-        for name in masklang.resolve(unit, lay):
-            if name in seen and out[name] != w:
-                raise QlbenchError(f"{name} is in {seen[name]} and in {unit} at other widths")
-            out[name], seen[name] = w, unit
-    return out
 
 
 def hqq_tag(name: str) -> str:
@@ -156,12 +123,3 @@ def layer_widths(model, names) -> dict[str, int]:
         m = model.get_submodule(name)
         out[name] = int(m.meta["nbits"]) if isinstance(m, HQQLinear) else 16
     return out
-
-
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def file_name(row: dict) -> str:
-    """hqq_<model>_r<rank>[_n<N>]_<level>.json"""
-    n = f"_n{row['n_train']}" if row.get("n_train") is not None else ""
-    return _SAFE.sub("_", f"hqq_{row.get('model')}_r{row.get('rank')}{n}_{row.get('level', 'all')}") + ".json"
