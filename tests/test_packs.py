@@ -61,13 +61,33 @@ def test_warm_cells_equal_fresh_ones_and_a_failing_cell_fails_alone(tmp_path, mi
             (fresh / "results/micro/cells" / c.path / grid.ADAPTER).read_bytes(), c.path
 
 
-def test_a_requeued_job_s_snakemake_is_not_forced_so_its_finished_cells_keep_their_rows():
-    """SLURM restarts a requeued job's command as it was: forced, the pack's finished cells ran again (the chaos
-    test saw their rows rewritten). The first start keeps snakemake's command; a restart drops --force alone."""
-    from snakemake_executor_plugin_qlbench_slurm.nested import args
+def test_a_requeued_job_leaves_out_the_cells_that_had_finished():
+    """SLURM restarts a requeued job's command as it was, and Snakemake always runs a target job: the pack's
+    finished cells ran again (the chaos test saw their rows rewritten). The first start keeps snakemake's command;
+    a restart drops the targets whose outputs are there, and a job with none left runs nothing."""
+    from snakemake_executor_plugin_qlbench_slurm.nested import args, encode
 
-    spawned = ["--snakefile", "Snakefile", "--target-jobs", "cell:study=micro", "--force", "--nolock"]
-    assert args(spawned, {}) == spawned
-    assert args(spawned, {"SLURM_RESTART_COUNT": "0"}) == spawned
-    assert args(spawned, {"SLURM_RESTART_COUNT": "2"}) == ["--snakefile", "Snakefile", "--target-jobs",
-                                                            "cell:study=micro", "--nolock"]
+    a, b = "cell:study=micro,cell=micro-gpt2/b4/r4/all/s0", "cell:study=micro,cell=micro-gpt2/b8/r4/all/s0"
+    outputs = encode({a: ["results/a/row.parquet"], b: ["results/b/row.parquet"]})
+    spawned = ["--snakefile", "Snakefile", "--target-jobs", a, b, "--force", "--nolock"]
+    done = {"results/a/row.parquet"}.__contains__
+    assert args(["--outputs", outputs, *spawned], {}, done) == spawned
+    assert args(["--outputs", outputs, *spawned], {"SLURM_RESTART_COUNT": "0"}, done) == spawned
+    restart = {"SLURM_RESTART_COUNT": "1"}
+    assert args(["--outputs", outputs, *spawned], restart, done) == ["--snakefile", "Snakefile", "--target-jobs", b,
+                                                                      "--force", "--nolock"]
+    assert args(["--outputs", outputs, *spawned], restart, lambda f: True) is None
+    assert args(spawned, restart, done) == spawned  # no map: snakemake's command as it was
+
+
+def test_a_job_scancel_ended_is_seen_as_cancelled_not_as_running():
+    """sacct says `CANCELLED by 0`; the slurm plugin matched states whole and waited for such a job for ever."""
+    import asyncio
+    import logging
+
+    import snakemake_executor_plugin_qlbench_slurm  # noqa: F401  (patches the slurm plugin's status query)
+    import snakemake_executor_plugin_slurm as slurm
+
+    sacct = "printf '54|CANCELLED by 0\\n55|COMPLETED\\n56|RUNNING\\n'"
+    stati, _ = asyncio.run(slurm.query_job_status(sacct, logging.getLogger("test")))
+    assert stati == {"54": "CANCELLED", "55": "COMPLETED", "56": "RUNNING"}

@@ -13,8 +13,9 @@ Here the nested run keeps going, a retry of a pack targets only its cells withou
 finished keep their rows, the failed one is rerun alone), and the cells run as plain children of the job's own
 shell (snakemake's local executor), so they all fork from the one warm process the first started: as many at once
 as the job was sized for (its `pack_slot`s, the profile's cells at once; they share the job's GPUs). A job with
-one cell keeps its step. A job SLURM requeues (preemption) starts its snakemake without `--force`, so the cells
-that finished before keep their rows (nested.py). Settings are the slurm plugin's, named `qlbench-slurm-*`.
+one cell keeps its step. A job scancel ended is seen as CANCELLED (sacct's `CANCELLED by UID` hung the plugin),
+and a job SLURM requeues (preemption) leaves out the cells that had finished before (nested.py): they keep their
+rows. Settings are the slurm plugin's, named `qlbench-slurm-*`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import os
 from contextlib import contextmanager
 
 from snakemake_interface_executor_plugins.utils import encode_target_jobs_cli_args, format_cli_arg
+
+from snakemake_executor_plugin_qlbench_slurm import nested
 
 
 @contextmanager
@@ -43,8 +46,24 @@ def _no_slurm_config():
 
 
 with _no_slurm_config():  # snakemake imports plugins in name order: this one, and so the slurm plugin, first
+    import snakemake_executor_plugin_slurm as _slurm
     from snakemake_executor_plugin_slurm import Executor as SlurmExecutor
     from snakemake_executor_plugin_slurm import ExecutorSettings, common_settings
+
+_query_job_status = _slurm.query_job_status
+
+
+async def query_job_status(command: str, logger):
+    """The slurm plugin's status query, with each state's first word only. sacct says `CANCELLED by 0` for a job
+    scancel ended; the plugin matches states whole, so it took such a job for one still running and waited for it
+    for ever (the chaos test's first run hung until its time limit after each scancel)."""
+    stati, seconds = await _query_job_status(command, logger)
+    if stati is not None:
+        stati = {job: state.split(" ", 1)[0] for job, state in stati.items()}
+    return stati, seconds
+
+
+_slurm.query_job_status = query_job_status  # the plugin calls it by this module-level name
 
 __all__ = ["Executor", "ExecutorSettings", "common_settings"]
 
@@ -52,6 +71,11 @@ __all__ = ["Executor", "ExecutorSettings", "common_settings"]
 JOBSTEP = "--executor slurm-jobstep --jobs 1"  # how the slurm plugin runs a job's nested snakemake
 SNAKEMAKE = " -m snakemake "  # how snakemake starts a job's own snakemake
 NESTED = " -m snakemake_executor_plugin_qlbench_slurm.nested "
+
+
+def job_jobs(job) -> list:
+    """The cell jobs of a job: a pack's, or the job itself."""
+    return list(job.jobs) if job.is_group() else [job]
 
 
 class Executor(SlurmExecutor):
@@ -62,8 +86,10 @@ class Executor(SlurmExecutor):
         command = super().format_job_exec(job)
         if SNAKEMAKE not in command:  # snakemake's spelling changed: fail loudly
             raise RuntimeError(f"qlbench-slurm: no `{SNAKEMAKE}` in a job's command; snakemake changed")
-        # a requeued job must not force its finished cells to run again (nested.py)
-        command = command.replace(SNAKEMAKE, NESTED, 1)
+        # a requeued job must not run its finished cells again (nested.py): each target's outputs go with it
+        outputs = {t: [str(f) for f in j.output] for j in job_jobs(job)
+                   for t in encode_target_jobs_cli_args(j.get_target_spec())}
+        command = command.replace(SNAKEMAKE, f"{NESTED}--outputs {nested.encode(outputs)} ", 1)
         if not job.is_group():
             return command
         if JOBSTEP not in command:  # snakemake's or the slurm plugin's spelling changed: fail loudly
