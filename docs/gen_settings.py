@@ -100,7 +100,10 @@ def outputs_markdown() -> str:
     notes = _comments(results)
     parts = [
         ("`row.parquet` (one per cell) and `cells.parquet` (every cell's row): coordinates", results.COORDS),
-        ("… settings", results.SETTINGS), ("… metrics", results.METRICS), ("… provenance", results.PROVENANCE),
+        ("… settings", results.SETTINGS), ("… metrics", results.METRICS),
+        ("… optional metrics (rows written before they were added lack them; `merged_eval_<metric>` and "
+         "`merged_requant_eval_<metric>` follow the task's `eval_<metric>`)", results.OPTIONAL_METRICS),
+        ("… provenance", results.PROVENANCE),
         (f"`curves.parquet` (a row per training step; in `row.parquet` the list column `{results.CURVE}`)",
          results.STEP),
         ("`layers.parquet` (a row per quantized module)", dict(results.LAYERS_SCHEMA)),

@@ -44,6 +44,15 @@ METRICS = {
     "resumed_from": pl.Int64,
     "wall_s": pl.Float64,
 }
+# Metrics of rows written since these were added: optional, so an older row without them still reads as finished
+# (`finished.row_required` asks for ROW_SCHEMA's columns only); a row carries them as extra columns.
+OPTIONAL_METRICS = {
+    "init_error": pl.Float64,  # mean over quantized modules of ‖W − (Q + s·B·A)‖_F as training starts
+    "init_error_default": pl.Float64,  # … of ‖W − Q(W)‖_F, the default init's (equal to init_error unless LoftQ)
+    "merged_eval_loss": pl.Float64,  # adapter merged into the 16-bit base (W + s·B·A); NaN: nothing quantized
+    "merged_requant_eval_loss": pl.Float64,  # that merged model quantized again with the cell's plan and backend
+    "merged_s": pl.Float64,  # seconds the two merged evaluations took, the reload included
+}
 PROVENANCE = {
     "config_hash": pl.String, "qlbench_version": pl.String, "torch_version": pl.String,
     "transformers_version": pl.String, "peft_version": pl.String, "python_version": pl.String,
@@ -64,8 +73,10 @@ LAYERS_SCHEMA = pl.Schema({
     "quant_rel_err": pl.Float64, "quant_snr_db": pl.Float64,
     "noise_var_uniform": pl.Float64,  # the uniform-noise model Δ²/12, Δ = 2^(1-b)·max|w|
     "noise_ratio": pl.Float64,  # measured quant_mse / noise_var_uniform
+    "init_error": pl.Float64,  # ‖W − (Q + s·B·A)‖_F as training starts (default init: B = 0, so ‖W − Q‖_F)
+    "init_error_default": pl.Float64,  # ‖W − Q(W)‖_F: the default init's, for comparison under lora_init loftq
 })
-TIMING_COLUMNS = ("step_time_s", "tokens_per_s", "peak_mem_mb", "wall_s", "scan_s")  # differ run to run
+TIMING_COLUMNS = ("step_time_s", "tokens_per_s", "peak_mem_mb", "wall_s", "scan_s", "merged_s")  # differ run to run
 
 
 def row_frame(row: dict, curve: list[dict] | None = None) -> pl.DataFrame:
@@ -76,7 +87,8 @@ def row_frame(row: dict, curve: list[dict] | None = None) -> pl.DataFrame:
         raise ValueError(f"row lacks columns {missing}")
     core = pl.DataFrame([{k: row[k] for k in ROW_SCHEMA}], schema=ROW_SCHEMA)
     extra = {k: v for k, v in row.items() if k not in ROW_SCHEMA}
-    parts = [core] + ([pl.DataFrame([extra])] if extra else [])
+    typed = {k: t for k, t in OPTIONAL_METRICS.items() if k in extra}
+    parts = [core] + ([pl.DataFrame([extra], schema_overrides=typed)] if extra else [])
     if curve is not None:
         steps = [{**{k: r[k] for k in STEP if k != "grad_var"}, "grad_var": r.get("grad_var", float("nan"))}
                  for r in curve]
@@ -97,7 +109,8 @@ def layers_frame(coords: dict, stats: list[dict]) -> pl.DataFrame:
     rows = [{**coords, "module": m["module"], "module_bits": m["bits"], "numel": m.get("numel"),
              "quant_mse": m["quant_mse"], "quant_rel_err": m.get("quant_rel_err", nan),
              "quant_snr_db": m.get("quant_snr_db", nan), "noise_var_uniform": m.get("noise_var_uniform", nan),
-             "noise_ratio": m["quant_mse"] / m["noise_var_uniform"] if m.get("noise_var_uniform") else nan}
+             "noise_ratio": m["quant_mse"] / m["noise_var_uniform"] if m.get("noise_var_uniform") else nan,
+             "init_error": m.get("init_error", nan), "init_error_default": m.get("init_error_default", nan)}
             for m in stats]
     return pl.DataFrame(rows, schema=LAYERS_SCHEMA)
 

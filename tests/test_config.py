@@ -11,7 +11,7 @@ from conftest import snakemake, write_config
 
 BAD = [
     ("misspelt key", lambda c: c["studies"]["demo"].update(stpes=10), "unknown key ('stpes' was unexpected)"),
-    ("1 bit", lambda c: c["studies"]["demo"].update(bits=[16, 1]), "1 bits is not a supported width"),
+    ("1 bit", lambda c: c["studies"]["demo"].update(bits=[16, 1]), "backend 'fake' cannot quantize 'int' at 1 bits"),
     ("12 bits", lambda c: c["studies"]["demo"].update(bits=[12]), "12 bits is not a supported width"),
     ("rank 0", lambda c: c["studies"]["demo"].update(ranks=[0]), "studies.demo.ranks.0: 0 is less than the minimum of 1"),
     ("mask b99", lambda c: c["studies"]["demo"].update(masks=["b99"]), "mask 'b99': block 99 does not exist"),
@@ -27,6 +27,7 @@ BAD = [
                                                                  "n_layer": 2}),
                                         c["studies"]["demo"].update(models=["mine"])),
      "studies.demo: model 'mine': no such file or folder 'no/model'"),
+    ("0 bits", lambda c: c["studies"]["demo"].update(bits=[16, 0]), "0 bits is not a supported width"),
 ]
 
 

@@ -109,7 +109,9 @@ def small_classifier(micro_resources):
 
 def test_attack_lowers_accuracy_on_the_texts_it_was_run_on(small_classifier):
     """Measured (2026-11-23): the 12 held-out texts the classifier gets right went from 100% to at most 25% accuracy
-    with the paper's 100 steps; 8 texts keep the test short."""
+    with the paper's 100 steps; 8 texts keep the test short. With the ends held (2026-12-02, one run): 7 of 8
+    flipped, 5 of them within BERTScore 0.5 (rescaled); raw F1 was 0.984-0.998 and the unrelated-pairs baseline
+    0.990, so only the rescaled score tells hard texts apart on this LM."""
     from qlbench.attack import texts
 
     clf, lm, tok, data, train_ex = small_classifier
@@ -131,6 +133,10 @@ def test_attack_lowers_accuracy_on_the_texts_it_was_run_on(small_classifier):
     again = texts._classify(clf, tok, [r["adv_text"] for r in rows], 16, torch.device("cpu"))
     assert [a for a in again] == [r["adv_pred"] for r in rows]
     assert all(r["adv_text"] != r["text"] for r in rows if r["adv_pred"] != r["label"])
+    # every draw keeps the held ends; decoding and re-tokenising can still merge a drawn token into an end (BPE),
+    # which `ends_kept` records (measured: 8 of 8 kept in one run, fewer in another)
+    assert all(r["held_ends"] for r in rows)
+    assert all(r["success"] == (r["adv_pred"] != r["label"] and r["similar"]) for r in rows)
 
 
 def test_random_precision_changes_the_width_between_forward_passes():
@@ -196,3 +202,131 @@ def test_the_robustness_study_draws_its_random_widths_on_a_copy_of_the_classifie
     assert len(drawn) == 12 and set(drawn) == {2, 8}
     for width, out in zip(drawn, outs):
         assert torch.allclose(out, expected[width], atol=1e-6)
+
+
+def test_the_held_ends_never_change_in_any_hard_text():
+    """Θ starts uniform (init_coeff 0): without the hold, 39 of 40 tokens would replace each end in a draw; with it
+    the first and last positions keep their clean token in the relaxation and in every one of 200 hard draws, while
+    the positions between do change."""
+    lm = tiny_lm()
+    clf = tiny_classifier_like(lm)
+    settings = GBDASettings(steps=5, batch=3, init_coeff=0.0, samples=200)
+    gbda = GBDA(clf, lm, 40, banned=[0], idf=None, settings=settings)
+    ids = torch.tensor([[3, 17, 5, 28, 9], [11, 2, 30, 7, 21]])
+    theta, _ = gbda.optimise(ids, torch.tensor([1, 2]), generator_seed=0)
+    draws = gbda.draw(theta, settings.samples, ids)  # [G, n, T]
+    assert torch.equal(draws[:, :, 0], ids[:, None, 0].expand(-1, 200))
+    assert torch.equal(draws[:, :, -1], ids[:, None, -1].expand(-1, 200))
+    assert (draws[:, :, 1:-1] != ids[:, None, 1:-1]).float().mean() > 0.5  # the free positions are attacked
+    with torch.no_grad():
+        clean_hidden = lm(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+        r = gbda.relax(theta, torch.tensor([1, 2]), clean_hidden, None, ids)
+    one_hot = torch.nn.functional.one_hot(ids, 40).float().repeat_interleave(3, 0)
+    assert torch.equal(r.coeffs[:, [0, -1]], one_hot[:, [0, -1]])
+
+
+def test_bertscore_of_a_hard_text_by_hand():
+    """P, R and F1 of greedy cosine matching, written out for 2-d embeddings; then rescaled with a baseline."""
+    from qlbench.attack.gbda import bert_score_f1, rescaled
+
+    ref = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    cand = torch.tensor([[1.0, 1.0], [2.0, 0.0], [-1.0, 0.0]])
+    s = 1 / math.sqrt(2)  # cos of [1, 0] or [0, 1] with [1, 1]
+    # cosines: ref 0 with cand (s, 1, -1); ref 1 with cand (s, 0, 0)
+    recall = (1 + s) / 2  # each clean token's best match
+    precision = (s + 1 + 0) / 3  # each hard token's best match
+    f1 = 2 * precision * recall / (precision + recall)
+    assert bert_score_f1(ref, cand) == pytest.approx((precision, recall, f1), rel=1e-6)
+    assert rescaled(f1, 0.6) == pytest.approx((f1 - 0.6) / 0.4)
+    assert rescaled(f1, float("nan")) == f1
+
+
+class WordTokenizer:
+    """One token per word, its id given; enough of a tokenizer for texts.Similarity."""
+    eos_token_id = 0
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[int(w) for w in t.split()] for t in texts]}
+
+
+def test_the_similarity_of_hard_texts_is_bertscore_of_the_lms_last_layer_by_hand():
+    """texts.Judge on a tiny LM: F1 from its last hidden layer's token states, computed here with explicit loops;
+    the baseline the mean F1 of the different clean texts' pairs; `similar` the rescaled score against the
+    threshold."""
+    from qlbench.attack.texts import Judge, Similarity
+
+    lm = tiny_lm()
+    clean = ["3 17 5", "9 9 30 2", "12 4"]
+    with torch.no_grad():
+        states = {t: lm(input_ids=torch.tensor([[int(w) for w in t.split()]]),
+                        output_hidden_states=True).hidden_states[-1][0] for t in clean + ["3 18 5 6"]}
+
+    def cos(a, b):
+        return float(sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b)))
+
+    def f1(r, c):
+        rows = [[cos(x.tolist(), y.tolist()) for y in states[c]] for x in states[r]]
+        recall = sum(max(row) for row in rows) / len(rows)
+        precision = sum(max(rows[i][j] for i in range(len(rows))) for j in range(len(rows[0]))) / len(rows[0])
+        return 2 * precision * recall / (precision + recall)
+
+    sim = Similarity(lm, WordTokenizer(), -1, 16, torch.device("cpu"))
+    hidden = sim.hidden(clean)
+    baseline = sim.baseline(hidden, clean)
+    pairs = [(0, 1), (0, 2), (1, 2), (1, 0), (2, 0), (2, 1)]  # each text with its next two, cyclically
+    assert baseline == pytest.approx(sum(f1(clean[i], clean[j]) for i, j in pairs) / 6, rel=1e-5)
+    expected = f1(clean[0], "3 18 5 6")
+    for threshold in (-1.0, 2.0):
+        score = Judge(sim, baseline, threshold).scores(hidden[0], ["3 18 5 6"])[0]
+        assert score["adv_bertscore_f1"] == pytest.approx(expected, rel=1e-5)
+        assert score["adv_bertscore"] == pytest.approx((expected - baseline) / (1 - baseline), rel=1e-5)
+        assert score["similar"] == (threshold < 0)
+
+
+def test_the_similarity_term_leaves_out_the_held_ends_as_the_papers_code():
+    refs, cands = torch.randn(1, 5, 8), torch.randn(1, 5, 8)
+    cos = torch.nn.functional.cosine_similarity(refs[0, :, None], cands[0, None], dim=-1)
+    inner = cos[1:-1, 1:-1].max(1).values
+    assert bert_score(refs, cands, trim=True).item() == pytest.approx(inner.sum().item() / 5, rel=1e-5)
+    w = torch.tensor([[0.1, 0.2, 0.3, 0.25, 0.15]])
+    assert bert_score(refs, cands, w, trim=True).item() == pytest.approx((inner * w[0, 1:-1]).sum().item(), rel=1e-5)
+
+
+def test_a_text_outside_the_similarity_constraint_is_no_attack():
+    from qlbench.attack.robustness import outcomes
+
+    labels, clean = [0, 1, 2, 0], [0, 1, 2, 1]  # the last one the model gets wrong already
+    attacked = [1, 0, 2, 0]  # texts 0 and 1 flipped, text 2 held, text 3 turned right
+    got = outcomes(labels, clean, attacked, similar=[True, False, True, True])
+    assert got["clean_accuracy"] == 0.75
+    assert got["attack_success"] == pytest.approx(1 / 3)  # only text 0: text 1's hard text is too far
+    assert got["adv_accuracy"] == 0.75  # text 1 keeps its clean (right) prediction, text 3 its adversarial one
+    assert got["attack_success_unconstrained"] == pytest.approx(2 / 3)
+    assert got["adv_accuracy_unconstrained"] == 0.5
+
+
+def test_the_robustness_table_summarises_similarity_and_perplexity_of_the_hard_texts(tmp_path):
+    import polars as pl
+
+    from qlbench.analysis import robustness as table
+
+    coords = {"model": "m", "rank": 8, "seed": 0}
+    adv = pl.DataFrame([{**coords, "label": 0, "clean_pred": 0, "adv_pred": p, "token_change": 0.5,
+                         "clean_lm_nll": 2.0, "adv_lm_nll": 3.0, "clean_lm_ppl": math.exp(2.0),
+                         "adv_lm_ppl": math.exp(n), "success": s, "similar": s, "adv_bertscore_f1": f,
+                         "adv_bertscore": f - 0.5, "bertscore_baseline": 0.5, "similarity_threshold": 0.5,
+                         "ends_kept": True} for p, s, f, n in [(1, True, 0.9, 3.0), (1, False, 0.6, 5.0)]])
+    folder = tmp_path / "robustness" / "m"
+    folder.mkdir(parents=True)
+    adv.write_parquet(folder / "adversarial.parquet")
+    pl.DataFrame([{**coords, "precision": "fp32", "widths": "", "clean_accuracy": 1.0, "adv_accuracy": 0.5,
+                   "attack_success": 0.5, "eval_accuracy": 0.9, "adv_accuracy_unconstrained": 0.0,
+                   "attack_success_unconstrained": 1.0}]).write_parquet(folder / "fp32.parquet")
+    table.write(tmp_path / "robustness", tmp_path / "out")
+    text = (tmp_path / "out/robustness.md").read_text()
+    per_seed = table.attacks(adv).row(0, named=True)
+    assert per_seed["success"] == 0.5 and per_seed["similar"] == 0.5
+    assert per_seed["adv_bertscore_f1"] == pytest.approx(0.75)
+    assert per_seed["adv_lm_ppl"] == pytest.approx((math.exp(3.0) + math.exp(5.0)) / 2)  # the median of two
+    assert "| 50% | 50% (≥ 0.5) | 0.750 (0.25; 0.500) |" in text
+    assert "50.0% |" in text and "100.0% |" in text  # constrained and unconstrained success side by side

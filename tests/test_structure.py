@@ -1,7 +1,7 @@
 """The package's rooms and the direction of their imports (README, Layout): read from the source, nothing run.
 
-Each room may import only rooms on a lower floor (or itself): cli -> attack -> cell -> cluster, analysis -> quant,
-tasks -> data -> study -> registry, results, errors. `study/` and `analysis/` import no torch, `analysis/` never a
+Each room may import only rooms on a lower floor (or itself): cli -> attack -> cell, export -> cluster, analysis ->
+quant, tasks -> data -> study -> registry, results, errors. `study/` and `analysis/` import no torch, `analysis/` never a
 model, and no module imports itself through others (no import circle, lazy imports included)."""
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "qlbench"
-FLOOR = {"cli": 7, "__init__": 7, "attack": 6, "cell": 5, "cluster": 4, "analysis": 4, "quant": 3, "tasks": 3,
-         "data": 2,
-         "study": 1, "registry": 0, "results": 0, "errors": 0}
+FLOOR = {"cli": 7, "__init__": 7, "attack": 6, "cell": 5, "export": 5, "cluster": 4, "analysis": 4, "quant": 3,
+         "tasks": 3, "data": 2, "study": 1, "registry": 0, "results": 0, "errors": 0}
 NO_TORCH = {"study", "analysis", "cluster", "cli", "registry", "results", "errors"}
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes")
 NEVER = {"analysis": {"cell", "quant", "tasks", "data"}}  # aggregates read parquet, never a model

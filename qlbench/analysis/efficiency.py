@@ -29,8 +29,8 @@ def bytes_per_quantized_param(bits: int, fmt: str, backend: str, group_size: int
     """QLoRA's count for a blockwise format: the code (bits/8 bytes) plus its share of the block scales — an fp32
     absmax per block of g (4/g bytes), or with double quantization an 8-bit one plus an fp32 scale per 256 of those
     (1/g + 4/(256·g): 0.5 + 0.0159 bytes per parameter for NF4 with g = 64). None where the scales depend on the
-    layer's shape (int per output channel, LLM.int8)."""
-    if bits >= 16:
+    layer's shape (int per output channel, LLM.int8), and for backends that store their own way (hqq, torchao)."""
+    if bits >= 16 or backend not in ("fake", "bnb"):  # hqq, torchao: their own layouts (their rows count real bytes)
         return None
     if backend == "bnb" and bits == 8:
         return None  # LLM.int8: one fp32 scale per row

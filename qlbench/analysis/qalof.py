@@ -6,7 +6,9 @@ A row of a cell yields several configurations (polars only, no torch):
   switchable cell is `switchable, all-w`; a CPT cell `CPT at w bits`;
 - `eval_<metric>_random_switch`: random precision inference (a width per forward pass) of that model;
 - a named per-layer map (`eval_maps`), e.g. `switchable, hybrid`.
-Mean and a 95% t interval over seeds. The scan: a unit's drop is its scan score below the scan's base (all at
+Each row names the schedule its cell trained under (`schedule`: cyclic, random or sequential for a switchable
+cell, CPT's cycle, none), so switchable rows of different schedules stay apart. Mean and a 95% t interval over
+seeds. The scan: a unit's drop is its scan score below the scan's base (all at
 `rest`); the retrained drop is the mask cell's below the `none` cell (all at high bits), paired by seed; the two
 rankings' Spearman agreement and what each cost (seconds of cells and of scanning).
 """
@@ -31,6 +33,16 @@ def kind(settings: dict) -> str:
     if settings.get("cpt_bits"):
         return "CPT"
     return "static"
+
+
+def schedule(settings: dict) -> str:
+    """How a cell's training changed widths: a switchable cell's `switch_schedule` (cyclic, random, or QaLoF's
+    sequential), CPT's cycle shape, or none (static)."""
+    if settings.get("switch_bits"):
+        return settings.get("switch_schedule", "cyclic")
+    if settings.get("cpt_bits"):
+        return f"CPT {settings.get('cpt_schedule', 'cosine')}"
+    return "none"
 
 
 def label(kind_: str, bits: int, config: str, mask: str = "all") -> str | None:
@@ -60,7 +72,8 @@ def configurations(cells: pl.DataFrame) -> pl.DataFrame:
     """One row per (configuration, seed): EM and F1 of every configuration every cell reports."""
     rows = []
     for r in cells.iter_rows(named=True):
-        k = kind(json.loads(r["settings_json"]))
+        settings = json.loads(r["settings_json"])
+        k, how = kind(settings), schedule(settings)
         configs = {"own": {m: r.get(m) for m in METRICS}}
         for column, value in r.items():
             match = _COLUMN.match(column)
@@ -69,10 +82,10 @@ def configurations(cells: pl.DataFrame) -> pl.DataFrame:
         for config, values in configs.items():
             name = label(k, r["bits"], config, r["mask"])
             if name is not None and all(values.get(m) is not None for m in METRICS):
-                rows.append({"model": r["model"], "rank": r["rank"], "configuration": name, "seed": r["seed"],
-                             **{m: float(values[m]) for m in METRICS}})
+                rows.append({"model": r["model"], "rank": r["rank"], "configuration": name, "schedule": how,
+                             "seed": r["seed"], **{m: float(values[m]) for m in METRICS}})
     return pl.DataFrame(rows, schema={"model": pl.String, "rank": pl.Int64, "configuration": pl.String,
-                                      "seed": pl.Int64, "em": pl.Float64, "f1": pl.Float64})
+                                      "schedule": pl.String, "seed": pl.Int64, "em": pl.Float64, "f1": pl.Float64})
 
 
 ORDER = ["FP LoRA", "8-bit static PTQ", "4-bit static PTQ", "FP, random precision", "LoRA, 8-bit base",
@@ -86,10 +99,10 @@ def table(cells: pl.DataFrame) -> pl.DataFrame:
     per_seed = configurations(cells)
     if per_seed.is_empty():
         return per_seed
-    out = mean_ci(per_seed, ["model", "rank", "configuration"], METRICS)
+    out = mean_ci(per_seed, ["model", "rank", "configuration", "schedule"], METRICS)
     order = {name: i for i, name in enumerate(ORDER)}
     return (out.with_columns(pl.col("configuration").replace_strict(order, default=len(ORDER)).alias("_o"))
-            .sort("model", "rank", "_o", "configuration").drop("_o"))
+            .sort("model", "rank", "_o", "configuration", "schedule").drop("_o"))
 
 
 def scan(cells: pl.DataFrame, metric: str = "f1") -> pl.DataFrame:

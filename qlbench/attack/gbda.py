@@ -16,8 +16,15 @@ texts are drawn from Θ: up to `samples` of them, the first the classifier gets 
 Defaults are those of facebookresearch/text-adversarial-attack (whitebox_attack.py): 100 steps, Adam lr 0.3,
 10 Gumbel samples per step, initial coefficient 15, κ 5, λ_sim 1, λ_perp 1, the last hidden layer, 100 samples.
 Texts of equal token length are attacked together as a group (one Θ each, the losses summed): Adam is per
-parameter, so each text's optimisation is its own. GPT-2 has no [CLS]/[SEP], so no position is held fixed; the
-EOS/pad token is never sampled (the classifier would read it as padding).
+parameter, so each text's optimisation is its own. The EOS/pad token is never sampled (the classifier would read
+it as padding).
+
+The first and last positions are held fixed (`hold_ends`, on by default), as the paper's code does for every model
+(GPT-2 included: its `forbidden[0] = forbidden[-1] = True`), and the similarity term drops them from the cosine
+matrix as its `bert_score` does. The paper's code only zeroes their gradient, so a hard draw from softmax(Θ) still
+changes such a position with probability (V−1)/(e^15+V−1) (1.5% per draw for GPT-2's 50,257 tokens); here they
+are held exactly: the relaxed π is the clean token's one-hot there, and every hard draw keeps the clean token. For
+a GPT-2 classifier this matters: it reads the last token's hidden state.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ class GBDASettings:
     embed_layer: int = -1
     samples: int = 100  # hard texts drawn at the end; the first misclassified one is kept
     group: int = 16  # texts of one length attacked at once
+    hold_ends: bool = True  # the first and last positions keep their clean tokens (the paper's code)
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "GBDASettings":
@@ -55,15 +63,37 @@ def log_perplexity(logits: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     return -(coeffs[:, 1:] * F.log_softmax(shift_logits.float(), dim=-1)).sum(-1).mean(-1)
 
 
-def bert_score(refs: torch.Tensor, cands: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """BERTScore recall: refs [B, T, D] (clean), cands [B, T', D]; weights [B, T] sum to 1 per row (idf), or uniform."""
+def bert_score(refs: torch.Tensor, cands: torch.Tensor, weights: torch.Tensor | None = None,
+               trim: bool = False) -> torch.Tensor:
+    """BERTScore recall: refs [B, T, D] (clean), cands [B, T', D]; weights [B, T] sum to 1 per row (idf), or uniform.
+    `trim`: leave out the first and last token of both (the paper's code, whose ends are held fixed); the weights
+    stay those of the whole text, as there."""
     refs_n = refs / refs.norm(dim=-1, keepdim=True)
     cands_n = cands / cands.norm(dim=-1, keepdim=True)
     cosines = refs_n @ cands_n.transpose(1, 2)  # [B, T, T']
+    if trim and min(cosines.shape[1:]) > 2:
+        cosines = cosines[:, 1:-1, 1:-1]
+        weights = None if weights is None else weights[:, 1:-1]
     best = cosines.max(-1).values
     if weights is None:
-        return best.mean(-1)
+        return best.mean(-1) if not trim else best.sum(-1) / refs.shape[1]
     return (best * weights).sum(-1)
+
+
+def bert_score_f1(ref: torch.Tensor, cand: torch.Tensor) -> tuple[float, float, float]:
+    """BERTScore of one hard text against its clean text (Zhang et al. 2020, no idf): ref [T, D] and cand [T', D]
+    the contextual token embeddings; recall R = mean_i max_j cos(r_i, c_j), precision P = mean_j max_i cos(r_i,
+    c_j), F1 = 2PR / (P + R). Returns (P, R, F1)."""
+    cosines = (ref / ref.norm(dim=-1, keepdim=True)) @ (cand / cand.norm(dim=-1, keepdim=True)).T
+    recall = cosines.max(1).values.mean().item()
+    precision = cosines.max(0).values.mean().item()
+    return precision, recall, 2 * precision * recall / (precision + recall)
+
+
+def rescaled(f1: float, baseline: float) -> float:
+    """BERTScore rescaled with a baseline (bert_score's `rescale_with_baseline`): (F1 − b) / (1 − b), so 0 is as
+    similar as an unrelated text and 1 the clean text itself; the raw F1 when there is no baseline (NaN)."""
+    return f1 if baseline != baseline else (f1 - baseline) / (1 - baseline)
 
 
 def margin_loss(logits: torch.Tensor, labels: torch.Tensor, kappa: float) -> torch.Tensor:
@@ -104,13 +134,24 @@ class GBDA:
         self.ban[banned] = -1e4  # never sampled: relaxed weight e^-1e4
         self.idf = idf
 
+    def held(self, ids: torch.Tensor) -> torch.Tensor:
+        """[G, T]: True at the positions whose clean token is kept (the first and last, under `hold_ends`)."""
+        mask = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
+        if self.s.hold_ends:
+            mask[:, 0] = mask[:, -1] = True
+        return mask
+
     def relax(self, log_coeffs: torch.Tensor, labels: torch.Tensor, clean_hidden: torch.Tensor,
-              weights: torch.Tensor | None) -> Relaxation:
-        """One draw of `batch` relaxations per text of the group and the terms of the loss."""
+              weights: torch.Tensor | None, ids: torch.Tensor | None = None) -> Relaxation:
+        """One draw of `batch` relaxations per text of the group and the terms of the loss; `ids` [G, T] the clean
+        tokens, kept as one-hot rows at the held positions (None: none held)."""
         g, t, v = log_coeffs.shape
         b = self.s.batch
         theta = (log_coeffs + self.ban.to(log_coeffs.device)).repeat_interleave(b, 0)  # [G·B, T, V]
         coeffs = F.gumbel_softmax(theta, hard=False)
+        if ids is not None:
+            held = self.held(ids).repeat_interleave(b, 0)[..., None]
+            coeffs = torch.where(held, F.one_hot(ids, v).to(coeffs.dtype).repeat_interleave(b, 0), coeffs)
         pred = self.classifier(inputs_embeds=coeffs @ self.embeddings).logits.float()
         margin = margin_loss(pred, labels.repeat_interleave(b), self.s.kappa).view(g, b).mean(1)
         out = self.lm(inputs_embeds=coeffs @ self.lm_embeddings, output_hidden_states=True)
@@ -118,7 +159,8 @@ class GBDA:
         if self.s.lam_sim > 0:
             hidden = out.hidden_states[self.s.embed_layer].float()
             w = None if weights is None else weights.repeat_interleave(b, 0)
-            sim = bert_score(clean_hidden.repeat_interleave(b, 0), hidden, w).view(g, b).mean(1)
+            trim = ids is not None and self.s.hold_ends
+            sim = bert_score(clean_hidden.repeat_interleave(b, 0), hidden, w, trim).view(g, b).mean(1)
         return Relaxation(coeffs, margin, sim, log_perplexity(out.logits, coeffs).view(g, b).mean(1))
 
     def optimise(self, ids: torch.Tensor, labels: torch.Tensor, generator_seed: int, log=None) -> tuple:
@@ -140,7 +182,7 @@ class GBDA:
         torch.manual_seed(generator_seed)  # the Gumbel noise
         for step in range(self.s.steps):
             optimizer.zero_grad()
-            r = self.relax(log_coeffs, labels, clean_hidden, weights)
+            r = self.relax(log_coeffs, labels, clean_hidden, weights, ids)
             total = r.margin - self.s.lam_sim * r.similarity + self.s.lam_perp * r.fluency
             total.sum().backward()
             optimizer.step()
@@ -152,11 +194,16 @@ class GBDA:
         return log_coeffs.detach(), terms
 
     @torch.no_grad()
-    def draw(self, log_coeffs: torch.Tensor, n: int) -> torch.Tensor:
-        """n hard token sequences per text from Θ [G, T, V] (a Gumbel-max draw is a draw from softmax(Θ)): [G, n, T]."""
+    def draw(self, log_coeffs: torch.Tensor, n: int, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """n hard token sequences per text from Θ [G, T, V] (a Gumbel-max draw is a draw from softmax(Θ)): [G, n, T];
+        with the clean `ids` [G, T], the held positions keep their clean token in every draw."""
         theta = log_coeffs + self.ban.to(log_coeffs.device)
         gumbel = -torch.empty(theta.shape[0], n, *theta.shape[1:], device=theta.device).exponential_().log()
-        return (theta[:, None] + gumbel).argmax(-1)
+        drawn = (theta[:, None] + gumbel).argmax(-1)
+        if ids is None:
+            return drawn
+        ids = ids.to(drawn.device)
+        return torch.where(self.held(ids)[:, None], ids[:, None], drawn)
 
 
 def token_change_rate(clean: list[int], adv: list[int]) -> float:

@@ -5,12 +5,20 @@
 Precisions: `fp32` (the attacked model), `fake8`/`fake4` (every block linear rounded after training, the study's
 `format`: int min-max per channel by default), `bnb8`/`bnb4` (bitsandbytes LLM.int8 / NF4 modules) and `random`
 (random precision inference: a width from `random_widths` drawn per forward pass, one text per pass, fake backend).
-The study's `robustness:` mapping sets `examples` (held-out texts attacked), `precisions`, `random_widths` and
-`attack` (GBDA's settings; `qlbench.attack.gbda.GBDASettings`, the paper's defaults where left out).
+The study's `robustness:` mapping sets `examples` (held-out texts attacked), `precisions`, `random_widths`,
+`similarity_threshold` and `attack` (GBDA's settings; `qlbench.attack.gbda.GBDASettings`, the paper's defaults
+where left out).
+
+A text counts as attacked only within the similarity constraint: its hard adversarial text's rescaled BERTScore
+against the clean text (`qlbench.attack.texts`) at least `similarity_threshold` (default 0.5: closer to the clean
+text than halfway from an unrelated text of the set; the paper's code sets no hard threshold — its similarity is
+the soft λ_sim term — so the number is ours). A text outside it counts, at every precision, as the model's clean
+prediction; the unconstrained accuracy and success stay beside (`*_unconstrained`).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -20,7 +28,8 @@ from qlbench.study.config import Study
 from qlbench.study.grid import Cell
 from qlbench.study.settings import ROBUST_PRECISIONS as PRECISIONS, Settings
 
-DEFAULTS = {"examples": 32, "precisions": list(PRECISIONS), "random_widths": [4, 6, 8], "attack": {}}
+DEFAULTS = {"examples": 32, "precisions": list(PRECISIONS), "random_widths": [4, 6, 8], "similarity_threshold": 0.5,
+            "attack": {}}
 
 
 def options(settings: Settings) -> dict:
@@ -53,19 +62,23 @@ def attack(study: Study, cell: Cell, settings: Settings, cell_dir: Path, out: Pa
     seq_len = settings.train.seq_len
     idf = gbda.idf_weights(texts.token_ids(v.tokenizer, v.train_texts, seq_len), len(v.tokenizer))
     log(f"GBDA on {n} texts: {gbda_settings}")
+    threshold = opts["similarity_threshold"]
     rows = texts.attack_texts(v.classifier, v.lm, v.tokenizer, chosen, labels, seq_len, gbda_settings,
-                              cell.seed, idf, device, log)
+                              cell.seed, idf, device, log, threshold=threshold)
     clean_nll = texts.lm_nll(v.lm, v.tokenizer, chosen, seq_len, device)
     adv_nll = texts.lm_nll(v.lm, v.tokenizer, [r["adv_text"] for r in rows], seq_len, device)
     for r, c, a in zip(rows, clean_nll, adv_nll):
-        r.update(label_name=v.data.labels[r["label"]], clean_lm_nll=c, adv_lm_nll=a)
+        r.update(label_name=v.data.labels[r["label"]], clean_lm_nll=c, adv_lm_nll=a, clean_lm_ppl=_exp(c),
+                 adv_lm_ppl=_exp(a), similarity_threshold=float(threshold))
     frame = pl.DataFrame([{"study": study.name, **cell.coords(), **r} for r in rows])
     results.write_parquet(frame, out)
     summary = {"examples": n, "clean_accuracy": _mean(r["clean_pred"] == r["label"] for r in rows),
-               "adv_accuracy": _mean(r["adv_pred"] == r["label"] for r in rows),
+               "adv_accuracy": _mean(r["clean_pred"] == r["label"] and not r["success"] for r in rows),
+               "success": _mean(r["success"] for r in rows), "similar": _mean(r["similar"] for r in rows),
                "token_change": _mean(r["token_change"] for r in rows), "wall_s": time.perf_counter() - t0}
     log(f"attack done: clean accuracy {summary['clean_accuracy']:.3f} -> adversarial {summary['adv_accuracy']:.3f} "
-        f"({summary['token_change']:.0%} of tokens changed) in {summary['wall_s']:.0f}s")
+        f"within BERTScore >= {threshold} ({summary['similar']:.0%} of hard texts within it, "
+        f"{summary['token_change']:.0%} of tokens changed) in {summary['wall_s']:.0f}s")
     return summary
 
 
@@ -113,18 +126,15 @@ def evaluate(study: Study, cell: Cell, settings: Settings, cell_dir: Path, adver
 
     clean = predict(adv["text"].to_list())
     attacked = predict(adv["adv_text"].to_list())
+    similar = adv["similar"].to_list() if "similar" in adv.columns else [True] * len(labels)  # older texts: all
     held_out = classification.predict(model, v.data.eval, batch_size, device).argmax(-1)
-    right = [c == y for c, y in zip(clean, labels)]
-    flipped = [a != y for a, y, r in zip(attacked, labels, right) if r]
     row = {
         "study": study.name, **cell.coords(), "precision": precision,
         "backend": "none" if precision == "fp32" else ("fake" if switching else precision[:-1]),
         "bits": 32 if precision == "fp32" else (0 if switching else int(precision[-1])),
         "widths": ",".join(map(str, options(settings)["random_widths"])) if switching else "",
         "examples": len(labels),
-        "clean_accuracy": _mean(right),
-        "adv_accuracy": _mean(a == y for a, y in zip(attacked, labels)),
-        "attack_success": _mean(flipped),  # of the texts this model got right, the share the attack flips
+        **outcomes(labels, clean, attacked, similar),
         "eval_accuracy": (held_out == v.data.eval["labels"]).float().mean().item(),
         "eval_examples": len(v.data.eval_examples),
         "forward_passes": len(drawn) if switching else 0,
@@ -135,6 +145,25 @@ def evaluate(study: Study, cell: Cell, settings: Settings, cell_dir: Path, adver
     log(f"{precision}: clean {row['clean_accuracy']:.3f}, adversarial {row['adv_accuracy']:.3f}, "
         f"attack success {row['attack_success']:.3f}, held-out {row['eval_accuracy']:.3f}")
     return row
+
+
+def outcomes(labels: list[int], clean: list[int], attacked: list[int], similar: list[bool]) -> dict:
+    """Accuracy on the clean and the adversarial texts, and the attack's success (of the texts the model gets
+    right, the share it gets wrong), within the similarity constraint — a hard text outside it is no attack, the
+    clean prediction stands — and unconstrained."""
+    right = [c == y for c, y in zip(clean, labels)]
+    return {
+        "clean_accuracy": _mean(right),
+        "adv_accuracy": _mean((a == y) if s else r for a, y, r, s in zip(attacked, labels, right, similar)),
+        "attack_success": _mean(a != y and s for a, y, r, s in zip(attacked, labels, right, similar) if r),
+        "adv_accuracy_unconstrained": _mean(a == y for a, y in zip(attacked, labels)),
+        "attack_success_unconstrained": _mean(a != y for a, y, r in zip(attacked, labels, right) if r),
+        "similar": _mean(similar),
+    }
+
+
+def _exp(nll: float) -> float:
+    return math.exp(nll) if nll == nll else float("nan")
 
 
 def _mean(values) -> float:

@@ -5,7 +5,8 @@ quantized module now (the activation hooks read it: `act_bits: follow`). Three w
 
 - **switchable** (`switch_bits`): one LoRA adapter per width on each layer; a layer computes with its width's
   quantized weights and its width's adapter. Training switches the masked layers' width step by step (`cyclic`:
-  4, 6, 8, 4, ...; `random`).
+  4, 6, 8, 4, ...; `random`), or trains each width's adapter in turn for the full steps (`sequential`, QaLoF's;
+  `qlbench.cell.sequential`).
 - **CPT** (`cpt_bits: [low, high]`, cyclic precision training, Fu et al. 2021): one adapter; the masked layers'
   width follows a cyclic schedule between the bounds, `cpt_cycles` periods over the run.
 - **evaluation without retraining**, for any trained cell: each width of `eval_bits`, named per-layer maps
@@ -42,6 +43,7 @@ class Precision:
         self.width = {n: b for n, b in widths.items() if b < 16}  # every quantized module's width now
         self.adapter_widths = adapter_widths  # switchable: one adapter per width; None: one adapter for all
         self.model, self.layers = model, {}  # after attach: the peft model, and base module name -> its LoRA layer
+        self.only: str | None = None  # sequential training: the one adapter that trains (None: every adapter)
         self._cache: dict[tuple[str, int], torch.Tensor] = {}
 
     # -- setting widths ---------------------------------------------------------------------------------------------
@@ -76,7 +78,7 @@ class Precision:
             layer.set_adapter(adapter_name(chosen, self.adapter_widths))
         for n, p in self.model.named_parameters():  # every adapter stays in the optimizer; unused ones get no grad
             if "lora_" in n:
-                p.requires_grad_(True)
+                p.requires_grad_(self.only is None or f".{self.only}." in n)
 
     # -- attaching --------------------------------------------------------------------------------------------------
     def attach(self, model):

@@ -17,6 +17,7 @@ class Quantized:
     weight_mem_mb: float  # what the base's weights take at these widths
     probe: list[dict] = field(default_factory=list)  # one-pass sensitivity estimates (reference cells only)
     precision: object = None  # QaLoF: widths that change after quantization (cell.precision.Precision), or None
+    loftq: dict = field(default_factory=dict)  # lora_init loftq: module -> its fitted factors (quant.loftq.finish)
 
 
 def quantize(ctx: Context, base: Base) -> Quantized:
@@ -45,10 +46,55 @@ def quantize(ctx: Context, base: Base) -> Quantized:
         switch = settings.precision.switch_bits if ctx.base_bits < 16 else ()
         precision = Precision(model, changing, plan, settings, ctx.cell.seed, switched_modules(ctx),
                               adapter_widths=switch or None)
-    stats = quant.backend(q.backend).apply(model, plan, settings)
+    backend = quant.backend(q.backend)
+    loftq, kept = {}, {}
+    if settings.lora.init == "loftq":  # the adapted modules' weights are set to the last round's target first
+        kept = loftq_prepare(ctx, model, plan, backend)
+    stats = backend.apply(model, plan, settings)
+    if kept:
+        loftq = loftq_finish(ctx, model, kept, stats, backend)
+    for row in stats:  # the initial error ‖W − (Q + s·B·A)‖_F, and the default init's ‖W − Q(W)‖_F (B = 0)
+        fitted = loftq.get(row["module"])
+        plain = (row["quant_mse"] * row["numel"]) ** 0.5
+        row["init_error"] = fitted["init_error"] if fitted else plain
+        row["init_error_default"] = fitted["plain_error"] if fitted else plain
     ctx.log.info(f"quantized {len(plan)} modules ({q.backend} {q.format}), mask {ctx.cell.mask!r}")
     return Quantized(plan=plan, stats=stats, weight_mem_mb=memory.weight_mem_mb(model, stats), probe=probe,
-                     precision=precision)
+                     precision=precision, loftq=loftq)
+
+
+def loftq_prepare(ctx: Context, model, plan: dict[str, int], backend) -> dict:
+    from qlbench.errors import QlbenchError
+    from qlbench.quant import loftq
+    from qlbench.study.targets import DEFAULT_TARGETS, resolve
+
+    modules, slices = resolve(ctx.settings.lora.targets or DEFAULT_TARGETS[ctx.spec["arch"]], ctx.spec["arch"])
+    if slices:
+        raise QlbenchError("lora_init loftq: targets with Q/K/V slices are not supported (B's rows outside the "
+                           "slices must stay zero); name whole modules")
+    names = loftq.adapted(plan, modules)
+    if not names:
+        ctx.log.info("lora_init loftq: no quantized module is a LoRA target; the default init stands")
+    return loftq.prepare(model, plan, names, ctx.cell.rank, ctx.settings.lora.loftq_iter, ctx.settings, backend)
+
+
+def loftq_finish(ctx: Context, model, kept: dict, stats: list[dict], backend) -> dict:
+    """The last round's SVD; the quantized modules' error rows measured against their full-precision weight (the
+    backend measured against the last round's target)."""
+    from qlbench.quant import loftq
+    from qlbench.quant.stats import error_stats
+
+    fitted = loftq.finish(model, kept, ctx.cell.rank, backend)
+    for i, row in enumerate(stats):
+        if row["module"] in fitted:
+            f = fitted[row["module"]]
+            own = {k: row[k] for k in row if k not in ("quant_mse", "quant_rel_err", "quant_snr_db",
+                                                      "noise_var_uniform", "numel")}
+            stats[i] = {**error_stats(row["module"], row["bits"], kept[row["module"]]["weight"], f["Q"]), **own}
+    errors = [(f["init_error"], f["plain_error"]) for f in fitted.values()]
+    ctx.log.info(f"loftq ({ctx.settings.lora.loftq_iter} rounds) on {len(fitted)} modules: initial error "
+                 f"{sum(e for e, _ in errors):.4g} (default init {sum(p for _, p in errors):.4g}, summed)")
+    return {n: {k: f[k] for k in ("L", "R", "init_error", "plain_error")} for n, f in fitted.items()}
 
 
 def switched_modules(ctx: Context) -> list[str]:

@@ -1,6 +1,6 @@
 """One cell, start to finish, as a short list of stages — each a function in its own module:
 
-    begin -> load -> quantize -> attach -> evaluate (before) -> train -> evaluate (after) -> write
+    begin -> load -> quantize -> attach -> evaluate (before) -> train -> evaluate (after) -> as deployed -> write
 
 The cell knows nothing of Snakemake or SLURM: it takes its coordinates and writes files into its folder —
 `row.parquet` last, so a folder with a row is a finished cell and one without is not.
@@ -15,7 +15,7 @@ from qlbench.study.grid import Cell
 
 
 def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -> dict:
-    from qlbench.cell import evaluate
+    from qlbench.cell import deployed, evaluate
     from qlbench.cell.attach import attach
     from qlbench.cell.context import begin
     from qlbench.cell.load import load
@@ -30,4 +30,5 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
     loss_before = evaluate.before_training(ctx, model, base)  # the quantized base, LoRA still a no-op
     trained = train(ctx, model, base, quantized)  # the loop: resumable, gradient variance probed
     evaluated = evaluate.after_training(ctx, model, base, quantized, trained.status)  # metrics, generations
+    evaluated.columns.update(deployed.evaluate(ctx, model, base, quantized))  # merged into 16 bits, requantized
     return write(ctx, model, base, quantized, loss_before, trained, evaluated)  # row, curve, adapter, ...

@@ -1,6 +1,7 @@
 """Stage 5: train the adapters with the loop (`qlbench.cell.loop`): resumable from the cell's checkpoint, stopped
-by a signal or the SLURM time limit, precision switched before each step when the study switches it, gradient
-variance probed at a few steps."""
+by a signal or the SLURM time limit, precision switched before each step when the study switches it (or, under
+`switch_schedule: sequential`, each width trained in turn: `qlbench.cell.sequential`), gradient variance probed at
+a few steps."""
 
 from __future__ import annotations
 
@@ -32,6 +33,17 @@ def train(ctx: Context, model, base: Base, quantized: Quantized) -> Trained:
     probes = gradstats.probe_steps(t.steps, ctx.settings.eval.grad_var_points)
     grad_var = gradstats.GradVariance(model, base.sample, probes, ctx.device, ctx.autocast, ctx.task.loss)
     checkpoint = current_checkpoint(ctx)
+    if switches and ctx.settings.precision.switch_bits and ctx.settings.precision.switch_schedule == "sequential":
+        from qlbench.cell import sequential
+
+        result = sequential.train(model, precision, ctx.task, base.sample, ctx.settings, settings, device=ctx.device,
+                                  checkpoint=checkpoint, stop_requested=ctx.stop,
+                                  on_step=plant.with_kill(grad_var, ctx.plants, ctx.out), log=ctx.log.info,
+                                  progress=Progress(ctx.out))
+        precision.set({n: quantized.plan.get(n, 16) for n in precision.weights})  # the cell's own widths
+        grad_var.merge_into(result.curve)
+        return Trained(curve=result.curve, status=result.status, resumed_from=result.resumed_from,
+                       grad_var=grad_var.row_columns())
     result = loop(model, base.sample, settings, device=ctx.device, loss=ctx.task.loss,
                   checkpoint=checkpoint, stop_requested=ctx.stop,
                   on_step=plant.with_kill(grad_var, ctx.plants, ctx.out),
@@ -48,8 +60,12 @@ def current_checkpoint(ctx: Context):
     from qlbench.study.grid import CHECKPOINT, CHECKPOINT_STAMP
 
     checkpoint, stamp = ctx.out / CHECKPOINT, ctx.out / CHECKPOINT_STAMP
-    if checkpoint.exists() and (not stamp.exists() or stamp.read_text().strip() != ctx.config_hash):
+    stale = not stamp.exists() or stamp.read_text().strip() != ctx.config_hash
+    if checkpoint.exists() and stale:
         ctx.log.info("a checkpoint made under other settings: starting over")
         checkpoint.unlink()
+    if stale:  # sequential switchable training's checkpoints, one per width
+        for path in ctx.out.glob(checkpoint.name + ".b*"):
+            path.unlink()
     stamp.write_text(ctx.config_hash + "\n")
     return checkpoint

@@ -80,6 +80,8 @@ def _row(ctx: Context, model, base: Base, quantized: Quantized, loss_before: flo
         "quant_snr_db": _mean(q["quant_snr_db"] for q in stats if math.isfinite(q["quant_snr_db"])),
         "quant_noise_ratio": _mean(q["quant_mse"] / q["noise_var_uniform"] for q in stats
                                    if q.get("noise_var_uniform")),  # measured / uniform model Δ²/12
+        "init_error": _mean(q["init_error"] for q in stats),  # mean over quantized modules (layers.parquet)
+        "init_error_default": _mean(q["init_error_default"] for q in stats),
         **trained.grad_var,
         **generate.row_columns(evaluated.generations),
         **evaluated.columns,

@@ -1,10 +1,10 @@
 """The `qlbench` command. Thin: parse, call, exit with one clear line. Heavy imports happen inside commands.
 
 The group and its shared options live in `group`; the commands in `cells` (run, prepare, masks, grid, status, sweep,
-aggregate), `settings` (every setting, backend and task), `analyses` (summarize, similarity, bounds, sensitivity,
-validate-recommendation, findings, qlora-figure) and `robustness`."""
+aggregate), `settings` (every setting, backend and task), `export` (export, track), `analyses` (summarize, similarity,
+bounds, sensitivity, validate-recommendation, findings, qlora-figure) and `robustness`."""
 
 from __future__ import annotations
 
 from qlbench.cli.group import main  # noqa: F401  (the entry point)
-from qlbench.cli import analyses, cells, robustness, settings  # noqa: E402,F401  (registers the commands on `main`)
+from qlbench.cli import analyses, cells, export, robustness, settings  # noqa: E402,F401  (registers the commands)

@@ -163,7 +163,8 @@ def qalof_table(cells_parquets, out, metric):
     if table.is_empty():
         raise QlbenchError("qalof-table: no cell reports EM/F1 (an extractive_qa study's cells.parquet)")
     write_parquet(table, folder / "qalof_table.parquet")
-    text = markdown(table.select("model", "rank", "configuration", "seeds", "em", "em_ci95", "f1", "f1_ci95"),
+    text = markdown(table.select("model", "rank", "configuration", "schedule", "seeds", "em", "em_ci95", "f1",
+                                 "f1_ci95"),
                     "QaLoF's table: EM / F1 (%) per configuration, mean and 95% CI over seeds")
     scan = qalof.scan(cells, metric)
     if not scan.is_empty():

@@ -1,8 +1,10 @@
-"""Quantization backends, one file each: `fake` (simulated quantize-dequantize, any width) and `bnb` (bitsandbytes).
+"""Quantization backends, one file each: `fake` (simulated quantize-dequantize, any width), `bnb` (bitsandbytes),
+`hqq` (the hqq package's HQQLinear) and `torchao` (torchao's int8 and NF4 tensors).
 
 A backend file declares what it can do (`BACKEND = qlbench.registry.Backend(...)`: formats and widths, whether it
 re-quantizes in place, its layout) and exposes `apply(model, plan, settings) -> list[dict]`: it quantizes, in
-place, the modules the plan names at the widths it gives, and returns one statistics row per quantized module.
+place, the modules the plan names at the widths it gives, and returns one statistics row per quantized module; and
+`dequantized_weight(module)`: what a module it quantized computes with, (out, in), float (LoftQ's rounds read it).
 Adding a backend is adding its file (`qlbench settings` then lists it, and the config accepts it).
 """
 

@@ -95,6 +95,11 @@ def dequantized(module) -> torch.Tensor:
     return cb.float() * scb.float().unsqueeze(1) / 127.0
 
 
+def dequantized_weight(module) -> torch.Tensor:
+    """The backend's common name for what a quantized module computes with ((out, in), float)."""
+    return dequantized(module)
+
+
 def held_bytes(module) -> int:
     """Bytes the quantized weight really occupies: packed codes plus its scales (absmax; with double quant, the
     8-bit absmax and their own fp32 absmax). The 16- and 256-entry code books are format constants, not counted."""

@@ -22,6 +22,11 @@ BACKEND = Backend(
 )
 
 
+def dequantized_weight(module) -> torch.Tensor:
+    """What a quantized module computes with, as an (out, in) float tensor: its rounded float weight."""
+    return out_in(module, module.weight.detach()).float()
+
+
 @torch.no_grad()
 def apply(model, plan: dict[str, int], settings) -> list[dict]:
     """`settings`: the cell's settings tree (`qlbench.study.settings.Settings`); the format is its `quant`."""

@@ -160,6 +160,25 @@ def out_in(module, weight: torch.Tensor) -> torch.Tensor:
     return weight.t() if is_conv1d(module) else weight
 
 
+def as_linear(module) -> torch.nn.Linear:
+    """The module as an nn.Linear with an (out, in) weight (GPT-2's Conv1D holds (in, out): transposed), same
+    values, bias, device and dtype — what quantizers that walk `nn.Linear` (HQQ, torchao) can see."""
+    if type(module) is torch.nn.Linear:
+        return module
+    w = out_in(module, module.weight.detach()).contiguous()
+    linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=module.bias is not None, device="meta")
+    linear.weight = torch.nn.Parameter(w, requires_grad=False)
+    if module.bias is not None:
+        linear.bias = torch.nn.Parameter(module.bias.detach().clone(), requires_grad=False)
+    return linear
+
+
+def set_module(model, name: str, new) -> None:
+    """Put `new` where the module called `name` is."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
 def quantize_module(module, weight: torch.Tensor, bits: int, quant) -> torch.Tensor:
     """A module's weight quantize-dequantized, back in its own storage layout (channels and blocks as nn.Linear's);
     `quant`: the format (`qlbench.study.settings.Quant`)."""

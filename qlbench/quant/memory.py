@@ -29,13 +29,24 @@ def format_bytes(shape: tuple[int, int], bits: int, fmt: str, symmetric: bool = 
 
 
 def weight_mem_mb(model, stats: list[dict]) -> float:
-    """The base's weights in MiB: every parameter at its dtype, except the quantized ones at `weight_bytes`."""
-    quantized = {m["module"] + ".weight" for m in stats}
+    """The base's weights in MiB: every parameter at its dtype, except the quantized ones at `weight_bytes` (a
+    quantized module's parameters other than its bias — bnb's `weight`, hqq's `W_q`, torchao's tensor subclasses —
+    are what `weight_bytes` counts; a bias a quantizer keeps as a plain tensor, as hqq does, is counted here)."""
+    import torch
+
+    quantized = {m["module"] for m in stats}
     seen, total = set(), 0
     for name, p in model.named_parameters():  # tied weights appear once
+        owner, _, leaf = name.rpartition(".")
+        if owner in quantized and leaf != "bias":
+            continue
         key = (p.device, p.data_ptr())
-        if name in quantized or key in seen:
+        if key in seen:
             continue
         seen.add(key)
         total += p.numel() * p.element_size()
+    for name in quantized:
+        bias = getattr(model.get_submodule(name), "bias", None)
+        if torch.is_tensor(bias) and not isinstance(bias, torch.nn.Parameter):
+            total += bias.numel() * bias.element_size()
     return (total + sum(m["weight_bytes"] for m in stats)) / 2**20

@@ -127,9 +127,9 @@ def _schema_message(err) -> str:
     if err.validator == "additionalProperties":
         return err.message.replace("Additional properties are not allowed", "unknown key")
     if err.validator == "not" and isinstance(err.instance, int):
-        return f"{err.instance} bits is not a supported width (use 2-8 or 16)"
+        return f"{err.instance} bits is not a supported width (use 1-8 or 16)"
     if err.validator in ("minimum", "maximum") and "bits" in [str(p) for p in err.absolute_path]:
-        return f"{err.instance} bits is not a supported width (use 2-8 or 16)"
+        return f"{err.instance} bits is not a supported width (use 1-8 or 16)"
     return err.message.splitlines()[0]
 
 
@@ -214,6 +214,11 @@ def check_settings(settings: dict, bits: list[int], where: str) -> None:
                            f"({_requantizing()}) and every quantized width of bits "
                            f"{sorted(b for b in bits if b < 16)} among its widths")
     check_precision(settings, bits, where)
+    changing = ("switch_bits", "cpt_bits", "eval_bits", "eval_maps", "eval_scan")
+    if settings.get("lora_init") == "loftq" and any(settings.get(k) for k in changing):
+        raise QlbenchError(f"{where}.lora_init loftq: does not combine with widths that change after quantization "
+                           f"({', '.join(k for k in changing if settings.get(k))}): LoftQ fits the adapter to one "
+                           "quantized weight")
     if settings["adapter_bits"] != 16 and not 2 <= settings["adapter_bits"] <= 8:
         raise QlbenchError(f"{where}.adapter_bits: {settings['adapter_bits']} (use 2-8, or 16 for none)")
     if settings.get("fail") is not None:
@@ -234,6 +239,13 @@ def check_precision(settings: dict, bits: list[int], where: str) -> None:
                            f"full-precision weights ({_requantizing()}); backend is {settings['backend']!r}")
     if switch and cpt:
         raise QlbenchError(f"{where}: switch_bits and cpt_bits exclude each other (one adapter per width, or one)")
+    distils = any(k in settings for k in ("distill_alpha", "distill_temperature"))
+    if (settings["switch_schedule"] == "sequential" or distils) and len(switch) < 2:
+        raise QlbenchError(f"{where}: switch_schedule sequential and distill_* train switchable adapters in turn: "
+                           f"switch_bits needs two widths or more (has {list(switch)})")
+    if distils and settings["switch_schedule"] != "sequential":
+        raise QlbenchError(f"{where}: distill_alpha and distill_temperature are sequential training's "
+                           f"(switch_schedule: sequential), not {settings['switch_schedule']!r}")
     if cpt:
         low, high = cpt
         period = cpt_period(settings["steps"], settings["cpt_cycles"])

@@ -80,6 +80,8 @@ class Quant:
                                            "int, 64 for nf/fp)", {"type": "integer", "minimum": 0})
     double_quant: bool = setting(False, "quantize the block scales again (QLoRA's double quantization)",
                                  {"type": "boolean"})
+    hqq_axis: int = setting(1, "hqq: the axis its groups run along (1: the input dimension, hqq's default; 0: the "
+                               "output dimension)", {"enum": [0, 1]}, optional=True)
     high_bits: int = setting(16, "bit width of the layers outside the mask", {"enum": [16, 8]})
     adapter_bits: int = setting(16, "bit width of LoRA's A and B (16: not quantized)", _BITS)
     bits_target: str = setting("base", "what `bits` quantizes: the base's masked layers, or LoRA's A and B (the "
@@ -101,8 +103,16 @@ class Precision:
     switch_bits: tuple[int, ...] = setting(
         [], "QaLoF switchable precision: widths the masked layers switch between, one LoRA adapter each ([]: off)",
         {"type": "array", "items": _WIDTH, "uniqueItems": True})
-    switch_schedule: str = setting("cyclic", "switchable: the width of each step, in turn (cyclic) or drawn (random)",
-                                   {"enum": ["cyclic", "random"]})
+    switch_schedule: str = setting(
+        "cyclic", "switchable: the width of each step, in turn (cyclic) or drawn (random); or QaLoF's sequential: "
+                  "each width's adapter for the full steps in turn, highest first, lower ones distilled from the next "
+                  "higher", {"enum": ["cyclic", "random", "sequential"]})
+    distill_alpha: float = setting(0.5, "sequential switchable: weight of the cascade distillation term against the "
+                                        "task loss (QaLoF: 0.5)", {"type": "number", "minimum": 0, "maximum": 1},
+                                   optional=True, data=False)
+    distill_temperature: float = setting(2.0, "sequential switchable: the distillation's softmax temperature "
+                                              "(QaLoF: 2)", {"type": "number", "exclusiveMinimum": 0},
+                                         optional=True, data=False)
     cpt_bits: tuple[int, ...] = setting(
         [], "cyclic precision training (CPT): [low, high]; one adapter, the masked layers' width cycling between "
             "them ([]: off)", {"type": "array", "items": _WIDTH, "anyOf": [{"maxItems": 0}, {"minItems": 2, "maxItems": 2}]})
@@ -166,6 +176,13 @@ class Lora:
                                  key="lora_alpha")
     dropout: float = setting(0.0, "dropout on LoRA's input", {"type": "number", "minimum": 0, "maximum": 1},
                              key="lora_dropout")
+    init: str = setting("default", "how the adapters start: default (peft's: A random, B zero, so the model is the "
+                                   "quantized base) or loftq (LoftQ: B·A fitted by alternating SVD to what "
+                                   "quantization took from each quantized target's weight, the base quantized "
+                                   "again around it by the cell's own backend)",
+                        {"enum": ["default", "loftq"]}, key="lora_init", optional=True)
+    loftq_iter: int = setting(1, "loftq: alternating rounds of quantize and SVD (LoftQ's T; peft's default 1)",
+                              {"type": "integer", "minimum": 1}, optional=True)
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,12 @@ def loss(model, x: torch.Tensor) -> torch.Tensor:
     return model(input_ids=x, labels=x).loss
 
 
+def loss_and_logits(model, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The training loss and the logits it came from ([batch, seq, vocab]), for distillation from a teacher."""
+    out = model(input_ids=x, labels=x)
+    return out.loss, [out.logits]
+
+
 @torch.no_grad()
 def eval_loss(model, data: torch.Tensor, batch_size: int, device: torch.device, autocast_dtype=None) -> float:
     """Mean next-token cross-entropy over every predicted token of `data` ([n, seq_len] blocks)."""

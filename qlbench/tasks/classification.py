@@ -87,6 +87,12 @@ def loss(model, batch: Batch) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits(model, batch).float(), batch["labels"])
 
 
+def loss_and_logits(model, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The training loss and the class logits it came from ([batch, classes]), for distillation from a teacher."""
+    z = logits(model, batch)
+    return torch.nn.functional.cross_entropy(z.float(), batch["labels"]), [z]
+
+
 def logits(model, batch: Batch) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 

@@ -130,6 +130,15 @@ def loss(model, batch: Batch) -> torch.Tensor:
     return span_loss(out.start_logits, out.end_logits, batch)
 
 
+def loss_and_logits(model, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The training loss and the start and end logits over positions ([batch, seq] each, padding at -1e4 as in
+    `span_loss`, so it carries no probability), for distillation from a teacher."""
+    out = _forward(model, batch)
+    pad = batch["attention_mask"] == 0
+    return (span_loss(out.start_logits, out.end_logits, batch),
+            [out.start_logits.float().masked_fill(pad, -1e4), out.end_logits.float().masked_fill(pad, -1e4)])
+
+
 def _passes(model, data: Batch, batch_size: int, device, autocast_dtype=None, hidden: bool = False):
     """Evaluation-mode forward passes over `data` in chunks: yields (first index, chunk, outputs)."""
     was_training = model.training

@@ -1,0 +1,85 @@
+"""Commands that hand results to other tools: `export` (a recommendation as an HQQ config and an llm-compressor
+recipe) and `track` (finished cells as MLflow runs). No model, no torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from qlbench.cli.group import config_option, load_study, main
+from qlbench.errors import QlbenchError
+
+
+@main.command()
+@config_option
+@click.argument("study", required=False)
+@click.option("--results", default=None, help="results folder (default: the config's, or results/)")
+@click.option("--recommendation", "rec_path", default=None, type=click.Path(dir_okay=False),
+              help="recommendation.parquet (default: results/STUDY/sensitivity/recommendation.parquet)")
+@click.option("--model", default=None, help="which recommendation: its model")
+@click.option("--rank", type=int, default=None, help="which recommendation: its rank")
+@click.option("--n-train", type=int, default=None, help="which recommendation: its N")
+@click.option("--level", type=click.Choice(["block", "module"]), default=None, help="which recommendation: its level")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="folder for the exports (default: results/STUDY/export)")
+def export(config_files, study, results, rec_path, model, rank, n_train, level, out):
+    """A sensitivity recommendation (a width per block or module) as configs other tools load: an HQQ per-layer
+    config (hqq_*.json: every quantizable linear -> hqq's {nbits, group_size, axis}, null where 16-bit; load it with
+    `qlbench.export.load_hqq(model_or_folder, path)`) and, for Linear-layer models (not GPT-2's Conv1D), an
+    llm-compressor recipe (llmc_*.yaml: compressed-tensors weight schemes per layer, for llmcompressor's oneshot)."""
+    import polars as pl
+
+    from qlbench.export import hqq, llmc, recommendation
+    from qlbench.results import atomic_path
+
+    st = load_study(config_files, study)
+    root = Path(results or st.results) / st.name
+    path = Path(rec_path) if rec_path else root / "sensitivity" / "recommendation.parquet"
+    if not path.exists():
+        raise QlbenchError(f"no recommendation at {path}: run the study's sensitivity (snakemake, or qlbench "
+                           "sensitivity) first, or give --recommendation")
+    row = recommendation.pick(pl.read_parquet(path), model=model, rank=rank, n_train=n_train, level=level)
+    if row.get("model") not in st.config["models"]:
+        raise QlbenchError(f"model {row.get('model')!r} of the recommendation is not in the config")
+    lay, folder = st.layout(row["model"]), Path(out) if out else root / "export"
+    cfg = hqq.config(row, lay, st.tree.quant, st.name)
+    target = hqq.write(cfg, folder / f"hqq_{recommendation.file_name(row)}.json")
+    low = sum(c is not None for c in cfg["layers"].values())
+    how = ("the same in every block: hqq's quantize_model takes it" if cfg["hqq_quant_config"]
+           else "widths differ between blocks: loaded layer by layer")
+    click.echo(f"{target}: {low} of {len(cfg['layers'])} linears quantized by HQQ ({how})")
+    if lay.arch == "gpt2":
+        click.echo("no llm-compressor recipe: it quantizes nn.Linear layers, and GPT-2's are Conv1D")
+        return
+    recipe = folder / f"llmc_{recommendation.file_name(row)}.yaml"
+    with atomic_path(recipe) as tmp:
+        tmp.write_text(llmc.text(llmc.recipe(row, lay, st.tree.quant)))
+    click.echo(f"{recipe}: the llm-compressor recipe (oneshot(model=..., recipe=...) in an environment with "
+               "llmcompressor)")
+
+
+@main.command()
+@config_option
+@click.argument("study", required=False)
+@click.option("--results", default=None, help="results folder (default: the config's, or results/)")
+@click.option("--mlflow", "uri", default=None,
+              help="MLflow tracking URI (default: sqlite:///results/STUDY/mlflow.db, artifacts in "
+                   "results/STUDY/mlartifacts)")
+@click.option("--artifacts", default=None, type=click.Path(file_okay=False),
+              help="artifact folder of a new experiment (default: results/STUDY/mlartifacts with the default store; "
+                   "the server's own otherwise)")
+def track(config_files, study, results, uri, artifacts):
+    """Log each finished cell of STUDY as an MLflow run in the experiment STUDY: coordinates and settings as
+    params, the row's metrics, the training curve as step metrics, the adapter as an artifact. Idempotent: a run
+    is keyed by its cell (tag qlbench.cell); unchanged cells are skipped, a changed row updates its run."""
+    from qlbench.export import track as tracklib
+
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise QlbenchError("qlbench track needs mlflow: pip install 'qlbench[track]'") from None
+    st = load_study(config_files, study)
+    root = results or st.results
+    outcome = tracklib.track(st, root, uri, artifacts)
+    click.echo(outcome.line(st.name, uri or tracklib.default_uri(root, st.name)[0]))
