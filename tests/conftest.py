@@ -66,3 +66,21 @@ def job_counts(output: str) -> dict[str, int]:
             elif parts and parts[0] == "total":
                 inside = False
     return counts
+
+
+def assert_lora_trains(peft_model, inputs, steps: int = 4) -> None:
+    """A few AdamW steps on `inputs` (labels = inputs): every lora_A gets a gradient and the loss falls."""
+    import torch
+
+    peft_model.train()
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = peft_model(input_ids=inputs, labels=inputs).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    grads = [p.grad for n, p in peft_model.named_parameters() if "lora_A" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+    assert losses[-1] < losses[0], losses

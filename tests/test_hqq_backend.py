@@ -10,6 +10,8 @@ import torch
 from qlbench.errors import QlbenchError
 from qlbench.study.settings import tree
 
+from conftest import assert_lora_trains
+
 hqq_quantize = pytest.importorskip("hqq.core.quantize")
 from hqq.models.hf.base import AutoHQQHFModel  # noqa: E402
 
@@ -112,18 +114,7 @@ def test_lora_trains_through_peft_hqq_layer(micro_resources):
     peft_model = attach(model, 2, settings, "gpt2")
     layer = peft_model.base_model.model.transformer.h[0].attn.c_attn
     assert type(layer).__name__ == "HqqLoraLinear" and layer.fan_in_fan_out is False
-    peft_model.train()
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(4):
-        optimizer.zero_grad()
-        loss = peft_model(input_ids=X, labels=X).loss
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    grads = [p.grad for n, p in peft_model.named_parameters() if "lora_A" in n]
-    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
-    assert losses[-1] < losses[0]
+    assert_lora_trains(peft_model, X)
 
 
 def test_hqq_widths_in_the_config():

@@ -10,6 +10,8 @@ import torch
 from qlbench.errors import QlbenchError
 from qlbench.study.settings import tree
 
+from conftest import assert_lora_trains
+
 ao = pytest.importorskip("torchao.quantization")
 from torchao.quantization.granularity import PerGroup, PerRow  # noqa: E402
 from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import NF4Tensor, to_nf4  # noqa: E402
@@ -98,18 +100,7 @@ def test_lora_trains_on_torchao_weights(micro_resources, fmt, bits, layer):
     peft_model = attach(model, 2, settings, "gpt2")
     wrapped = peft_model.base_model.model.transformer.h[0].attn.c_attn
     assert type(wrapped).__name__ == layer and wrapped.fan_in_fan_out is False
-    peft_model.train()
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(4):
-        optimizer.zero_grad()
-        loss = peft_model(input_ids=X, labels=X).loss
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    grads = [p.grad for n, p in peft_model.named_parameters() if "lora_A" in n]
-    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
-    assert losses[-1] < losses[0]
+    assert_lora_trains(peft_model, X)
     assert isinstance(wrapped.get_base_layer().weight, NF4Tensor if fmt == "nf" else ao.Int8Tensor)
 
 
