@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from qlbench.quant.formats import is_conv1d
+from qlbench.quant.formats import is_conv1d, set_module
 from qlbench.quant.stats import error_stats
 from qlbench.registry import Backend
 
@@ -114,11 +114,6 @@ def held_bytes(module) -> int:
     return total + sum(t.numel() * t.element_size() for t in scales)
 
 
-def _set_module(model, name: str, new) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-
-
 @torch.no_grad()
 def apply(model, plan: dict[str, int], settings) -> list[dict]:
     """`settings`: the cell's settings tree; the format is its `quant`, the 4-bit compute dtype its `runtime`'s."""
@@ -134,7 +129,7 @@ def apply(model, plan: dict[str, int], settings) -> list[dict]:
             new, fmt = to_8bit(module, device), "int8"
         else:  # study.check_settings rejects these before any job starts
             raise ValueError(f"bitsandbytes cannot quantize to {bits} bits")
-        _set_module(model, name, new)
+        set_module(model, name, new)
         row = error_stats(name, bits, w, dequantized(new).to(w.device))
         row.update(format=fmt, weight_bytes=held_bytes(new))
         stats.append(row)
