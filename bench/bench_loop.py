@@ -1,16 +1,21 @@
 """Benchmark (not a test): one LoRA configuration through three training loops, side by side.
 
-  qlbench  qlbench.cell.loop.train, the loop every cell runs
-  plain    the loop a user writes with transformers + peft (+ bitsandbytes): forward, backward, clip, step
-  trainer  transformers' Trainer
+  qlbench          qlbench.cell.loop.train, the loop every cell runs
+  qlbench-compile  the same with the setting `compile: default` (torch.compile of the step's forward and loss)
+  plain            the loop a user writes with transformers + peft (+ bitsandbytes): forward, backward, clip, step
+  trainer          transformers' Trainer
 
 Same model (random init from a config, nothing downloaded), same LoRA, batches, AdamW, clip and bf16 autocast in
-all three; a fresh copy of the model for each run. Prints ms/step (median after warm-up), tokens/s and peak memory
-(the CUDA allocator's peak on a GPU; on a CPU each run is its own process and the number is its peak RSS, which
-includes the libraries).
+all of them; a fresh copy of the model for each run. Every loop is timed the same way, by the bench, after each
+step: wall ms/step and, on a CPU, the process's CPU ms/step (with `--threads 1` the CPU time is what the step cost
+whatever else the machine runs; wall time is not). Prints medians after warm-up, tokens/s and peak memory (the
+CUDA allocator's peak on a GPU; on a CPU each run is its own process and the number is its peak RSS, which
+includes the libraries). A compiled run's first step carries the compilation: its time is printed apart.
 
     python bench/bench_loop.py              # GPU: GPT-2-medium and Llama-1B shapes, bf16 and NF4
     python bench/bench_loop.py --small      # tiny shapes, a few steps: runs on a CPU in about a minute
+    python bench/bench_loop.py --small --shapes demo --precisions fp32 --loops qlbench,qlbench-compile,plain
+                                            # a demo cell's own shape (4 x 128, batch 16 x 128, float32)
 """
 
 from __future__ import annotations
@@ -27,26 +32,29 @@ import time
 from pathlib import Path
 
 SHAPES = {
-    # name: (arch, config kwargs, LoRA targets)
+    # name: (arch, config kwargs, LoRA targets[, (batch, seq) of its own])
     "gpt2-medium": ("gpt2", dict(n_layer=24, n_embd=1024, n_head=16, n_positions=1024, vocab_size=50257),
                     ["c_attn"]),
     "llama-1b": ("llama", dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                                num_key_value_heads=8, vocab_size=128256, max_position_embeddings=2048,
                                tie_word_embeddings=True),
                  ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+    # the `demo` study's cells: its pretrained base's shape and tokenizer, LoRA r 16 on c_attn, 16 x 128 tokens
+    "demo": ("gpt2", dict(n_layer=4, n_embd=128, n_head=4, n_positions=128, vocab_size=1024), ["c_attn"], (16, 128)),
 }
 SMALL = {
     "gpt2-medium": dict(n_layer=2, n_embd=64, n_head=2, n_positions=128, vocab_size=512),
     "llama-1b": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2, vocab_size=512, max_position_embeddings=128, tie_word_embeddings=True),
+    "demo": SHAPES["demo"][1],  # already small
 }
-LOOPS = ("qlbench", "plain", "trainer")
+LOOPS = ("qlbench", "plain", "trainer")  # the default; qlbench-compile on request (its compile takes a while)
 
 
 def build_config(shape: str, small: bool):
     from transformers import GPT2Config, LlamaConfig
 
-    arch, kwargs, _ = SHAPES[shape]
+    arch, kwargs = SHAPES[shape][:2]
     kwargs = SMALL[shape] if small else kwargs
     if arch == "gpt2":
         return GPT2Config(**kwargs, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -68,12 +76,13 @@ def save_base(shape: str, small: bool, folder: Path, dtype) -> Path:
 
 
 def load_model(path: Path, shape: str, precision: str, rank: int, device):
-    """The base (bf16, or NF4 with double quant and bf16 compute) with a LoRA of `rank` on the shape's targets."""
+    """The base (bf16; fp32; or NF4 with double quant and bf16 compute) with a LoRA of `rank` on the shape's
+    targets."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    arch, _, targets = SHAPES[shape]
+    arch, _, targets = SHAPES[shape][:3]
     if precision == "nf4":
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
@@ -87,7 +96,8 @@ def load_model(path: Path, shape: str, precision: str, rank: int, device):
                 m.support_avx512bf16_for_cpu = False
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to(device)
+        dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     model.requires_grad_(False)
     torch.manual_seed(0)
     cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=targets, bias="none",
@@ -102,84 +112,105 @@ def batches(vocab: int, batch: int, seq: int, n: int):
     return [torch.randint(0, vocab, (batch, seq), generator=g) for _ in range(n)]
 
 
-def run_qlbench(model, data, args, device) -> list[float]:
-    import torch
+class Clock:
+    """Stamps taken after every step, the same for every loop: wall time and the process's CPU time."""
+
+    def __init__(self, device):
+        import torch
+
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.wall, self.cpu = [time.perf_counter()], [time.process_time()]
+
+    def __call__(self, *_) -> None:
+        self.sync()
+        self.wall.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+
+    def steps(self, stamps: list[float]) -> list[float]:
+        return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def run_qlbench(model, data, args, device, autocast, compile="off") -> Clock:
     from qlbench.cell.loop import LoopSettings, train
 
-    s = LoopSettings(steps=len(data), lr=args.lr, warmup=0.0, final_lr=1.0, grad_clip=1.0,
-                     autocast_dtype=torch.bfloat16)
-    result = train(model, lambda step: data[step], s, device=device, log=lambda msg: None)
-    return [r["step_time_s"] for r in result.curve]
+    s = LoopSettings(steps=len(data), lr=args.lr, warmup=0.0, final_lr=1.0, grad_clip=1.0, autocast_dtype=autocast,
+                     compile=compile)
+    clock = Clock(device)
+    train(model, lambda step: data[step], s, device=device, log=lambda msg: None, progress=clock)
+    return clock
 
 
-def run_plain(model, data, args, device) -> list[float]:
+def run_qlbench_compile(model, data, args, device, autocast) -> Clock:
+    return run_qlbench(model, data, args, device, autocast, compile=args.compile_mode)
+
+
+def run_plain(model, data, args, device, autocast) -> Clock:
     """What a user writes: the usual four lines, the loss read once per step for logging."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr)
     model.train()
-    times, losses = [], []
+    losses = []
+    clock = Clock(device)
     for x in data:
-        t0 = time.perf_counter()
         x = x.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             loss = model(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return times
+        clock()
+    return clock
 
 
-def run_trainer(model, data, args, device) -> list[float]:
-    """transformers' Trainer; a step's time is the gap between consecutive on_step_end callbacks."""
-    import torch
+def run_trainer(model, data, args, device, autocast) -> Clock:
+    """transformers' Trainer; a step ends at its on_step_end callback."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     rows = [{"input_ids": x[i], "labels": x[i]} for x in data for i in range(x.shape[0])]
+    clock = Clock(device)
 
     class Stamps(TrainerCallback):
-        def __init__(self):
-            self.t = [time.perf_counter()]
-
         def on_step_end(self, *a, **k):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            self.t.append(time.perf_counter())
+            clock()
 
-    stamps = Stamps()
     with tempfile.TemporaryDirectory() as out:
         targs = TrainingArguments(
             output_dir=out, per_device_train_batch_size=data[0].shape[0], max_steps=len(data),
             learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
-            optim="adamw_torch", bf16=True, logging_strategy="no", save_strategy="no", report_to=[],
+            optim="adamw_torch", bf16=autocast is not None, logging_strategy="no", save_strategy="no", report_to=[],
             disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=False, seed=0,
             use_cpu=device.type == "cpu",
         )
-        Trainer(model=model, args=targs, train_dataset=rows, callbacks=[stamps]).train()
-    return [b - a for a, b in zip(stamps.t, stamps.t[1:])]
+        clock.__init__(device)  # the Trainer's own set-up is not a step
+        Trainer(model=model, args=targs, train_dataset=rows, callbacks=[Stamps()]).train()
+    return clock
 
 
-RUNNERS = {"qlbench": run_qlbench, "plain": run_plain, "trainer": run_trainer}
+RUNNERS = {"qlbench": run_qlbench, "qlbench-compile": run_qlbench_compile, "plain": run_plain,
+           "trainer": run_trainer}
 
 
 def one(shape: str, precision: str, loop: str, base: Path, args) -> dict:
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     model = load_model(base, shape, precision, args.rank, device)
     cfg = model.config
-    data = batches(cfg.vocab_size, args.batch, args.seq, args.warmup + args.steps)
+    batch, seq = shape_batch(shape, args)
+    data = batches(cfg.vocab_size, batch, seq, args.warmup + args.steps)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = RUNNERS[loop](model, data, args, device)[args.warmup:]
-    ms = 1000 * statistics.median(times)
+    autocast = None if precision == "fp32" else torch.bfloat16
+    clock = RUNNERS[loop](model, data, args, device, autocast)
+    wall, cpu = clock.steps(clock.wall), clock.steps(clock.cpu)
+    ms = 1000 * statistics.median(wall[args.warmup:])
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -192,9 +223,16 @@ def one(shape: str, precision: str, loop: str, base: Path, args) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {"shape": shape, "precision": precision, "loop": loop, "ms_per_step": ms,
-            "tokens_per_s": args.batch * args.seq / (ms / 1000), "peak_mem_mb": peak,
-            "trainable_params": trainable, "steps_timed": len(times),
+            "cpu_ms_per_step": 1000 * statistics.median(cpu[args.warmup:]), "first_step_ms": 1000 * wall[0],
+            "tokens_per_s": batch * seq / (ms / 1000), "peak_mem_mb": peak, "batch": batch, "seq": seq,
+            "trainable_params": trainable, "steps_timed": len(wall) - args.warmup, "threads": torch.get_num_threads(),
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
+
+
+def shape_batch(shape: str, args) -> tuple[int, int]:
+    """(sequences, tokens) per step: the shape's own where it has one (a demo cell's), else the command line's."""
+    own = SHAPES[shape][3] if len(SHAPES[shape]) > 3 else None
+    return own or (args.batch, args.seq)
 
 
 def main(argv=None):
@@ -211,6 +249,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 20; 4 with --small)")
     p.add_argument("--warmup", type=int, default=None, help="untimed first steps (default 5; 1 with --small)")
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
+    p.add_argument("--compile-mode", default="default", help="the qlbench-compile loop's torch.compile mode")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # shape,precision,loop,base: a child process
     args = p.parse_args(argv)
@@ -258,24 +298,34 @@ def _child(shape, precision, loop, base, argv) -> dict:
     raise RuntimeError(f"{shape} {precision} {loop} failed:\n{proc.stderr[-3000:]}")
 
 
+BASES = {"nf4": "NF4 + DQ", "bf16": "bf16", "fp32": "fp32"}
+
+
 def summarize(rows: list[dict]) -> str:
-    """A Markdown table: per shape × precision × loop, the median over rounds of each run's median ms/step, the
-    range over rounds, and speed relative to the plain loop (above 1: faster)."""
+    """A Markdown table: per shape × precision × loop, the median over rounds of each run's median ms/step (wall,
+    and the process's CPU time), the wall range over rounds, speed relative to the plain loop (above 1: faster) by
+    each clock, and a compiled loop's first step (the compilation)."""
     runs: dict[tuple, list[dict]] = {}
     for r in rows:
         runs.setdefault((r["shape"], r["precision"], r["loop"]), []).append(r)
-    ms = {key: statistics.median(r["ms_per_step"] for r in rs) for key, rs in runs.items()}
-    lines = ["| model shape | base | loop | ms/step (median of rounds) | range over rounds | tokens/s | "
-             "peak memory (MiB) | speed vs plain |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for (shape, precision, loop), rs in runs.items():
-        m = ms[(shape, precision, loop)]
-        plain = ms.get((shape, precision, "plain"))
-        rel = f"{plain / m:.2f}x" if plain else ""
+
+    def med(key, col):
+        return statistics.median(r[col] for r in runs[key])
+
+    lines = ["| model shape | base | loop | ms/step (median of rounds) | range over rounds | CPU ms/step | tokens/s | "
+             "peak memory (MiB) | speed vs plain (wall) | speed vs plain (CPU) | first step (s) |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for key, rs in runs.items():
+        shape, precision, loop = key
+        m, c = med(key, "ms_per_step"), med(key, "cpu_ms_per_step")
+        plain = (shape, precision, "plain")
+        rel = f"{med(plain, 'ms_per_step') / m:.2f}x" if plain in runs else ""
+        rel_cpu = f"{med(plain, 'cpu_ms_per_step') / c:.2f}x" if plain in runs else ""
         lo, hi = min(r["ms_per_step"] for r in rs), max(r["ms_per_step"] for r in rs)
         peak = max(r["peak_mem_mb"] for r in rs)
-        lines.append(f"| {shape} | {'NF4 + DQ' if precision == 'nf4' else 'bf16'} | {loop} | {m:.1f} | "
-                     f"{lo:.1f}-{hi:.1f} | {args_tokens(rs[0], m):,.0f} | {peak:,.0f} | {rel} |")
+        first = f"{med(key, 'first_step_ms') / 1000:.1f}" if "compile" in loop else ""
+        lines.append(f"| {shape} | {BASES[precision]} | {loop} | {m:.1f} | {lo:.1f}-{hi:.1f} | {c:.1f} | "
+                     f"{args_tokens(rs[0], m):,.0f} | {peak:,.0f} | {rel} | {rel_cpu} | {first} |")
     return "\n".join(lines)
 
 

@@ -52,6 +52,7 @@ OPTIONAL_METRICS = {
     "merged_eval_loss": pl.Float64,  # adapter merged into the 16-bit base (W + s·B·A); NaN: nothing quantized
     "merged_requant_eval_loss": pl.Float64,  # that merged model quantized again with the cell's plan and backend
     "merged_s": pl.Float64,  # seconds the two merged evaluations took, the reload included
+    "compile_s": pl.Float64,  # under `compile`: the first step's time beyond a usual step's (the compilation)
 }
 PROVENANCE = {
     "config_hash": pl.String, "qlbench_version": pl.String, "torch_version": pl.String,
@@ -76,7 +77,7 @@ LAYERS_SCHEMA = pl.Schema({
     "init_error": pl.Float64,  # ‖W − (Q + s·B·A)‖_F as training starts (default init: B = 0, so ‖W − Q‖_F)
     "init_error_default": pl.Float64,  # ‖W − Q(W)‖_F: the default init's, for comparison under lora_init loftq
 })
-TIMING_COLUMNS = ("step_time_s", "tokens_per_s", "peak_mem_mb", "wall_s", "scan_s", "merged_s")  # differ run to run
+TIMING_COLUMNS = ("step_time_s", "tokens_per_s", "peak_mem_mb", "wall_s", "scan_s", "merged_s", "compile_s")  # differ run to run
 
 
 def row_frame(row: dict, curve: list[dict] | None = None) -> pl.DataFrame:

@@ -73,3 +73,57 @@ def test_paged_optimizers_follow_adamw(name, tolerance):
     assert (final[name] - final["adamw"]).abs().max() <= tolerance * max(1.0, 10 * moved.item())
     if name.endswith("8bit"):
         assert not torch.equal(final[name], final["adamw"])  # 8-bit state is not 32-bit state
+
+
+def test_the_loops_foreach_update_is_torchs_per_tensor_update_bit_for_bit():
+    """The loop asks for foreach AdamW and clipping (torch picks them only on a GPU); on a CPU they must give the
+    per-tensor loop's numbers exactly, or every cell made before would differ."""
+    torch.manual_seed(0)
+    shapes = [(64, 8), (8, 64), (3,), (17, 5)]
+    runs = []
+    for foreach in (False, True):
+        params = [torch.nn.Parameter(torch.randn(*s, generator=torch.Generator().manual_seed(i)))
+                  for i, s in enumerate(shapes)]
+        opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1, foreach=foreach)
+        g = torch.Generator().manual_seed(1)
+        for step in range(6):
+            for p in params:
+                p.grad = 3 * torch.randn(p.shape, generator=g)
+            opt.param_groups[0]["lr"] = 1e-2 * (6 - step) / 6
+            torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=foreach)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        runs.append(torch.cat([p.detach().flatten() for p in params]))
+    assert torch.equal(runs[0], runs[1])
+    made = make_optimizer([torch.nn.Parameter(torch.zeros(2))], LoopSettings(steps=1, lr=1.0))
+    assert made.defaults["foreach"] is True  # what the loop runs is the foreach path tested here
+
+
+def _tiny_gpt2():
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=32, vocab_size=64,
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    base.requires_grad_(False)
+    return get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True))
+
+
+def test_a_compiled_step_follows_the_eager_one_and_its_first_step_carries_the_compilation():
+    """`compile: default` runs the step through torch.compile (inductor): losses within float32 rounding of eager's
+    (the kernels are fused, so not bit for bit), and the first step is the slow one."""
+    from qlbench.cell.measure import compile_s, step_time_s
+
+    batch = (torch.arange(16) * 3 % 64).repeat(4, 1)  # a pattern LoRA learns within a few steps
+    curves = {}
+    for mode in ("off", "default"):
+        torch._dynamo.reset()
+        result = train(_tiny_gpt2(), lambda step: batch, LoopSettings(steps=12, lr=3e-2, compile=mode),
+                       device=torch.device("cpu"), log=lambda m: None)
+        curves[mode] = result.curve
+    eager, comp = ([r["loss"] for r in curves[m]] for m in ("off", "default"))
+    assert max(abs(a - b) for a, b in zip(eager, comp)) < 1e-4
+    assert eager[-1] < eager[0] - 0.05  # it trained: the comparison is of a moving loss
+    assert compile_s(curves["default"]) > 10 * step_time_s(curves["default"])  # compiling costs many steps
+    assert compile_s(curves["default"]) > 5 * compile_s(curves["off"])

@@ -87,6 +87,17 @@ def test_planted_trouble_is_outside_the_identity_by_type():
     assert studylib.cell_identity(st, cell, {**st.settings, "steps": 31})[1] != plain
 
 
+def test_compiling_is_a_different_cell_and_off_is_the_cell_as_it_was():
+    """torch.compile changes the arithmetic (fused kernels), so `compile` is in the identity; unset or `off`, no
+    identity made before the setting existed moves (the pinned hashes above)."""
+    st = studylib.load(studylib.read_config([REPO / "config.yaml"]), "micro")
+    cell = grid.cells(st)[0]
+    plain = studylib.cell_identity(st, cell)[1]
+    assert "compile" not in st.settings and st.tree.runtime.compile == "off"
+    assert studylib.cell_identity(st, cell, {**st.settings, "compile": "default"})[1] != plain
+    assert studylib.cell_identity(st, cell, {**st.settings, "compile": "off"})[1] == plain
+
+
 def test_qlbench_settings_and_run_help_list_every_setting():
     listed = subprocess.run([BIN / "qlbench", "settings"], capture_output=True, text=True, timeout=60)
     helped = subprocess.run([BIN / "qlbench", "run", "--help"], capture_output=True, text=True, timeout=60)

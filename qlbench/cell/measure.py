@@ -40,6 +40,11 @@ def step_time_s(curve: list[dict]) -> float:
     return statistics.median(times) if times else float("nan")
 
 
+def compile_s(curve: list[dict]) -> float:
+    """What torch.compile cost the cell: its first step's time beyond a usual step's (the first step compiles)."""
+    return max(0.0, curve[0]["step_time_s"] - step_time_s(curve)) if len(curve) > 1 else float("nan")
+
+
 def trainable_params(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

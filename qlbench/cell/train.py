@@ -29,7 +29,8 @@ def train(ctx: Context, model, base: Base, quantized: Quantized) -> Trained:
     switches = precision is not None and ctx.base_bits < 16 and ctx.settings.precision.trains_switching
     settings = LoopSettings(steps=t.steps, lr=t.lr, warmup=t.warmup, weight_decay=t.weight_decay,
                             grad_clip=t.grad_clip, checkpoint_every=t.checkpoint_every,
-                            autocast_dtype=ctx.autocast, optimizer=t.optimizer)
+                            autocast_dtype=ctx.autocast, optimizer=t.optimizer,
+                            compile=ctx.settings.runtime.compile)
     probes = gradstats.probe_steps(t.steps, ctx.settings.eval.grad_var_points)
     grad_var = gradstats.GradVariance(model, base.sample, probes, ctx.device, ctx.autocast, ctx.task.loss)
     checkpoint = current_checkpoint(ctx)

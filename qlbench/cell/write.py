@@ -85,6 +85,7 @@ def _row(ctx: Context, model, base: Base, quantized: Quantized, loss_before: flo
         **trained.grad_var,
         **generate.row_columns(evaluated.generations),
         **evaluated.columns,
+        **({"compile_s": measure.compile_s(trained.curve)} if s.runtime.compile != "off" else {}),
         "steps_done": len(trained.curve),
         "resumed_from": trained.resumed_from,
         "wall_s": time.perf_counter() - ctx.t_start,

@@ -56,6 +56,7 @@ def thawed(value):
 
 
 _BITS = {"$ref": "#/$defs/bits"}
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _WIDTH = {"type": "integer", "minimum": 2, "maximum": 8}
 
 
@@ -234,6 +235,10 @@ class Runtime:
                               {"enum": ["auto", "float32", "bfloat16", "float16"]})
     device: str = setting("auto", "auto: a GPU where one is visible, else the CPU", {"enum": ["auto", "cpu", "cuda"]})
     gpus: int = setting(0, "GPUs a cell asks the cluster for", {"type": "integer", "minimum": 0})
+    compile: str = setting("off", "torch.compile the training step's forward and loss: off, or a mode of "
+                                  "torch.compile (default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs); "
+                                  "the row's compile_s is the compilation's cost, apart from step_time_s",
+                           {"enum": list(COMPILE_MODES)}, optional=True)
 
 
 @dataclass(frozen=True)
@@ -344,8 +349,10 @@ def tree(**flat) -> Settings:
 
 
 def identity(flat: dict) -> dict:
-    """The settings that determine a cell's numbers: all but the `testing` group's."""
-    return {k: v for k, v in flat.items() if SPECS[k].identity}
+    """The settings that determine a cell's numbers: all but the `testing` group's, and an optional setting only
+    where it differs from its default (`compile: off` is the cell it was before the setting existed)."""
+    return {k: v for k, v in flat.items()
+            if SPECS[k].identity and not (SPECS[k].optional and v == thawed(SPECS[k].default))}
 
 
 def data_blind_keys() -> set[str]:
