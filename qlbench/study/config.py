@@ -158,7 +158,7 @@ def load(config: dict, study: str | None = None) -> Study:
                 check(spec, what)
             except QlbenchError as e:
                 raise QlbenchError(f"{where}: {e}") from None
-    settings = {**DEFAULTS, **{k: v for k, v in raw.items() if k not in AXES}}
+    settings = read_off({**DEFAULTS, **{k: v for k, v in raw.items() if k not in AXES}})
     n_train = raw.get("n_train")
     n_train_axis = n_train if isinstance(n_train, list) else [n_train]
     settings.pop("n_train", None)
@@ -289,10 +289,15 @@ def parse_override(text: str) -> tuple[str, object]:
     return key, yaml.safe_load(value)
 
 
+def read_off(settings: dict) -> dict:
+    """`compile: off` as written, not as YAML 1.1 reads it (false): one value for the tree and the identity."""
+    return {**settings, "compile": "off"} if settings.get("compile") is False else settings
+
+
 def cell_settings(study: Study, overrides: dict | None = None, bits: int | None = None) -> dict:
     """The study's fixed settings with `--set` overrides, re-validated against the schema and, for the backend,
     against the one cell's `bits` when given (a 4-bit cell may use bnb though the study also has 3-bit cells)."""
-    settings = {**study.settings, **(overrides or {})}
+    settings = read_off({**study.settings, **(overrides or {})})
     if overrides:
         probe = copy.deepcopy(study.config)
         probe["studies"][study.name].update({k: v for k, v in overrides.items() if v is not None})

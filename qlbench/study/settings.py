@@ -238,7 +238,7 @@ class Runtime:
     compile: str = setting("off", "torch.compile the training step's forward and loss: off, or a mode of "
                                   "torch.compile (default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs); "
                                   "the row's compile_s is the compilation's cost, apart from step_time_s",
-                           {"enum": list(COMPILE_MODES)}, optional=True)
+                           {"enum": [False, *COMPILE_MODES]}, optional=True)  # YAML 1.1 reads `off` as false
 
 
 @dataclass(frozen=True)
