@@ -31,6 +31,8 @@ def train(ctx: Context, model, base: Base, quantized: Quantized) -> Trained:
                             grad_clip=t.grad_clip, checkpoint_every=t.checkpoint_every,
                             autocast_dtype=ctx.autocast, optimizer=t.optimizer,
                             compile=ctx.settings.runtime.compile)
+    if settings.compile != "off":
+        share_compiled(ctx)
     probes = gradstats.probe_steps(t.steps, ctx.settings.eval.grad_var_points)
     grad_var = gradstats.GradVariance(model, base.sample, probes, ctx.device, ctx.autocast, ctx.task.loss)
     checkpoint = current_checkpoint(ctx)
@@ -53,6 +55,16 @@ def train(ctx: Context, model, base: Base, quantized: Quantized) -> Trained:
     grad_var.merge_into(result.curve)
     return Trained(curve=result.curve, status=result.status, resumed_from=result.resumed_from,
                    grad_var=grad_var.row_columns())
+
+
+def share_compiled(ctx: Context) -> None:
+    """Inductor's caches in the study's resources, not each node's /tmp: a study's cells of one shape (every bit
+    width, seed and mask of a rank) compile once per machine or cluster, and load the kernels after that. The
+    user's own TORCHINDUCTOR_CACHE_DIR wins."""
+    import os
+    from pathlib import Path
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(ctx.study.resources).resolve() / "compiled"))
 
 
 def current_checkpoint(ctx: Context):
