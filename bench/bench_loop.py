@@ -251,6 +251,9 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
     p.add_argument("--compile-mode", default="default", help="the qlbench-compile loop's torch.compile mode")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of timing: each loop of the first shape and precision under cProfile, in one process; "
+                        "Python calls per step and the functions that took the most time")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # shape,precision,loop,base: a child process
     args = p.parse_args(argv)
@@ -265,6 +268,8 @@ def main(argv=None):
         shape, precision, loop, base = args.one.split(",")
         print("ROW " + json.dumps(one(shape, precision, loop, Path(base), args)), flush=True)
         return
+    if args.profile:
+        return profile(args)
 
     import torch
 
@@ -286,6 +291,36 @@ def main(argv=None):
     print(table)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "table": table}, indent=1))
+
+
+def profile(args) -> None:
+    """Where a step's time goes, loop by loop: cProfile over the timed steps (after the warm-up, so not the
+    compilation), the Python function calls per step, and the top functions by their own time."""
+    import cProfile
+    import pstats
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape, precision = args.shapes.split(",")[0], args.precisions.split(",")[0]
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    autocast = None if precision == "fp32" else torch.bfloat16
+    with tempfile.TemporaryDirectory() as tmp:
+        base = save_base(shape, args.small, Path(tmp), torch.float32 if device.type == "cpu" else torch.bfloat16)
+        for loop in args.loops.split(","):
+            model = load_model(base, shape, precision, args.rank, device)
+            batch, seq = shape_batch(shape, args)
+            data = batches(model.config.vocab_size, batch, seq, args.warmup + args.steps)
+            RUNNERS[loop](model, data[: args.warmup], args, device, autocast)  # warm-up (and compilation)
+            prof = cProfile.Profile()
+            prof.enable()
+            RUNNERS[loop](model, data[args.warmup :], args, device, autocast)
+            prof.disable()
+            stats = pstats.Stats(prof)
+            print(f"== {shape} {precision} {loop}: {stats.total_calls / args.steps:,.0f} Python calls per step, "
+                  f"{1000 * stats.total_tt / args.steps:.1f} ms per step under the profiler")
+            stats.sort_stats("tottime").print_stats(12)
 
 
 def _child(shape, precision, loop, base, argv) -> dict:
