@@ -18,7 +18,7 @@ WIDTHS = range(2, 9)  # the table's widths; 16 is the reference
 FORMAT_NAMES = {"int": "int", "nf": "NF", "fp": "FP"}
 # the 16-bit row of a model by its source: what "no quantization" means for those weights
 REFERENCE = {
-    "smollm2": "16-bit reference (fp32 weights dequantized from the Q4_1 GGUF, not the original bf16)",
+    "smollm2": "16-bit reference: the Q4_1 GGUF dequantized to fp32 (not the original bf16)",
 }
 DEFAULT_REFERENCE = "16-bit reference (no quantization)"
 COLUMNS = {"model": pl.String, "backend": pl.String, "format": pl.String, "bits": pl.Int64, "quantizer": pl.String,
