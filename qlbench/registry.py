@@ -16,7 +16,7 @@ import importlib
 import importlib.util
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
@@ -32,6 +32,9 @@ class Backend:
     linear_layout: bool = False  # replaces GPT-2's Conv1D (in, out) by an (out, in) Linear: LoRA's fan_in_fan_out off
     group_sizes: str = ""  # which block / group sizes it takes (for `qlbench settings`)
     row_scaled: tuple[int, ...] = ()  # widths whose weights keep one scale per row (LLM.int8): bytes depend on shape
+    # format -> width -> why not: widths its library has that this backend cannot run here (as measured, e.g.
+    # torchao's int4 on a CPU), so a table says so rather than leaving the row out
+    unavailable: dict[str, dict[int, str]] = field(default_factory=dict)
     source: str = ""  # the file that declares it (filled in by the registry)
 
     def can(self, fmt: str, bits: int) -> bool:

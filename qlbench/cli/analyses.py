@@ -180,6 +180,39 @@ def qalof_table(cells_parquets, out, metric):
     click.echo(text)
 
 
+@main.command("backends-table")
+@config_option
+@click.argument("cells_parquets", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="folder for backends_table.parquet and backends_table.md")
+def backends_table(config_files, cells_parquets, out):
+    """One row per backend x format x width of one or more studies' CELLS_PARQUETS (e.g.
+    results/backends-smollm2-*/cells.parquet): eval loss before LoRA, after it, merged into the 16-bit base and
+    merged then quantized again; the 16-bit reference first, named for what its weights were; and, without numbers,
+    each width a backend present cannot run here (its declaration's `unavailable`) with the reason."""
+    import polars as pl
+
+    from qlbench import registry
+    from qlbench.analysis import backends
+    from qlbench.results import write_parquet
+    from qlbench.study import config as studylib
+
+    cells = pl.concat([pl.read_parquet(p) for p in cells_parquets], how="diagonal_relaxed")
+    if cells.is_empty():
+        raise QlbenchError("backends-table: no cells in " + ", ".join(cells_parquets))
+    models = studylib.read_config(config_files).get("models", {})
+    sources = {name: spec.get("source", "") for name, spec in models.items()}
+    unavailable = {name: b.unavailable for name, b in registry.backends().items() if b.unavailable}
+    table = backends.table(cells, unavailable, sources)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_parquet(table, folder / "backends_table.parquet")
+    text = ("## Eval loss per backend and width: before LoRA, after it, merged at 16 bits, merged and requantized\n\n"
+            + backends.markdown(table))
+    (folder / "backends_table.md").write_text(text)
+    click.echo(text)
+
+
 @main.command()
 @config_option
 @click.argument("study", required=False)

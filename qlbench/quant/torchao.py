@@ -26,6 +26,9 @@ BACKEND = Backend(
     widths={"int": (8,), "nf": (4,)},
     linear_layout=True,
     group_sizes="int8: per row (unset or 0) or groups of group_size; NF4: blocks of group_size (64), scales in 256s",
+    unavailable={"int": {4: "no CPU path in torchao 0.18: Int4WeightOnlyConfig's plain and preshuffled packings raise "
+                            "'Requires mslk >= 1.0.0' (the registry has only a 0.0.0 placeholder), plain_int32 'does "
+                            "not support device cpu', tile_packed_to_4d 'Torch not compiled with CUDA enabled'"}},
 )
 
 NF4_BLOCK = 64  # QLoRA's and torchtune's block size

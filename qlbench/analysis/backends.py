@@ -1,0 +1,81 @@
+"""The backend table: one row per backend × format × width of a model's cells, from several studies at once (one
+per backend and format, the backend being a fixed setting), with the eval loss of the quantized base before
+training, after LoRA, and as deployed — the adapter merged into the 16-bit base, and that merged model quantized
+again with the cell's own backend (`qlbench.cell.deployed`). Means over seeds.
+
+The 16-bit cells are the reference row, labelled by what the model's weights really were (`REFERENCE`: SmolLM2's
+offline weights were Q4_1 before dequantization). A width the backend's library has but the backend cannot run here
+(its declaration's `unavailable`, e.g. torchao's int4 on a CPU) is a row too, with the measured reason and no
+numbers, rather than a silent gap. Polars only, no torch.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+LOSSES = ("eval_loss_before", "eval_loss", "merged_eval_loss", "merged_requant_eval_loss")
+WIDTHS = range(2, 9)  # the table's widths; 16 is the reference
+FORMAT_NAMES = {"int": "int", "nf": "NF", "fp": "FP"}
+# the 16-bit row of a model by its source: what "no quantization" means for those weights
+REFERENCE = {
+    "smollm2": "16-bit reference: the Q4_1 GGUF dequantized to fp32 (not the original bf16)",
+}
+DEFAULT_REFERENCE = "16-bit reference (no quantization)"
+COLUMNS = {"model": pl.String, "backend": pl.String, "format": pl.String, "bits": pl.Int64, "quantizer": pl.String,
+           "status": pl.String, "seeds": pl.Int64, **{m: pl.Float64 for m in LOSSES}, "step_time_s": pl.Float64}
+
+
+def quantizer(backend: str, fmt: str, bits: int) -> str:
+    """A row's name for its quantizer: `NF4`, `int3`, bitsandbytes' 8 bits `LLM.int8` (its only 8-bit format)."""
+    if backend == "bnb" and bits == 8:
+        return "LLM.int8"
+    return f"{FORMAT_NAMES.get(fmt, fmt)}{bits}"
+
+
+def table(cells: pl.DataFrame, unavailable: dict[str, dict[str, dict[int, str]]] | None = None,
+          sources: dict[str, str] | None = None) -> pl.DataFrame:
+    """`cells`: rows of one or more studies (their cells.parquet, concatenated); `unavailable`: backend -> format ->
+    width -> why it cannot run (rows without numbers, for the backends present); `sources`: model -> its config
+    `source` (names the reference row)."""
+    sources = sources or {}
+    # every 16-bit cell is the one reference of its model, whichever study (backend) it ran in
+    keyed = cells.with_columns(pl.when(pl.col("bits") == 16).then(pl.lit("–")).otherwise(pl.col(c)).alias(f"_{c}")
+                               for c in ("backend", "format"))
+    rows = []
+    for (model, backend, fmt, bits), group in keyed.group_by(["model", "_backend", "_format", "bits"],
+                                                             maintain_order=True):
+        diverged = int((group["status"] != "ok").sum()) if "status" in group.columns else 0
+        row = {"model": model, "backend": backend, "format": fmt, "bits": bits, "seeds": group.height,
+               "quantizer": REFERENCE.get(sources.get(model), DEFAULT_REFERENCE) if bits == 16
+               else quantizer(backend, fmt, bits),
+               "status": "ok" if not diverged else f"diverged ({diverged} of {group.height} seeds)"}
+        for m in (*LOSSES, "step_time_s"):
+            row[m] = group[m].cast(pl.Float64).mean() if m in group.columns else None
+        rows.append(row)
+    seen = {(r["model"], r["backend"], r["format"], r["bits"]) for r in rows}
+    for model in cells["model"].unique(maintain_order=True):
+        for backend in cells.filter(pl.col("model") == model)["backend"].unique(maintain_order=True):
+            for fmt, widths in (unavailable or {}).get(backend, {}).items():
+                for bits, why in sorted(widths.items()):
+                    if bits in WIDTHS and (model, backend, fmt, bits) not in seen:
+                        rows.append({"model": model, "backend": backend, "format": fmt, "bits": bits, "seeds": 0,
+                                     "quantizer": quantizer(backend, fmt, bits), "status": f"cannot run: {why}"})
+    out = pl.DataFrame(rows, schema=COLUMNS) if rows else pl.DataFrame(schema=COLUMNS)
+    # the reference first, then by backend, format and width (widest first)
+    return out.sort(["model", pl.col("bits") != 16, "backend", "format", "bits"],
+                    descending=[False, False, False, False, True], maintain_order=True)
+
+
+def markdown(table_: pl.DataFrame) -> str:
+    """The table as Markdown for the docs: losses to 4 decimals, a row that cannot run as its reason."""
+    lines = ["| model | quantizer | backend | bits | before LoRA | after LoRA | merged, 16-bit | merged, requantized "
+             "| s/step | status |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+
+    def num(v, digits=4):
+        return "–" if v is None or v != v else f"{v:.{digits}f}"
+
+    for r in table_.iter_rows(named=True):
+        lines.append(f"| {r['model']} | {r['quantizer']} | {r['backend']} | {r['bits']} | {num(r['eval_loss_before'])} "
+                     f"| {num(r['eval_loss'])} | {num(r['merged_eval_loss'])} | {num(r['merged_requant_eval_loss'])} "
+                     f"| {num(r['step_time_s'], 2)} | {r['status']} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,107 @@
+"""The backend table from hand-made cells of several studies (no model, no SmolLM2): every number worked out by hand."""
+
+import math
+
+import polars as pl
+import pytest
+
+from qlbench import registry
+from qlbench.analysis import backends
+
+NAN = float("nan")
+
+
+def cell(backend, fmt, bits, seed, before, after, merged=NAN, requant=NAN, status="ok", model="m"):
+    return {"model": model, "backend": backend, "format": fmt, "bits": bits, "rank": 8, "seed": seed,
+            "mask": "none" if bits == 16 else "all", "status": status, "eval_loss_before": before, "eval_loss": after,
+            "merged_eval_loss": merged, "merged_requant_eval_loss": requant, "step_time_s": 2.0 + seed}
+
+
+CELLS = pl.DataFrame([
+    cell("fake", "int", 16, 0, 3.0, 2.8),  # a 16-bit cell in the fake study ...
+    cell("bnb", "nf", 16, 0, 3.2, 3.0),  # ... and one in the bnb study: one reference row over both
+    cell("fake", "nf", 4, 0, 3.5, 3.3, 3.1, 3.4),
+    cell("fake", "nf", 4, 1, 3.7, 3.5, 3.3, 3.6),
+    cell("bnb", "nf", 4, 0, 3.5, 3.3, 3.1, 3.4),
+    cell("bnb", "nf", 8, 0, 3.05, 2.85, 2.82, 2.86),
+    cell("fake", "int", 2, 0, 9.0, 6.0, 5.0, 8.0),
+    cell("fake", "int", 2, 1, 9.4, 1e9, 5.2, 8.2, status="diverged"),
+    cell("torchao", "int", 8, 0, 3.01, 2.81, 2.8, 2.81),
+])
+UNAVAILABLE = {"torchao": {"int": {4: "no CPU kernel", 1: "outside the table's widths"}, "nf": {4: "present"}},
+               "hqq": {"int": {4: "a backend without cells gets no row"}}}
+
+
+def by_key(table):
+    return {(r["backend"], r["format"], r["bits"]): r for r in table.iter_rows(named=True)}
+
+
+def test_rows_are_seed_means_per_backend_format_and_width():
+    rows = by_key(backends.table(CELLS, UNAVAILABLE, {"m": "smollm2"}))
+    nf4 = rows[("fake", "nf", 4)]
+    assert nf4["seeds"] == 2 and nf4["quantizer"] == "NF4" and nf4["status"] == "ok"
+    assert nf4["eval_loss_before"] == pytest.approx(3.6) and nf4["eval_loss"] == pytest.approx(3.4)
+    assert nf4["merged_eval_loss"] == pytest.approx(3.2) and nf4["merged_requant_eval_loss"] == pytest.approx(3.5)
+    assert nf4["step_time_s"] == pytest.approx(2.5)
+    assert rows[("bnb", "nf", 8)]["quantizer"] == "LLM.int8"  # bitsandbytes' only 8-bit format, whatever `format`
+    assert rows[("bnb", "nf", 4)]["quantizer"] == "NF4" and rows[("torchao", "int", 8)]["quantizer"] == "int8"
+    assert rows[("fake", "int", 2)]["status"] == "diverged (1 of 2 seeds)"
+
+
+def test_the_16_bit_cells_of_every_study_are_one_reference_named_for_its_weights():
+    table = backends.table(CELLS, UNAVAILABLE, {"m": "smollm2"})
+    ref = table.row(0, named=True)  # first
+    assert (ref["backend"], ref["format"], ref["bits"], ref["seeds"]) == ("–", "–", 16, 2)
+    assert ref["eval_loss_before"] == pytest.approx(3.1) and ref["eval_loss"] == pytest.approx(2.9)
+    assert "Q4_1" in ref["quantizer"] and math.isnan(ref["merged_eval_loss"])
+    assert table.filter(pl.col("bits") == 16).height == 1
+    plain = backends.table(CELLS, UNAVAILABLE, {"m": "pretrain"}).row(0, named=True)
+    assert plain["quantizer"] == backends.DEFAULT_REFERENCE
+
+
+def test_a_width_a_present_backend_cannot_run_is_a_row_with_its_reason():
+    table = backends.table(CELLS, UNAVAILABLE)
+    rows = by_key(table)
+    int4 = rows[("torchao", "int", 4)]
+    assert int4["status"] == "cannot run: no CPU kernel" and int4["seeds"] == 0 and int4["eval_loss"] is None
+    assert ("torchao", "int", 1) not in rows  # outside 2..8
+    assert rows[("torchao", "nf", 4)]["status"] == "cannot run: present"  # no cell of it: the reason stands
+    assert not any(k[0] == "hqq" for k in rows)  # no study of that backend: nothing to say about it
+    order = [(r["backend"], r["bits"]) for r in table.iter_rows(named=True)]
+    # the reference, then backend, format (int before nf) and width, widest first
+    assert order == [("–", 16), ("bnb", 8), ("bnb", 4), ("fake", 2), ("fake", 4), ("torchao", 8), ("torchao", 4),
+                     ("torchao", 4)]
+
+
+def test_a_present_cell_wins_over_the_declared_reason():
+    cells = pl.concat([CELLS, pl.DataFrame([cell("torchao", "int", 4, 0, 3.4, 3.2)])])
+    assert by_key(backends.table(cells, UNAVAILABLE))[("torchao", "int", 4)]["status"] == "ok"
+
+
+def test_markdown_prints_missing_numbers_as_dashes():
+    text = backends.markdown(backends.table(CELLS, UNAVAILABLE, {"m": "smollm2"}))
+    lines = text.splitlines()
+    assert lines[2].startswith("| m | 16-bit reference") and "| 3.1000 | 2.9000 | – | – |" in lines[2]
+    assert "| m | int4 | torchao | 4 | – | – | – | – | – | cannot run: no CPU kernel |" in lines
+
+
+def test_torchao_declares_why_int4_is_missing():
+    declared = registry.backend("torchao")
+    assert not declared.can("int", 4) and "mslk" in declared.unavailable["int"][4]
+
+
+def test_the_command_reads_several_studies_and_the_models_sources(tmp_path):
+    from click.testing import CliRunner
+
+    from qlbench.cli import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text("models:\n  m: {source: smollm2, arch: llama, n_layer: 30}\n")
+    CELLS.filter(pl.col("backend") == "fake").write_parquet(tmp_path / "a.parquet")
+    CELLS.filter(pl.col("backend") != "fake").write_parquet(tmp_path / "b.parquet")
+    result = CliRunner().invoke(main, ["backends-table", "-c", str(config), str(tmp_path / "a.parquet"),
+                                       str(tmp_path / "b.parquet"), "--out", str(tmp_path / "t")])
+    assert result.exit_code == 0, result.output
+    table = pl.read_parquet(tmp_path / "t" / "backends_table.parquet")
+    assert table.height == 7 and "Q4_1" in table["quantizer"][0]
+    assert "cannot run: no CPU path in torchao" in (tmp_path / "t" / "backends_table.md").read_text()
