@@ -330,3 +330,169 @@ def test_the_robustness_table_summarises_similarity_and_perplexity_of_the_hard_t
     assert per_seed["adv_lm_ppl"] == pytest.approx((math.exp(3.0) + math.exp(5.0)) / 2)  # the median of two
     assert "| 50% | 50% (≥ 0.5) | 0.750 (0.25; 0.500) |" in text
     assert "50.0% |" in text and "100.0% |" in text  # constrained and unconstrained success side by side
+
+
+class HandSwitched(torch.nn.Module):
+    """The classifier quantized by hand at each width, the width of each forward pass given in advance."""
+
+    def __init__(self, by_width: dict, widths: list[int]):
+        super().__init__()
+        self.by_width, self.widths, self.calls = by_width, list(widths), 0
+
+    def get_input_embeddings(self):
+        return next(iter(self.by_width.values())).get_input_embeddings()
+
+    def forward(self, **kwargs):
+        width = self.widths[self.calls]
+        self.calls += 1
+        return self.by_width[width](**kwargs)
+
+
+def _by_hand(clf, names, widths, quant):
+    import copy
+
+    from qlbench.quant.formats import quantize_module
+
+    out = {}
+    for width in widths:
+        ref = copy.deepcopy(clf)
+        with torch.no_grad():
+            for n in names:
+                m = ref.get_submodule(n)
+                m.weight.copy_(quantize_module(m, m.weight, width, quant))
+        out[width] = ref.eval()
+    return out
+
+
+NAMES = [f"transformer.h.{i}.{m}" for i in range(2) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+
+
+def test_the_random_precision_attack_takes_each_steps_gradient_at_the_width_drawn_for_it():
+    """GBDA against `model_at(..., "random")`: the widths of its 6 steps are the seed's stream (random.Random(5)),
+    and Θ after them is, to float precision, Θ from the same Gumbel noise with step k's gradient taken on the
+    classifier quantized by hand at width k — not FP32's, nor one fixed width's."""
+    import random
+    from types import SimpleNamespace
+
+    from qlbench.attack import robustness
+
+    lm = tiny_lm()
+    clf = tiny_classifier_like(lm)
+    settings = tree(format="int", symmetric=True, group_size=None, double_quant=False,
+                    robustness={"random_widths": [2, 8]})
+    model, drawn = robustness.model_at(SimpleNamespace(classifier=clf, module_names=NAMES), "random", settings, 5)
+    stream = random.Random(5)
+    expected = [stream.choice([2, 8]) for _ in range(6)]
+    assert set(expected) == {2, 8}  # the seed switches widths within the 6 steps
+    gs = GBDASettings(steps=6, batch=2, lam_sim=0.0)
+    ids, labels = torch.tensor([[3, 17, 5, 28, 9]]), torch.tensor([1])
+
+    def theta(classifier):
+        return GBDA(classifier, lm, 40, banned=[0], idf=None, settings=gs).optimise(ids, labels, 11)[0]
+
+    got = theta(model)
+    assert drawn == expected
+    fixed = _by_hand(clf, NAMES, (2, 8), settings.quant)
+    assert torch.allclose(got, theta(HandSwitched(fixed, expected)), atol=1e-5)
+    for other in (clf, fixed[2], fixed[8]):
+        assert not torch.allclose(got, theta(other), atol=1e-3)
+
+
+def _victim(vocab_text: str):
+    """A tiny victim with a real (tiny) BPE tokenizer: what `robustness.attack_rows` reads."""
+    from types import SimpleNamespace
+
+    from qlbench.data import models
+    from qlbench.data.example import Example
+
+    tok = models.train_tokenizer(vocab_text, 300)
+    lm = tiny_lm(vocab=len(tok))
+    clf = tiny_classifier_like(lm)
+    clf.config.pad_token_id = tok.pad_token_id
+    with torch.no_grad():
+        clf.score.weight.mul_(300)  # logits of a few units, so that 4-bit rounding moves the margin visibly
+    texts = ["the quick brown fox jumps over", "a lazy dog sleeps all day long"]
+    data = SimpleNamespace(eval_examples=[Example(t, "x") for t in texts], eval={"labels": torch.tensor([1, 2])},
+                           labels=["a", "b", "c"])
+    return SimpleNamespace(classifier=clf, lm=lm.requires_grad_(False), tokenizer=tok, data=data,
+                           train_texts=texts, module_names=NAMES)
+
+
+TEXT = " ".join(["the quick brown fox jumps over a lazy dog that sleeps all day long in the sun"] * 20)
+
+
+def test_a_white_box_attack_on_the_quantized_model_runs_on_the_quantized_model():
+    """`attack_rows(v, "fake4", ...)`: with Θ so peaked that every relaxation is the clean text, the margin the attack
+    minimised (κ large: never clamped) is the hand-quantized 4-bit classifier's on the clean tokens (FP32's
+    differs), and its clean
+    predictions are that model's; the rows say which model they were made against."""
+    from qlbench.attack import robustness, texts
+
+    v = _victim(TEXT)
+    settings = tree(format="int", symmetric=True, group_size=None, double_quant=False, seq_len=16,
+                    robustness={"examples": 2, "attack": {"steps": 1, "lr": 1e-9, "init_coeff": 60.0, "samples": 2,
+                                                          "lam_sim": 0.0, "kappa": 1000.0}})
+    rows = robustness.attack_rows(v, "fake4", settings, 0, torch.device("cpu"), log=lambda s: None)
+    fixed = _by_hand(v.classifier, NAMES, (4,), settings.quant)[4]
+    for r in rows:
+        ids = torch.tensor([texts.token_ids(v.tokenizer, [r["text"]], 16)[0]])
+        with torch.no_grad():
+            quantized, fp32 = (margin_loss(m(input_ids=ids).logits, torch.tensor([r["label"]]), 1000.0).item()
+                               for m in (fixed, v.classifier))
+        assert r["final_margin"] == pytest.approx(quantized, abs=1e-4)
+        assert abs(quantized - fp32) > 1e-3
+        assert r["attacked"] == "fake4" and r["attack_widths"] == ""
+    assert [r["clean_pred"] for r in rows] == texts._classify(fixed, v.tokenizer, [r["text"] for r in rows], 16,
+                                                              torch.device("cpu"))
+
+
+def test_the_random_precision_attack_records_each_texts_step_widths_from_its_own_stream():
+    """Against random precision, one classifier pass a step: pass 0 classifies the clean texts, then each group's
+    steps, then its texts' hard draws (one pass each here); `attack_widths` holds exactly its steps' widths of
+    the stream `random.Random(attack_draw_seed(seed))`."""
+    import random
+
+    from qlbench.attack import robustness
+
+    v = _victim(TEXT)
+    settings = tree(format="int", symmetric=True, group_size=None, double_quant=False, seq_len=16,
+                    robustness={"examples": 2, "random_widths": [4, 6, 8],
+                                "attack": {"steps": 4, "samples": 2, "lam_sim": 0.0}})
+    rows = robustness.attack_rows(v, "random", settings, 3, torch.device("cpu"), log=lambda s: None)
+    stream = random.Random(robustness.attack_draw_seed(3))
+    widths = [stream.choice([4, 6, 8]) for _ in range(20)]
+    lengths = [r["n_tokens"] for r in rows]
+    assert lengths[0] != lengths[1]  # two groups, shorter first
+    first, second = sorted(range(2), key=lambda i: lengths[i])
+    assert rows[first]["attack_widths"] == ",".join(map(str, widths[1:5]))
+    assert rows[second]["attack_widths"] == ",".join(map(str, widths[6:10]))  # after the first text's draw pass
+    assert all(r["attacked"] == "random" for r in rows)
+
+
+def test_the_robustness_table_puts_direct_and_transferred_accuracy_side_by_side(tmp_path):
+    """Planted rows, two seeds: at 4 bits the texts made against it leave 25% ± CI, FP32's texts 50% and 70%; FP32's
+    own row is both its direct and its transferred one; random has no direct attack here (–)."""
+    import polars as pl
+
+    from qlbench.analysis import robustness as table
+
+    rows = []
+    for seed, fake4_direct, fake4_transfer in [(0, 0.25, 0.5), (1, 0.25, 0.7)]:
+        base = {"model": "m", "rank": 8, "seed": seed, "clean_accuracy": 0.9, "attack_success": 0.1,
+                "eval_accuracy": 0.8, "adv_accuracy_unconstrained": 0.0, "attack_success_unconstrained": 1.0}
+        rows += [{**base, "precision": "fp32", "attacked": "fp32", "widths": "", "adv_accuracy": 0.1},
+                 {**base, "precision": "fake4", "attacked": "fp32", "widths": "", "adv_accuracy": fake4_transfer},
+                 {**base, "precision": "fake4", "attacked": "fake4", "widths": "", "adv_accuracy": fake4_direct},
+                 {**base, "precision": "random", "attacked": "fp32", "widths": "4,8", "adv_accuracy": 0.3}]
+    folder = tmp_path / "robustness"
+    folder.mkdir()
+    pl.DataFrame(rows).write_parquet(folder / "rows.parquet")
+    table.write(folder, tmp_path / "out")
+    lines = (tmp_path / "out/robustness.md").read_text().splitlines()
+    fp32 = next(line for line in lines if line.startswith("| FP32"))
+    fake4 = next(line for line in lines if line.startswith("| 4-bit PTQ (int"))
+    rand = next(line for line in lines if line.startswith("| random"))
+    ci = 12.706 * (0.1 * math.sqrt(2)) / math.sqrt(2) * 100  # t(0.975, 1) · sd / √n: 0.5 and 0.7 have sd 0.1·√2
+    assert fake4.split(" | ")[3:5] == ["25.0% ± 0.0", f"60.0% ± {ci:.1f}"]
+    assert fp32.split(" | ")[3:5] == ["10.0% ± 0.0", "10.0% ± 0.0"]
+    assert rand.split(" | ")[3:5] == ["–", "30.0% ± 0.0"] and "{4,8} bits per pass" in rand

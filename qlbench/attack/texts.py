@@ -72,11 +72,14 @@ class Similarity:
 
 
 def attack_texts(classifier, lm, tokenizer, texts: list[str], labels: list[int], seq_len: int,
-                 settings: GBDASettings, seed: int, idf, device, log=print, threshold: float = 0.5) -> list[dict]:
+                 settings: GBDASettings, seed: int, idf, device, log=print, threshold: float = 0.5,
+                 drawn: list[int] | None = None) -> list[dict]:
     """One row per text: clean and adversarial text, label, both predictions, which draw was kept, the token change
     rate, whether the re-tokenised hard text kept the held ends, its BERTScore (precision, recall, F1, the baseline
     and the rescaled score; `similar`: rescaled ≥ `threshold`), whether it is a successful attack (a clean text
-    the classifier got right, misclassified, similar) and the final terms of the loss."""
+    the classifier got right, misclassified, similar) and the final terms of the loss. `drawn`: the list a
+    random-precision classifier appends each forward pass's width to; the widths of a text's optimisation steps
+    (one classifier pass each) go to `attack_widths` (empty for a fixed width)."""
     eos = tokenizer.eos_token_id
     vocab = len(tokenizer)
     banned = sorted({eos, tokenizer.pad_token_id} - {None})
@@ -98,12 +101,14 @@ def attack_texts(classifier, lm, tokenizer, texts: list[str], labels: list[int],
             t0 = time.perf_counter()
             group_ids = torch.tensor([ids[i] for i in group])
             group_labels = torch.tensor([labels[i] for i in group])
+            before = len(drawn) if drawn is not None else 0
             theta, terms = gbda.optimise(group_ids, group_labels, seed * 1_000_003 + group[0])
+            widths = ",".join(map(str, drawn[before:])) if drawn is not None else ""
             draws = gbda.draw(theta, settings.samples, group_ids).cpu()  # [G, n, T]
             for k, i in enumerate(group):
                 rows[i] = _pick(classifier, tokenizer, texts[i], ids[i], labels[i], clean_pred[i], draws[k],
                                 seq_len, device, judge, clean_hidden[i], settings.hold_ends)
-                rows[i].update({f"final_{name}": float(v[k]) for name, v in terms.items()})
+                rows[i].update({f"final_{name}": float(v[k]) for name, v in terms.items()}, attack_widths=widths)
             log(f"attacked {len(group)} texts of {length} tokens in {time.perf_counter() - t0:.1f}s: "
                 f"{sum(rows[i]['adv_pred'] != labels[i] for i in group)} misclassified")
     return [{"index": i, **rows[i]} for i in range(len(texts))]

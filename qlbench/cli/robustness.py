@@ -40,14 +40,16 @@ def _cell(config_files, study, model, rank, seed):
 
 @main.command()
 @_cell_options
+@click.option("--attacked", default="fp32", show_default=True, type=click.Choice(PRECISIONS),
+              help="the precision of the model attacked white-box (random: a width drawn per attack step)")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="adversarial.parquet to write")
-def attack(config_files, study, model, rank, seed, cell_dir, threads, out):
-    """GBDA (Guo et al. 2021) against a fine-tuned full-precision classifier: one adversarial text per held-out text
-    (the study's `robustness.examples`), written with both predictions to OUT."""
+def attack(config_files, study, model, rank, seed, cell_dir, threads, attacked, out):
+    """GBDA (Guo et al. 2021) against a fine-tuned classifier at one precision: one adversarial text per held-out
+    text (the study's `robustness.examples`), written with both predictions to OUT."""
     from qlbench.attack import robustness
 
     st, cell = _cell(config_files, study, model, rank, seed)
-    robustness.attack(st, cell, st.tree, Path(cell_dir), Path(out), threads)
+    robustness.attack(st, cell, st.tree, Path(cell_dir), Path(out), attacked, threads)
 
 
 @main.command("robust-eval")
@@ -55,7 +57,7 @@ def attack(config_files, study, model, rank, seed, cell_dir, threads, out):
 @click.option("--precision", required=True, type=click.Choice(PRECISIONS),
               help="fp32, PTQ at 8/4 bits (fake int or bitsandbytes), or random precision per forward pass")
 @click.option("--adversarial", required=True, type=click.Path(dir_okay=False, exists=True),
-              help="the attack's adversarial.parquet")
+              help="an attack's adversarial.parquet (its `attacked` column: the model its texts were made against)")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="the row's .parquet")
 def robust_eval(config_files, study, model, rank, seed, cell_dir, threads, precision, adversarial, out):
     """Clean and adversarial accuracy of the fine-tuned classifier at one precision, on the attack's texts."""

@@ -1,11 +1,13 @@
 """Labelled texts for the classification task: a dataset by hub name or local file (AG News, IMDB, ...), or one
-built offline from chatterbot-corpus, its topic files as the labels.
+built offline: from the standard library's docstrings (`source: docstrings`, `qlbench.data.docstrings`: paragraphs,
+their module's area the label; texts long enough to attack) or from chatterbot-corpus, its topic files the labels
+(short utterances: a fast test set).
 
 A labelled example is an `Example` whose `prompt` is the text and whose `response` is its label's name; a hub
 dataset's integer labels are named by the entry's `labels:` list (in the dataset's id order). The task numbers the
-names in sorted order. The offline set (`source: chatterbot, format: classification`): every distinct utterance of the chosen
-topics (`topics:`, one label each, in that order), utterances found in more than one topic dropped, at most
-`per_class` per topic (the first ones, in file order), then the dataset's fixed train/eval split.
+names in sorted order. The chatterbot set (`source: chatterbot, format: classification`): every distinct utterance
+of the chosen topics (`topics:`, one label each, in that order), utterances found in more than one topic dropped,
+at most `per_class` per topic (the first ones, in file order), then the dataset's fixed train/eval split.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ def label_names(spec: dict) -> list[str]:
     """The label names of a classification dataset entry (a hub dataset's in its own id order)."""
     if spec["source"] == "chatterbot":
         return list(spec.get("topics") or DEFAULT_TOPICS)
+    if spec["source"] == "docstrings":
+        from qlbench.data.docstrings import groups
+
+        return list(groups(spec))
     if not spec.get("labels"):
         raise QlbenchError(f"a classification dataset from {spec['source']!r} needs `labels:` (names, in id order)")
     return [str(x) for x in spec["labels"]]
@@ -74,6 +80,11 @@ def load(spec: dict, name: str) -> tuple[list[Example], list[Example]]:
     """(train, eval) labelled examples of a classification dataset entry."""
     if spec["source"] == "chatterbot":
         examples = chatterbot_topics(spec)
+        held_out = None
+    elif spec["source"] == "docstrings":
+        from qlbench.data import docstrings
+
+        examples = docstrings.examples(spec)
         held_out = None
     elif spec["source"] in ("hub", "path"):
         from qlbench.data import datasets_io

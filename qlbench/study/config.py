@@ -108,7 +108,8 @@ def schema() -> dict:
     out = _yaml(SCHEMA_PATH.read_text())
     out["$defs"]["study"]["properties"].update(
         settings_tree.schema_properties(list(registry.backends()), list(registry.tasks())))
-    out["$defs"]["robustness"]["properties"]["precisions"]["items"] = {"enum": list(settings_tree.ROBUST_PRECISIONS)}
+    for key in ("precisions", "attacked"):
+        out["$defs"]["robustness"]["properties"][key]["items"] = {"enum": list(settings_tree.ROBUST_PRECISIONS)}
     return out
 
 

@@ -251,6 +251,7 @@ class Testing:
 
 # the robustness study's precisions: the attacked model, PTQ at 8 / 4 bits per backend, random precision inference
 ROBUST_PRECISIONS = ("fp32", "fake8", "fake4", "bnb8", "bnb4", "random")
+ROBUST_ATTACKED = ("fp32", "fake8", "fake4", "random")  # attacked white-box by default (GBDA per precision)
 NOT_IDENTITY = ("testing",)  # groups that change no number
 DATA_BLIND_GROUPS = ("quant", "precision", "lora", "runtime", "testing")  # read after the data is made, never by it
 

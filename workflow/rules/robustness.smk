@@ -1,5 +1,6 @@
-# QaLoF's adversarial-robustness experiment (a study with `task: classification` and `robustness:`): GBDA runs once
-# per finished 16-bit cell (model, rank, seed), then that classifier is evaluated at each precision on its texts.
+# QaLoF's adversarial-robustness experiment (a study with `task: classification` and `robustness:`): GBDA runs per
+# finished 16-bit cell (model, rank, seed) against the classifier at each `attacked` precision, white-box; the texts
+# made against FP32 are evaluated at every precision (transfer), the others at the precision they were made against.
 
 
 include: "robustness_common.smk"
@@ -7,6 +8,7 @@ include: "robustness_common.smk"
 
 wildcard_constraints:
     precision="|".join(ROBUST_PRECISIONS),
+    attacked="|".join(ROBUST_PRECISIONS),
 
 
 rule attack:
@@ -14,9 +16,9 @@ rule attack:
         # a cell's row is written last, after its adapter.safetensors (LoRA and the trained head)
         row=f"{RESULTS}/{{study}}/cells/{{cell}}/row.parquet",
     output:
-        f"{RESULTS}/{{study}}/robustness/{{cell}}/adversarial.parquet",
+        f"{RESULTS}/{{study}}/robustness/{{cell}}/against-{{attacked}}/adversarial.parquet",
     log:
-        f"{RESULTS}/{{study}}/robustness/{{cell}}/attack.log",
+        f"{RESULTS}/{{study}}/robustness/{{cell}}/against-{{attacked}}/attack.log",
     conda:
         ENV
     threads: 1
@@ -27,17 +29,17 @@ rule attack:
         cell_dir=lambda wildcards, input: os.path.dirname(input.row),
     shell:
         f"qlbench attack {CONFIG_ARGS} --study {{wildcards.study:q}} {{params.coords}} --cell-dir {{params.cell_dir}} "
-        f"--threads {{threads}} --out {{output}} > {{log}} 2>&1"
+        f"--attacked {{wildcards.attacked}} --threads {{threads}} --out {{output}} > {{log}} 2>&1"
 
 
 rule robust_eval:
     input:
-        adversarial=f"{RESULTS}/{{study}}/robustness/{{cell}}/adversarial.parquet",
+        adversarial=f"{RESULTS}/{{study}}/robustness/{{cell}}/against-{{attacked}}/adversarial.parquet",
         row=f"{RESULTS}/{{study}}/cells/{{cell}}/row.parquet",
     output:
-        f"{RESULTS}/{{study}}/robustness/{{cell}}/{{precision}}.parquet",
+        f"{RESULTS}/{{study}}/robustness/{{cell}}/against-{{attacked}}/{{precision}}.parquet",
     log:
-        f"{RESULTS}/{{study}}/robustness/{{cell}}/{{precision}}.log",
+        f"{RESULTS}/{{study}}/robustness/{{cell}}/against-{{attacked}}/{{precision}}.log",
     conda:
         ENV
     threads: 1

@@ -1,5 +1,5 @@
 # Input functions of robustness.smk (QaLoF's adversarial-robustness experiment), kept apart from its rules.
-from qlbench.study.settings import ROBUST_PRECISIONS
+from qlbench.study.settings import ROBUST_ATTACKED, ROBUST_PRECISIONS
 
 
 def robustness_cells():
@@ -9,9 +9,13 @@ def robustness_cells():
 
 
 def robustness_rows(wildcards):
-    precisions = STUDY.tree.data.robustness.get("precisions", ROBUST_PRECISIONS)
+    """Every precision on the texts made against FP32 (transfer), and each other attacked precision on its own."""
+    opts = STUDY.tree.data.robustness
+    attacked = opts.get("attacked", ROBUST_ATTACKED)
+    pairs = [("fp32", p) for p in opts.get("precisions", ROBUST_PRECISIONS) if "fp32" in attacked]
+    pairs += [(a, a) for a in attacked if a != "fp32"]
     root = f"{RESULTS}/{STUDY.name}/robustness"
-    return [f"{root}/{c.path}/{p}.parquet" for c in robustness_cells() for p in precisions]
+    return [f"{root}/{c.path}/against-{a}/{p}.parquet" for c in robustness_cells() for a, p in pairs]
 
 
 def robustness_targets():
