@@ -18,7 +18,7 @@ import re
 import sysconfig
 from pathlib import Path
 
-from qlbench.data.example import Example, shuffled
+from qlbench.data.example import Example, exclusive, shuffled
 from qlbench.errors import QlbenchError
 
 # area -> stdlib modules (files) and packages (folders), relative to the stdlib folder. Two more areas were tried
@@ -86,14 +86,10 @@ def examples(spec: dict) -> list[Example]:
             for path in module_files(entry, root):
                 texts += paragraphs(path.read_text(encoding="utf-8"), min_words)
         by_group[group] = list(dict.fromkeys(texts))
-    seen: dict[str, int] = {}
-    for texts in by_group.values():
-        for text in texts:
-            seen[text] = seen.get(text, 0) + 1
     cap = spec.get("per_class") or None
     out = []
-    for group, texts in by_group.items():
-        mine = shuffled([Example(t, group) for t in texts if seen[t] == 1])
+    for group, texts in exclusive(by_group).items():
+        mine = shuffled([Example(t, group) for t in texts])
         if not mine:
             raise QlbenchError(f"docstrings: group {group!r} has no paragraph of {min_words}+ words")
         out += mine[:cap]

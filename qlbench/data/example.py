@@ -47,3 +47,12 @@ def package_dir(module: str, wheel: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise QlbenchError(f"the {wheel!r} package is not installed: pip install --no-deps {wheel}")
     return Path(list(spec.submodule_search_locations)[0])
+
+
+def exclusive(by_class: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Each class's texts that no other class holds (a text found under two labels cannot be labelled), in order."""
+    seen: dict[str, int] = {}
+    for texts in by_class.values():
+        for text in set(texts):
+            seen[text] = seen.get(text, 0) + 1
+    return {label: [t for t in texts if seen[t] == 1] for label, texts in by_class.items()}

@@ -12,7 +12,7 @@ at most `per_class` per topic (the first ones, in file order), then the dataset'
 
 from __future__ import annotations
 
-from qlbench.data.example import Example, package_dir, shuffled, split
+from qlbench.data.example import Example, exclusive, package_dir, shuffled, split
 from qlbench.errors import QlbenchError
 
 DEFAULT_TOPICS = ("ai", "coding", "emotion", "trivia")
@@ -48,15 +48,8 @@ def chatterbot_topics(spec: dict) -> list[Example]:
             if isinstance(conv, list):
                 said += [str(t).strip() for t in conv if str(t).strip()]
         by_topic[topic] = list(dict.fromkeys(said))
-    seen: dict[str, int] = {}
-    for texts in by_topic.values():
-        for text in texts:
-            seen[text] = seen.get(text, 0) + 1
     cap = spec.get("per_class") or None
-    out = []
-    for topic, texts in by_topic.items():
-        out += [Example(text, topic) for text in [t for t in texts if seen[t] == 1][:cap]]
-    return out
+    return [Example(text, topic) for topic, texts in exclusive(by_topic).items() for text in texts[:cap]]
 
 
 def from_records(records, spec: dict, name: str) -> list[Example]:
