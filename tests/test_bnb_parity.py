@@ -132,7 +132,10 @@ def test_mixed_mask_4bit_and_llm_int8(micro_resources):
     w = sim.transformer.h[0].mlp.c_fc.weight.detach().t()
     deq = qbnb.dequantized(model.transformer.h[0].mlp.c_fc)
     step = w.abs().amax(dim=1, keepdim=True) / 127
-    assert ((deq - w).abs() <= 0.6 * step).all() and ((formats.quantize(w, 8, "int") - w).abs() <= 0.5 * step).all()
+    # half a step, plus float32's rounding of w / scale (up to 127, so ~127 ulps of one step) for a weight that sits
+    # on a midpoint: 0.5 + 1e-6 steps failed on one machine's base, the rounding bound holds
+    half = (0.5 + 128 * torch.finfo(torch.float32).eps) * step
+    assert ((deq - w).abs() <= 0.6 * step).all() and ((formats.quantize(w, 8, "int") - w).abs() <= half).all()
     assert (deq - w).pow(2).mean().item() == pytest.approx((formats.quantize(w, 8, "int") - w).pow(2).mean().item(), rel=0.1)
     # the mixed model computes what a float model holding its dequantized weights computes: exactly for the NF4
     # layers, and for LLM.int8 up to its int8 activations (row-wise absmax of the inputs)
