@@ -152,9 +152,9 @@ def evaluate(study: Study, cell: Cell, settings: Settings, cell_dir: Path, adver
     attacked = predict(adv["adv_text"].to_list())
     similar = adv["similar"].to_list() if "similar" in adv.columns else [True] * len(labels)  # older texts: all
     held_out = classification.predict(model, v.data.eval, batch_size, device).argmax(-1)
-    attacked = adv["attacked"][0] if "attacked" in adv.columns else "fp32"  # older texts: made against FP32
+    made_against = adv["attacked"][0] if "attacked" in adv.columns else "fp32"  # older texts: made against FP32
     row = {
-        "study": study.name, **cell.coords(), "precision": precision, "attacked": attacked,
+        "study": study.name, **cell.coords(), "precision": precision, "attacked": made_against,
         "backend": "none" if precision == "fp32" else ("fake" if switching else precision[:-1]),
         "bits": 32 if precision == "fp32" else (0 if switching else int(precision[-1])),
         "widths": ",".join(map(str, options(settings)["random_widths"])) if switching else "",
@@ -167,8 +167,8 @@ def evaluate(study: Study, cell: Cell, settings: Settings, cell_dir: Path, adver
         "wall_s": time.perf_counter() - t0,
     }
     results.write_parquet(pl.DataFrame([row]), out)
-    log(f"{precision} on texts made against {attacked}: clean {row['clean_accuracy']:.3f}, adversarial {row['adv_accuracy']:.3f}, "
-        f"attack success {row['attack_success']:.3f}, held-out {row['eval_accuracy']:.3f}")
+    log(f"{precision} on texts made against {made_against}: clean {row['clean_accuracy']:.3f}, "
+        f"adversarial {row['adv_accuracy']:.3f}, attack success {row['attack_success']:.3f}, held-out {row['eval_accuracy']:.3f}")
     return row
 
 
