@@ -119,6 +119,10 @@ class Clock:
         import torch
 
         self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.start()
+
+    def start(self) -> None:
+        """The stamp the first step is timed from."""
         self.wall, self.cpu = [time.perf_counter()], [time.process_time()]
 
     def __call__(self, *_) -> None:
@@ -185,7 +189,7 @@ def run_trainer(model, data, args, device, autocast) -> Clock:
             disable_tqdm=True, dataloader_num_workers=0, remove_unused_columns=False, seed=0,
             use_cpu=device.type == "cpu",
         )
-        clock.__init__(device)  # the Trainer's own set-up is not a step
+        clock.start()  # the Trainer's own set-up is not a step
         Trainer(model=model, args=targs, train_dataset=rows, callbacks=[Stamps()]).train()
     return clock
 
