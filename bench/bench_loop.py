@@ -2,6 +2,7 @@
 
   qlbench          qlbench.cell.loop.train, the loop every cell runs
   qlbench-compile  the same with the setting `compile: default` (torch.compile of the step's forward and loss)
+  qlbench-chunked  the same with the setting `loss_kernel: chunked` (the LM head and loss a chunk at a time)
   plain            the loop a user writes with transformers + peft (+ bitsandbytes): forward, backward, clip, step
   trainer          transformers' Trainer
 
@@ -16,6 +17,8 @@ includes the libraries). A compiled run's first step carries the compilation: it
     python bench/bench_loop.py --small      # tiny shapes, a few steps: runs on a CPU in about a minute
     python bench/bench_loop.py --small --shapes demo --precisions fp32 --loops qlbench,qlbench-compile,plain
                                             # a demo cell's own shape (4 x 128, batch 16 x 128, float32)
+    python bench/bench_loop.py --small --shapes lm-head --loops qlbench,qlbench-chunked,plain
+                                            # GPT-2's vocabulary over 4 x 512 tokens: the chunked loss's memory
 """
 
 from __future__ import annotations
@@ -41,12 +44,16 @@ SHAPES = {
                  ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
     # the `demo` study's cells: its pretrained base's shape and tokenizer, LoRA r 16 on c_attn, 16 x 128 tokens
     "demo": ("gpt2", dict(n_layer=4, n_embd=128, n_head=4, n_positions=128, vocab_size=1024), ["c_attn"], (16, 128)),
+    # a step whose logits dominate its memory: GPT-2's vocabulary over a small body, 4 x 512 tokens
+    "lm-head": ("gpt2", dict(n_layer=2, n_embd=256, n_head=4, n_positions=512, vocab_size=50257), ["c_attn"],
+                (4, 512)),
 }
 SMALL = {
     "gpt2-medium": dict(n_layer=2, n_embd=64, n_head=2, n_positions=128, vocab_size=512),
     "llama-1b": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2, vocab_size=512, max_position_embeddings=128, tie_word_embeddings=True),
     "demo": SHAPES["demo"][1],  # already small
+    "lm-head": SHAPES["lm-head"][1],  # its point is the full vocabulary
 }
 LOOPS = ("qlbench", "plain", "trainer")  # the default; qlbench-compile on request (its compile takes a while)
 
@@ -134,18 +141,27 @@ class Clock:
         return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
-def run_qlbench(model, data, args, device, autocast, compile="off") -> Clock:
+def run_qlbench(model, data, args, device, autocast, compile="off", loss=None) -> Clock:
     from qlbench.cell.loop import LoopSettings, train
+    from qlbench.tasks import causal_lm
 
     s = LoopSettings(steps=len(data), lr=args.lr, warmup=0.0, final_lr=1.0, grad_clip=1.0, autocast_dtype=autocast,
                      compile=compile)
     clock = Clock(device)
-    train(model, lambda step: data[step], s, device=device, log=lambda msg: None, progress=clock)
+    train(model, lambda step: data[step], s, device=device, loss=loss or causal_lm.loss, log=lambda msg: None,
+          progress=clock)
     return clock
 
 
 def run_qlbench_compile(model, data, args, device, autocast) -> Clock:
     return run_qlbench(model, data, args, device, autocast, compile=args.compile_mode)
+
+
+def run_qlbench_chunked(model, data, args, device, autocast) -> Clock:
+    """The setting `loss_kernel: chunked`: the LM head and the cross-entropy a chunk of tokens at a time."""
+    from qlbench.tasks import chunked_loss
+
+    return run_qlbench(model, data, args, device, autocast, loss=chunked_loss.loss)
 
 
 def run_plain(model, data, args, device, autocast) -> Clock:
@@ -194,8 +210,8 @@ def run_trainer(model, data, args, device, autocast) -> Clock:
     return clock
 
 
-RUNNERS = {"qlbench": run_qlbench, "qlbench-compile": run_qlbench_compile, "plain": run_plain,
-           "trainer": run_trainer}
+RUNNERS = {"qlbench": run_qlbench, "qlbench-compile": run_qlbench_compile, "qlbench-chunked": run_qlbench_chunked,
+           "plain": run_plain, "trainer": run_trainer}
 
 
 def one(shape: str, precision: str, loop: str, base: Path, args) -> dict:
@@ -258,6 +274,9 @@ def main(argv=None):
     p.add_argument("--profile", action="store_true",
                    help="instead of timing: each loop of the first shape and precision under cProfile, in one process; "
                         "Python calls per step and the functions that took the most time")
+    p.add_argument("--ops", action="store_true",
+                   help="instead of timing: each loop of the first shape and precision under torch.profiler, in one "
+                        "process; torch ops per step and the ops that took the most time (self CPU time)")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # shape,precision,loop,base: a child process
     args = p.parse_args(argv)
@@ -272,7 +291,7 @@ def main(argv=None):
         shape, precision, loop, base = args.one.split(",")
         print("ROW " + json.dumps(one(shape, precision, loop, Path(base), args)), flush=True)
         return
-    if args.profile:
+    if args.profile or args.ops:
         return profile(args)
 
     import torch
@@ -298,8 +317,9 @@ def main(argv=None):
 
 
 def profile(args) -> None:
-    """Where a step's time goes, loop by loop: cProfile over the timed steps (after the warm-up, so not the
-    compilation), the Python function calls per step, and the top functions by their own time."""
+    """Where a step's time goes, loop by loop, over the timed steps (after the warm-up, so not the compilation):
+    with `--profile`, cProfile's Python function calls per step and the top functions by their own time; with
+    `--ops`, torch.profiler's ops per step and the top ops by self CPU time (a compiled graph is one entry)."""
     import cProfile
     import pstats
 
@@ -317,6 +337,10 @@ def profile(args) -> None:
             batch, seq = shape_batch(shape, args)
             data = batches(model.config.vocab_size, batch, seq, args.warmup + args.steps)
             RUNNERS[loop](model, data[: args.warmup], args, device, autocast)  # warm-up (and compilation)
+            if args.ops:
+                _ops(loop, lambda: RUNNERS[loop](model, data[args.warmup :], args, device, autocast), args.steps,
+                     f"{shape} {precision}")
+                continue
             prof = cProfile.Profile()
             prof.enable()
             RUNNERS[loop](model, data[args.warmup :], args, device, autocast)
@@ -325,6 +349,20 @@ def profile(args) -> None:
             print(f"== {shape} {precision} {loop}: {stats.total_calls / args.steps:,.0f} Python calls per step, "
                   f"{1000 * stats.total_tt / args.steps:.1f} ms per step under the profiler")
             stats.sort_stats("tottime").print_stats(12)
+
+
+def _ops(loop: str, run, steps: int, what: str) -> None:
+    import torch
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        run()
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ops)
+    print(f"== {what} {loop}: {sum(e.count for e in ops if e.key.startswith('aten::')) / steps:,.0f} torch ops per "
+          f"step, {total / steps / 1000:.2f} ms per step of self CPU time under the profiler")
+    for e in ops[:12]:
+        print(f"  {e.key[:64]:64s} {e.count / steps:6.1f} per step {e.self_cpu_time_total / steps:9.1f} us "
+              f"{100 * e.self_cpu_time_total / total:5.1f} %")
 
 
 def _child(shape, precision, loop, base, argv) -> dict:

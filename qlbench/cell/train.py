@@ -34,7 +34,8 @@ def train(ctx: Context, model, base: Base, quantized: Quantized) -> Trained:
     if settings.compile != "off":
         share_compiled(ctx)
     probes = gradstats.probe_steps(t.steps, ctx.settings.eval.grad_var_points)
-    grad_var = gradstats.GradVariance(model, base.sample, probes, ctx.device, ctx.autocast, ctx.task.loss)
+    step_loss = training_loss(ctx)
+    grad_var = gradstats.GradVariance(model, base.sample, probes, ctx.device, ctx.autocast, step_loss)
     checkpoint = current_checkpoint(ctx)
     if switches and ctx.settings.precision.switch_bits and ctx.settings.precision.switch_schedule == "sequential":
         from qlbench.cell import sequential
@@ -47,7 +48,7 @@ def train(ctx: Context, model, base: Base, quantized: Quantized) -> Trained:
         grad_var.merge_into(result.curve)
         return Trained(curve=result.curve, status=result.status, resumed_from=result.resumed_from,
                        grad_var=grad_var.row_columns())
-    result = loop(model, base.sample, settings, device=ctx.device, loss=ctx.task.loss,
+    result = loop(model, base.sample, settings, device=ctx.device, loss=step_loss,
                   checkpoint=checkpoint, stop_requested=ctx.stop,
                   on_step=plant.with_kill(grad_var, ctx.plants, ctx.out),
                   before_step=precision.before_step if switches else None, log=ctx.log.info,
@@ -55,6 +56,17 @@ def train(ctx: Context, model, base: Base, quantized: Quantized) -> Trained:
     grad_var.merge_into(result.curve)
     return Trained(curve=result.curve, status=result.status, resumed_from=result.resumed_from,
                    grad_var=grad_var.row_columns())
+
+
+def training_loss(ctx: Context):
+    """The task's loss, or under `loss_kernel: chunked` (a causal LM's) the same loss without all its logits at
+    once (`qlbench.tasks.chunked_loss`)."""
+    if ctx.settings.runtime.loss_kernel == "chunked":
+        from qlbench.tasks import chunked_loss
+
+        ctx.log.info(f"loss: chunked, {chunked_loss.CHUNK_LOGITS:,} logits a chunk")
+        return chunked_loss.loss
+    return ctx.task.loss
 
 
 def share_compiled(ctx: Context) -> None:

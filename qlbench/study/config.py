@@ -220,6 +220,12 @@ def check_settings(settings: dict, bits: list[int], where: str) -> None:
         raise QlbenchError(f"{where}.lora_init loftq: does not combine with widths that change after quantization "
                            f"({', '.join(k for k in changing if settings.get(k))}): LoftQ fits the adapter to one "
                            "quantized weight")
+    if settings.get("loss_kernel") == "chunked" and settings["task"] != "causal_lm":
+        raise QlbenchError(f"{where}.loss_kernel chunked: a causal LM's loss (task causal_lm), not "
+                           f"{settings['task']!r}'s")
+    if settings.get("loss_kernel") == "chunked" and settings["switch_schedule"] == "sequential":
+        raise QlbenchError(f"{where}.loss_kernel chunked: sequential training distils from the teacher's logits, "
+                           "which the chunked loss never makes whole; use loss_kernel standard")
     if settings["adapter_bits"] != 16 and not 2 <= settings["adapter_bits"] <= 8:
         raise QlbenchError(f"{where}.adapter_bits: {settings['adapter_bits']} (use 2-8, or 16 for none)")
     if settings.get("fail") is not None:

@@ -239,6 +239,11 @@ class Runtime:
                                   "torch.compile (default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs); "
                                   "the row's compile_s is the compilation's cost, apart from step_time_s",
                            {"enum": [False, *COMPILE_MODES]}, optional=True)  # YAML 1.1 reads `off` as false
+    loss_kernel: str = setting("standard", "the training step's loss: standard (the model's logits, then the "
+                                           "cross-entropy), or chunked (a causal LM's head and cross-entropy a chunk "
+                                           "of tokens at a time, never all the logits at once: less memory, the same "
+                                           "loss rounded in another order)",
+                               {"enum": ["standard", "chunked"]}, optional=True)
 
 
 @dataclass(frozen=True)
