@@ -105,9 +105,8 @@ def table(cells: pl.DataFrame) -> pl.DataFrame:
             .sort("model", "rank", "_o", "configuration", "schedule").drop("_o"))
 
 
-def scan(cells: pl.DataFrame, metric: str = "f1") -> pl.DataFrame:
-    """Per unit (block or module): the drop of `metric` when it alone goes to the scan's low width, measured on one
-    trained switchable model without retraining (scan), and by retraining a cell per mask (retrain)."""
+def drops(cells: pl.DataFrame, metric: str = "f1") -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Per unit and seed: (the scan's drop of `metric`, `scan_drop`; the retrained cell's, `retrain_drop`)."""
     rows = []
     for r in cells.iter_rows(named=True):
         base = r.get(f"eval_{metric}_scan_base")
@@ -127,6 +126,15 @@ def scan(cells: pl.DataFrame, metric: str = "f1") -> pl.DataFrame:
     retrained = (static.filter((pl.col("mask") != "none") & (pl.col("mask") != "all") & (pl.col("bits") < 16))
                  .join(none, on=["model", "rank", "bits", "seed"])
                  .select("model", "rank", "mask", "seed", (pl.col("ref") - pl.col(metric)).alias("retrain_drop")))
+    return scanned, retrained
+
+
+def scan(cells: pl.DataFrame, metric: str = "f1") -> pl.DataFrame:
+    """Per unit (block or module): the drop of `metric` when it alone goes to the scan's low width, measured on one
+    trained switchable model without retraining (scan), and by retraining a cell per mask (retrain)."""
+    scanned, retrained = drops(cells, metric)
+    static = cells.filter(pl.col("settings_json").map_elements(lambda s: kind(json.loads(s)) == "static",
+                                                               return_dtype=pl.Boolean))
     if scanned.is_empty() or retrained.is_empty():
         return pl.DataFrame()
     both = (mean_ci(scanned, ["model", "rank", "mask"], ["scan_drop"])

@@ -148,11 +148,12 @@ def validate_recommendation(cells_parquet, recommendation_parquet, rows, out):
               help="the metric the layer-wise scans rank by")
 def qalof_table(cells_parquets, out, metric):
     """QaLoF's table from one or more studies' CELLS_PARQUETS (e.g. results/qalof-qa-cpu*/cells.parquet): EM/F1
-    per configuration (FP, static PTQ, LoRA, switchable, CPT, hybrid, random precision), and the layer-wise scan of
-    a switchable model beside the scan retrained per mask (ranks, Spearman agreement, cost)."""
+    per configuration (FP, static PTQ, LoRA, switchable, CPT, hybrid, random precision), the layer-wise scan of
+    a switchable model beside the scan retrained per mask (ranks, Spearman agreement, cost), and the gaps the
+    table turns on, paired by seed with 95% intervals and what they establish (qalof_gaps.*)."""
     import polars as pl
 
-    from qlbench.analysis import qalof
+    from qlbench.analysis import qalof, qalof_gaps
     from qlbench.analysis.tables import markdown
     from qlbench.results import write_parquet
 
@@ -176,6 +177,12 @@ def qalof_table(cells_parquets, out, metric):
         rho = "–" if first["spearman"] is None else f"{first['spearman']:.2f}"
         text += (f"\nSpearman agreement {rho}; cost: scan {first['scan_s'] or 0:.0f} s of evaluation, "
                  f"retraining {first['retrain_s'] or 0:.0f} s of cells\n")
+    found = pl.concat([qalof_gaps.gaps(cells), qalof_gaps.agreement(cells, metric)], how="diagonal_relaxed")
+    if not found.is_empty():
+        write_parquet(found, folder / "qalof_gaps.parquet")
+        text += "\n" + markdown(
+            found.select("model", "rank", "schedule", "gap", "metric", "seeds", "mean", "low", "high", "verdict"),
+            "What the seeds carry: each gap paired by seed (B - A; Spearman for the scans), 95% t interval")
     (folder / "qalof_table.md").write_text(text)
     click.echo(text)
 
