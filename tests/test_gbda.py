@@ -496,3 +496,43 @@ def test_the_robustness_table_puts_direct_and_transferred_accuracy_side_by_side(
     assert fake4.split(" | ")[3:5] == ["25.0% ± 0.0", f"60.0% ± {ci:.1f}"]
     assert fp32.split(" | ")[3:5] == ["10.0% ± 0.0", "10.0% ± 0.0"]
     assert rand.split(" | ")[3:5] == ["–", "30.0% ± 0.0"] and "{4,8} bits per pass" in rand
+
+
+def test_the_evaluation_counts_clean_and_hard_texts_by_hand_at_the_precision_asked():
+    """`robustness.measure` (what each robust_eval job writes) on hand-made texts at fake2 (2 bits, where this tiny
+    classifier's predictions part from FP32's; at 4 bits they do not on these texts): every prediction is the
+    hand-quantized classifier's, clean and adversarial accuracy and the attack's success follow from them by hand
+    (a hard text outside the similarity constraint leaves the clean prediction standing), the held-out accuracy
+    too, and the row names the model the texts were made against, not the model evaluated."""
+    import itertools
+
+    import polars as pl
+
+    from qlbench.attack import robustness, texts
+    from qlbench.tasks import classification
+
+    cpu = torch.device("cpu")
+    v = _victim(TEXT)
+    settings = tree(format="int", symmetric=True, group_size=None, double_quant=False, seq_len=16)
+    fixed = _by_hand(v.classifier, NAMES, (2,), settings.quant)[2]
+    pool = [" ".join(words) for words in itertools.permutations("the quick brown fox jumps over".split(), 3)]
+    pred = dict(zip(pool, texts._classify(fixed, v.tokenizer, pool, 16, cpu)))
+    fp32 = dict(zip(pool, texts._classify(v.classifier, v.tokenizer, pool, 16, cpu)))
+    a = next(t for t in pool if pred[t] != fp32[t])  # FP32 would count texts 0 and 1 otherwise
+    b = next(t for t in pool if pred[t] != pred[a])
+    c0, c1 = pred[a], pred[b]
+    clean = [a, a, b, b]
+    hard = [b, a, a, a]  # text 0 flips, 1 holds, 2 flips but is not similar enough, 3 flips
+    labels = [c0, c0, c1, ({0, 1, 2} - {c0, c1}).pop()]  # the model gets 0-2 right and 3 wrong, clean and hard
+    similar = [True, True, False, True]
+    v.data.eval = classification.encode(v.tokenizer, clean, labels, 16)
+    adv = pl.DataFrame({"index": [0, 1, 2, 3], "text": clean, "adv_text": hard, "label": labels, "similar": similar,
+                        "attacked": ["fp32"] * 4})
+    row = robustness.measure(v, adv, "fake2", settings, 0, cpu)
+    assert [pred[t] == y for t, y in zip(clean, labels)] == [True, True, True, False]
+    assert row["clean_accuracy"] == 0.75 and row["eval_accuracy"] == 0.75
+    # adversarial: text 0 wrong (flipped), 1 right (held), 2 right (its hard text is no attack), 3 wrong (was wrong)
+    assert row["adv_accuracy"] == 0.5 and row["attack_success"] == pytest.approx(1 / 3)
+    assert row["adv_accuracy_unconstrained"] == 0.25 and row["attack_success_unconstrained"] == pytest.approx(2 / 3)
+    assert row["attacked"] == "fp32" and row["precision"] == "fake2" and (row["backend"], row["bits"]) == ("fake", 2)
+    assert row["examples"] == 4 and row["similar"] == 0.75

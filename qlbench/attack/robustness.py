@@ -133,13 +133,26 @@ def evaluate(study: Study, cell: Cell, settings: Settings, cell_dir: Path, adver
 
     from qlbench import results
     from qlbench.attack import victim
-    from qlbench.tasks import classification
 
     t0 = time.perf_counter()
     device = _device_and_threads(settings, threads)
     v = victim.build(study, cell, settings, cell_dir, device)
     adv = pl.read_parquet(adversarial).sort("index")
-    model, drawn = model_at(v, precision, settings, cell.seed)
+    row = {"study": study.name, **cell.coords(), **measure(v, adv, precision, settings, cell.seed, device),
+           "wall_s": time.perf_counter() - t0}
+    results.write_parquet(pl.DataFrame([row]), out)
+    log(f"{precision} on texts made against {row['attacked']}: clean {row['clean_accuracy']:.3f}, "
+        f"adversarial {row['adv_accuracy']:.3f}, attack success {row['attack_success']:.3f}, held-out {row['eval_accuracy']:.3f}")
+    return row
+
+
+def measure(v, adv, precision: str, settings: Settings, seed: int, device) -> dict:
+    """The classifier of victim `v` at `precision` on one attack's texts (`adv`, a frame of adversarial.parquet's
+    rows): what it makes of the clean and the hard texts (`outcomes`) and of the held-out set, and which model
+    the texts were made against."""
+    from qlbench.tasks import classification
+
+    model, drawn = model_at(v, precision, settings, seed)
     switching = drawn is not None
     batch_size = 1 if switching else 64  # random precision: one text per forward pass, one width each
     labels = adv["label"].to_list()
@@ -149,27 +162,22 @@ def evaluate(study: Study, cell: Cell, settings: Settings, cell_dir: Path, adver
         return classification.predict(model, batch, batch_size, device).argmax(-1).tolist()
 
     clean = predict(adv["text"].to_list())
-    attacked = predict(adv["adv_text"].to_list())
+    hard = predict(adv["adv_text"].to_list())
     similar = adv["similar"].to_list() if "similar" in adv.columns else [True] * len(labels)  # older texts: all
     held_out = classification.predict(model, v.data.eval, batch_size, device).argmax(-1)
-    made_against = adv["attacked"][0] if "attacked" in adv.columns else "fp32"  # older texts: made against FP32
-    row = {
-        "study": study.name, **cell.coords(), "precision": precision, "attacked": made_against,
+    return {
+        "precision": precision,
+        "attacked": adv["attacked"][0] if "attacked" in adv.columns else "fp32",  # older texts: made against FP32
         "backend": "none" if precision == "fp32" else ("fake" if switching else precision[:-1]),
         "bits": 32 if precision == "fp32" else (0 if switching else int(precision[-1])),
         "widths": ",".join(map(str, options(settings)["random_widths"])) if switching else "",
         "examples": len(labels),
-        **outcomes(labels, clean, attacked, similar),
+        **outcomes(labels, clean, hard, similar),
         "eval_accuracy": (held_out == v.data.eval["labels"]).float().mean().item(),
         "eval_examples": len(v.data.eval_examples),
         "forward_passes": len(drawn) if switching else 0,
         "distinct_widths": len(set(drawn)) if switching else 1,
-        "wall_s": time.perf_counter() - t0,
     }
-    results.write_parquet(pl.DataFrame([row]), out)
-    log(f"{precision} on texts made against {made_against}: clean {row['clean_accuracy']:.3f}, "
-        f"adversarial {row['adv_accuracy']:.3f}, attack success {row['attack_success']:.3f}, held-out {row['eval_accuracy']:.3f}")
-    return row
 
 
 def outcomes(labels: list[int], clean: list[int], attacked: list[int], similar: list[bool]) -> dict:
