@@ -536,3 +536,33 @@ def test_the_evaluation_counts_clean_and_hard_texts_by_hand_at_the_precision_ask
     assert row["adv_accuracy_unconstrained"] == 0.25 and row["attack_success_unconstrained"] == pytest.approx(2 / 3)
     assert row["attacked"] == "fp32" and row["precision"] == "fake2" and (row["backend"], row["bits"]) == ("fake", 2)
     assert row["examples"] == 4 and row["similar"] == 0.75
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_white_box_attack_through_bitsandbytes_modules_attacks_the_bitsandbytes_model(bits):
+    """`attack_rows(v, "bnb4" / "bnb8")`: the attack's gradient goes through bitsandbytes' own Linear4bit /
+    Linear8bitLt (their backward to the input embeddings), and with Θ peaked on the clean text the margin it
+    minimised is the bitsandbytes model's on the clean tokens (FP32's differs); its clean predictions are the
+    bitsandbytes model's."""
+    pytest.importorskip("bitsandbytes")
+    from qlbench.attack import robustness, texts, victim
+
+    v = _victim(TEXT)
+    settings = tree(format="nf", symmetric=True, group_size=None, double_quant=False, seq_len=16,
+                    robustness={"examples": 2, "attack": {"steps": 2, "lr": 1e-9, "init_coeff": 60.0, "samples": 2,
+                                                          "lam_sim": 0.0, "kappa": 1000.0}})
+    rows = robustness.attack_rows(v, f"bnb{bits}", settings, 0, torch.device("cpu"), log=lambda s: None)
+    real = victim.quantized(v, "bnb", bits, settings)
+    kinds = {type(m).__name__ for m in real.modules()}
+    assert ("Linear4bit" if bits == 4 else "Linear8bitLt") in kinds
+    for r in rows:
+        ids = torch.tensor([texts.token_ids(v.tokenizer, [r["text"]], 16)[0]])
+        target = torch.tensor([r["label"]])
+        with torch.no_grad():
+            margins = {name: margin_loss(m(input_ids=ids).logits, target, 1000.0).item()
+                       for name, m in (("bnb", real), ("fp32", v.classifier))}
+        assert r["final_margin"] == pytest.approx(margins["bnb"], abs=1e-4)
+        assert abs(margins["bnb"] - margins["fp32"]) > 1e-4
+        assert r["attacked"] == f"bnb{bits}"
+    assert [r["clean_pred"] for r in rows] == texts._classify(real, v.tokenizer, [r["text"] for r in rows], 16,
+                                                              torch.device("cpu"))
