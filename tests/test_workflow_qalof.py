@@ -45,3 +45,6 @@ def test_qalof_studies_run_through_snakemake_and_make_qaLoFs_table(tmp_path, mic
     ranking = pl.read_parquet(tmp_path / "results/qalof-qa-cpu-retrain/sensitivity/ranking.parquet")
     assert set(ranking["metric"]) == {"f1"}  # a QA study's sensitivity ranks by its metric
     assert "QaLoF's table" in (tmp_path / "qalof/qalof_table.md").read_text()
+    gaps = pl.read_parquet(tmp_path / "qalof/qalof_gaps.parquet")  # one seed decides nothing, and says so
+    assert "4-bit static PTQ vs FP" in set(gaps["gap"]) and "switchable: all-4 vs all-8" in set(gaps["gap"])
+    assert set(gaps.filter(pl.col("metric") != "spearman")["verdict"]) == {"not established with 1 seed"}
