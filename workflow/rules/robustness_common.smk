@@ -19,7 +19,11 @@ def robustness_rows(wildcards):
 
 
 def robustness_targets():
-    return [f"{RESULTS}/{STUDY.name}/robustness.md"] if robustness_cells() else []
+    """The table, and each evaluation without its file: as with cells (final_targets), a missing input of a table
+    that exists is no reason for Snakemake to run anything, so a lost evaluation must be a target itself."""
+    if not robustness_cells():
+        return []
+    return [f"{RESULTS}/{STUDY.name}/robustness.md"] + [p for p in robustness_rows(None) if not os.path.exists(p)]
 
 
 def robust_args(wildcards):
