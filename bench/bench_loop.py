@@ -19,6 +19,8 @@ includes the libraries). A compiled run's first step carries the compilation: it
                                             # a demo cell's own shape (4 x 128, batch 16 x 128, float32)
     python bench/bench_loop.py --small --shapes lm-head --loops qlbench,qlbench-chunked,plain
                                             # GPT-2's vocabulary over 4 x 512 tokens: the chunked loss's memory
+    python bench/bench_loop.py --small --ops --threads 1 --loops qlbench,qlbench-compile --shapes gpt2-medium
+                                            # where each loop's step goes, op by op (torch.profiler)
 """
 
 from __future__ import annotations
