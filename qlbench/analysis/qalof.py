@@ -105,6 +105,12 @@ def table(cells: pl.DataFrame) -> pl.DataFrame:
             .sort("model", "rank", "_o", "configuration", "schedule").drop("_o"))
 
 
+def static_cells(cells: pl.DataFrame) -> pl.DataFrame:
+    """The cells trained at one width (neither switchable nor CPT): FP, static PTQ's source, LoRA, retrained masks."""
+    return cells.filter(pl.col("settings_json").map_elements(lambda s: kind(json.loads(s)) == "static",
+                                                             return_dtype=pl.Boolean))
+
+
 def drops(cells: pl.DataFrame, metric: str = "f1") -> tuple[pl.DataFrame, pl.DataFrame]:
     """Per unit and seed: (the scan's drop of `metric`, `scan_drop`; the retrained cell's, `retrain_drop`)."""
     rows = []
@@ -119,8 +125,7 @@ def drops(cells: pl.DataFrame, metric: str = "f1") -> tuple[pl.DataFrame, pl.Dat
                              "scan_drop": base - value})
     scanned = pl.DataFrame(rows, schema={"model": pl.String, "rank": pl.Int64, "mask": pl.String, "seed": pl.Int64,
                                          "scan_drop": pl.Float64})
-    static = cells.filter(pl.col("settings_json").map_elements(lambda s: kind(json.loads(s)) == "static",
-                                                               return_dtype=pl.Boolean))
+    static = static_cells(cells)
     none = static.filter(pl.col("mask") == "none").select("model", "rank", "bits", "seed",
                                                           pl.col(metric).alias("ref"))
     retrained = (static.filter((pl.col("mask") != "none") & (pl.col("mask") != "all") & (pl.col("bits") < 16))
@@ -133,8 +138,7 @@ def scan(cells: pl.DataFrame, metric: str = "f1") -> pl.DataFrame:
     """Per unit (block or module): the drop of `metric` when it alone goes to the scan's low width, measured on one
     trained switchable model without retraining (scan), and by retraining a cell per mask (retrain)."""
     scanned, retrained = drops(cells, metric)
-    static = cells.filter(pl.col("settings_json").map_elements(lambda s: kind(json.loads(s)) == "static",
-                                                               return_dtype=pl.Boolean))
+    static = static_cells(cells)
     if scanned.is_empty() or retrained.is_empty():
         return pl.DataFrame()
     both = (mean_ci(scanned, ["model", "rank", "mask"], ["scan_drop"])

@@ -42,6 +42,11 @@ def verdict(mean: float, ci95: float, seeds: int, below: str, above: str) -> str
     return f"not established with {seeds} seeds"
 
 
+def _interval(mean: float, ci95: float, seeds: int, below: str, above: str) -> dict:
+    return {"seeds": seeds, "mean": mean, "ci95": ci95, "low": mean - ci95, "high": mean + ci95,
+            "verdict": verdict(mean, ci95, seeds, below, above)}
+
+
 def gaps(cells: pl.DataFrame) -> pl.DataFrame:
     """One row per (model, rank, schedule, gap, metric) whose two configurations share seeds."""
     per_seed = qalof.configurations(cells)
@@ -56,11 +61,9 @@ def gaps(cells: pl.DataFrame) -> pl.DataFrame:
         summary = mean_ci(diffs, ["model", "rank", "schedule"], qalof.METRICS)
         for r in summary.iter_rows(named=True):
             for m in qalof.METRICS:
-                mean, ci = r[m], r[f"{m}_ci95"]
                 rows.append({"model": r["model"], "rank": r["rank"], "schedule": r["schedule"], "gap": question,
-                             "a": a, "b": b, "metric": m, "seeds": r["seeds"], "mean": mean, "ci95": ci,
-                             "low": mean - ci, "high": mean + ci,
-                             "verdict": verdict(mean, ci, r["seeds"], f"{b} < {a}", f"{b} > {a}")})
+                             "a": a, "b": b, "metric": m,
+                             **_interval(r[m], r[f"{m}_ci95"], r["seeds"], f"{b} < {a}", f"{b} > {a}")})
     return pl.DataFrame(rows, schema=SCHEMA)
 
 
@@ -82,10 +85,9 @@ def agreement(cells: pl.DataFrame, metric: str = "f1") -> pl.DataFrame:
     units = per_seed.group_by("model", "rank").agg(pl.col("units").max())
     out = []
     for r in summary.join(units, on=["model", "rank"]).iter_rows(named=True):
-        mean, ci = r["spearman"], r["spearman_ci95"]
         out.append({"model": r["model"], "rank": r["rank"], "schedule": "scan vs retrained",
                     "gap": f"layer-wise scan vs retrained scan ({metric} drops)", "a": "scan", "b": "retrained",
-                    "metric": "spearman", "seeds": r["seeds"], "mean": mean, "ci95": ci, "low": mean - ci,
-                    "high": mean + ci, "verdict": verdict(mean, ci, r["seeds"], "disagree", "agree"),
+                    "metric": "spearman",
+                    **_interval(r["spearman"], r["spearman_ci95"], r["seeds"], "disagree", "agree"),
                     "units": r["units"]})
     return pl.DataFrame(out, schema={**SCHEMA, "units": pl.Int64})
