@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from qlbench.cluster import lock
 from qlbench.errors import QlbenchError
 from qlbench.study import grid
 from qlbench.study import settings as settings_tree
@@ -105,6 +106,7 @@ def cell_logger(out: Path) -> logging.Logger:
         for handler in (logging.FileHandler(out / grid.LOG), logging.StreamHandler()):
             handler.setFormatter(fmt)
             log.addHandler(handler)
+        lock.keep(out, grid.LOG)  # a second name: a Snakemake job that starts meanwhile unlinks log.txt (cluster/lock.py)
     return log
 
 

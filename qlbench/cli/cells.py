@@ -51,7 +51,7 @@ def run(config_files, study, cell_path, model, bits, rank, mask, seed, n_train, 
     from qlbench.cell.run import run as run_cell
     from qlbench.study.grid import Cell, parse
     from qlbench.cluster.status import Heartbeat
-    from qlbench.cluster.lock import CellLock
+    from qlbench.cluster.lock import CellLock, planned_at
 
     if cell_path is not None:
         cell = parse(cell_path)
@@ -64,7 +64,8 @@ def run(config_files, study, cell_path, model, bits, rank, mask, seed, n_train, 
     out_dir = Path(out)
     try:
         # one run of a cell at a time; a concurrent driver that finished it meanwhile leaves its row untouched
-        with CellLock(out_dir, studylib.cell_identity(st, cell, settings), echo=click.echo) as lock:
+        with CellLock(out_dir, studylib.cell_identity(st, cell, settings), echo=click.echo,
+                      planned_at=planned_at()) as lock:
             if lock.already_finished:
                 click.echo(f"{cell.path}: finished by another run")
                 return

@@ -87,7 +87,7 @@ def cell_status(cell_dir: Path, path: str, now: float | None = None, identity: t
     row = cell_dir / grid.ROW
     if row.exists():
         try:
-            values = _row_status(row)
+            values = read_row_status(row)
         except Exception as e:  # noqa: BLE001  (whatever the bytes make pyarrow raise)
             return CellStatus(path, "corrupt", f"{row}: unreadable ({type(e).__name__}: {str(e).strip()[:200]})")
         return row_state(path, values, identity)
@@ -133,7 +133,7 @@ def unfinished_status(cell_dir: Path, path: str, now: float) -> CellStatus:
     return CellStatus(path, "failed", reason)
 
 
-def _row_status(row: Path) -> tuple[str, str | None, str]:
+def read_row_status(row: Path) -> tuple[str, str | None, str]:
     """(status, config_hash, settings_json) of a finished cell's row; no hash where the row has none."""
     import pyarrow.parquet as pq
 

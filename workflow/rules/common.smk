@@ -1,14 +1,17 @@
 # The grid comes from qlbench (one source of truth for Snakemake, `qlbench sweep` and the tests).
 # The config is validated here, before any job is submitted; a problem is one line naming it.
+import os
 import re
 import shlex
 import sys
+import time
 
 from qlbench.study import grid as gridlib
 from qlbench.data import models as modellib
 from qlbench.study import config as studylib
 from qlbench.study.identities import cell_identities
 from qlbench.errors import QlbenchError
+from qlbench.cluster import lock as lockmod
 
 RESULTS = studylib.results_root(config)
 RESOURCES = studylib.resources_root(config)
@@ -32,6 +35,11 @@ GPUS = {"gres": f"gpu:{STUDY.tree.runtime.gpus}"} if STUDY.tree.runtime.gpus els
 # every qlbench command reads the same config files Snakemake read
 ENV = "../envs/qlbench.yaml"
 CONFIG_ARGS = " ".join(f"--config {shlex.quote(str(f))}" for f in workflow.configfiles)
+# When this run planned its jobs, for its cells (inherited; a pack's nested snakemake keeps its planner's): Snakemake
+# deletes a job's output before it runs it, so a row another driver finished since then is restored, not made again
+# (qlbench/cluster/lock.py). An environment variable, not a param: a param would change every run and rerun every cell
+if not (workflow.remote_exec and lockmod.PLANNED_AT in os.environ):
+    os.environ[lockmod.PLANNED_AT] = repr(time.time())
 
 
 wildcard_constraints:
