@@ -72,13 +72,15 @@ def batch_sampler(data: torch.Tensor, batch_size: int, seed: int):
 
 
 def loss(model, x: torch.Tensor) -> torch.Tensor:
-    """The training loss of a batch of blocks: mean next-token cross-entropy (transformers shifts the labels)."""
-    return model(input_ids=x, labels=x).loss
+    """The training loss of a batch of blocks: mean next-token cross-entropy (transformers shifts the labels).
+    `use_cache=False`: a model in training mode builds the key/value cache of generation unless told not to (25 of a
+    small GPT-2 step's 880 torch ops; the plain loop pays them), and nothing reads it here."""
+    return model(input_ids=x, labels=x, use_cache=False).loss
 
 
 def loss_and_logits(model, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The training loss and the logits it came from ([batch, seq, vocab]), for distillation from a teacher."""
-    out = model(input_ids=x, labels=x)
+    out = model(input_ids=x, labels=x, use_cache=False)
     return out.loss, [out.logits]
 
 
@@ -91,7 +93,7 @@ def eval_loss(model, data: torch.Tensor, batch_size: int, device: torch.device, 
     for i in range(0, data.shape[0], batch_size):
         x = data[i : i + batch_size].to(device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(input_ids=x).logits
+            logits = model(input_ids=x, use_cache=False).logits
         losses = torch.nn.functional.cross_entropy(
             logits[:, :-1].float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum"
         )

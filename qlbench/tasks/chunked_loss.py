@@ -47,7 +47,7 @@ def loss(model, x: torch.Tensor, chunk_tokens: int | None = None) -> torch.Tenso
     (`chunk_tokens` tokens each; unset: as many as make `CHUNK_LOGITS` logits)."""
     body, head = parts(model)
     chunk_tokens = chunk_tokens or max(1, CHUNK_LOGITS // head.out_features)  # nn.Linear, peft, bitsandbytes alike
-    hidden = body(input_ids=x).last_hidden_state[:, :-1]
+    hidden = body(input_ids=x, use_cache=False).last_hidden_state[:, :-1]
     hidden = hidden.reshape(-1, hidden.shape[-1])
     labels = x[:, 1:].reshape(-1)
     total = hidden.new_zeros((), dtype=torch.float32)
