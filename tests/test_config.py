@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from qlbench.study import config as study
+from qlbench.study import config as study, grid as gridlib
 from qlbench.errors import QlbenchError
 
 from conftest import snakemake, write_config
@@ -47,6 +47,26 @@ def test_overrides_are_validated(repo_config):
         study.parse_override("stepz=3")
     with pytest.raises(QlbenchError, match="steps"):
         study.cell_settings(st, {"steps": 0})
+
+
+def test_a_setting_that_takes_a_number_reads_yaml_1_2_floats_as_numbers(repo_config):
+    """`lr: 1e-3` (no dot) is a string to YAML 1.1, which PyYAML and Snakemake read; a number setting reads it as the
+    float it is, from a config file and from --set alike, and the cell's identity is the same as `lr: 0.001`'s. A
+    string setting keeps its text, and a string that is no number still fails the schema."""
+    config = copy.deepcopy(repo_config)
+    config["studies"]["demo"].update(lr="1e-3", weight_decay="+2.5E+1", dataset="chatterbot")
+    st = study.load(config, "demo")
+    assert st.settings["lr"] == 0.001 and isinstance(st.settings["lr"], float)
+    assert st.settings["weight_decay"] == 25.0
+    plain = copy.deepcopy(repo_config)
+    plain["studies"]["demo"].update(lr=0.001, weight_decay=25.0, dataset="chatterbot")
+    cell = gridlib.cells(st)[0]
+    assert study.cell_identity(st, cell)[1] == study.cell_identity(study.load(plain, "demo"), cell)[1]
+    assert study.parse_override("lr=2e-4") == ("lr", 0.0002)
+    assert study.parse_override("compute_dtype=1e3") == ("compute_dtype", "1e3")  # not a number setting
+    config["studies"]["demo"].update(lr="1e-3x")
+    with pytest.raises(QlbenchError, match="'1e-3x' is not of type 'number'"):
+        study.load(config, "demo")
 
 
 @pytest.mark.workflow

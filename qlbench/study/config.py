@@ -10,6 +10,7 @@ import copy
 import functools
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,6 +137,8 @@ def _schema_message(err) -> str:
 
 def load(config: dict, study: str | None = None) -> Study:
     """Validate the whole config and return one study, ready for grid expansion."""
+    config = {**config, "studies": {n: with_numbers(s) for n, s in (config.get("studies") or {}).items()}} \
+        if isinstance(config.get("studies"), dict) else config
     check_schema(config)
     names.check_config(config)  # keys become folders and shell words: plain names only
     name = study or config.get("study") or "demo"
@@ -293,7 +296,28 @@ def parse_override(text: str) -> tuple[str, object]:
     if key not in settings_tree.SPECS:
         names = ", ".join(sorted(settings_tree.SPECS))
         raise QlbenchError(f"--set {key}: unknown setting (n_train is --n-train); settings: {names}")
-    return key, yaml.safe_load(value)
+    return key, as_number(key, yaml.safe_load(value))
+
+
+# YAML 1.1 (PyYAML, Snakemake's loader) reads `1e-3` as a string: a float needs a dot there (`1.0e-3`). YAML 1.2 and
+# every ML config a user copies from write it without one, so a setting that takes a number reads it as one.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+")
+
+
+def as_number(key: str, value):
+    """`value` as a float where the setting `key` takes a number and YAML 1.1 left a 1.2 float (`1e-3`) a string."""
+    spec = settings_tree.SPECS.get(key)
+    if spec is None or not isinstance(value, str) or not _EXPONENT_FLOAT.fullmatch(value):
+        return value
+    takes = [spec.schema] + list(spec.schema.get("oneOf", []))
+    return float(value) if any(s.get("type") == "number" for s in takes) else value
+
+
+def with_numbers(study):
+    """A study's mapping with each setting's 1.2 float read as a number (the axes and other values as they are)."""
+    if not isinstance(study, dict):
+        return study
+    return {k: as_number(k, v) for k, v in study.items()}
 
 
 def read_off(settings: dict) -> dict:
