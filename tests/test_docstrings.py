@@ -37,8 +37,8 @@ def test_prose_paragraphs_are_kept_and_code_short_and_doctest_ones_dropped():
 
 
 def test_the_study_set_has_four_balanced_classes_of_long_texts_under_the_studys_tokenizer():
-    """config.yaml's `stdlib-docs`: 4 areas x 230 paragraphs, the label set the head is built from, no text in two
-    areas nor in the base's pretraining corpus, median length (measured: 67 tokens of tiny-gpt2's 1,024-token BPE)
+    """config.yaml's `stdlib-docs`: 4 areas x 490 paragraphs, the label set the head is built from, no text in two
+    areas nor in the base's pretraining corpus, median length (measured: 37 tokens of tiny-gpt2's 1,024-token BPE)
     at least 20, and the same set built twice."""
     from qlbench.data import examples, models
 
@@ -46,9 +46,9 @@ def test_the_study_set_has_four_balanced_classes_of_long_texts_under_the_studys_
     spec = config["datasets"]["stdlib-docs"]
     train, held_out = labelled.load(spec, "stdlib-docs")
     everything = train + held_out
-    assert Counter(e.response for e in everything) == {g: 230 for g in docstrings.GROUPS}
+    assert Counter(e.response for e in everything) == {g: 490 for g in docstrings.GROUPS}
     assert labelled.label_names(spec) == list(docstrings.GROUPS) and len(docstrings.GROUPS) >= 4
-    assert len(held_out) == 184 and len({e.prompt for e in everything}) == 920
+    assert len(held_out) == 392 and len({e.prompt for e in everything}) == 1960
     assert labelled.load(spec, "stdlib-docs") == (train, held_out)
     base = config["models"]["tiny-gpt2"]
     corpus = examples.corpus_text(base["pretrain"]["corpus"], config["datasets"]["chatterbot"])
@@ -56,4 +56,4 @@ def test_the_study_set_has_four_balanced_classes_of_long_texts_under_the_studys_
     tokenizer = models.train_tokenizer(corpus, base["tokenizer"]["vocab_size"])
     lengths = [len(x) for x in tokenizer([e.prompt for e in everything], add_special_tokens=False)["input_ids"]]
     assert statistics.median(lengths) >= 20
-    assert min(lengths) >= 15  # at least 15 words each
+    assert min(lengths) >= spec["min_words"]  # at least min_words words each
