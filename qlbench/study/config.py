@@ -137,8 +137,7 @@ def _schema_message(err) -> str:
 
 def load(config: dict, study: str | None = None) -> Study:
     """Validate the whole config and return one study, ready for grid expansion."""
-    config = {**config, "studies": {n: with_numbers(s) for n, s in (config.get("studies") or {}).items()}} \
-        if isinstance(config.get("studies"), dict) else config
+    config = with_numbers(config)
     check_schema(config)
     names.check_config(config)  # keys become folders and shell words: plain names only
     name = study or config.get("study") or "demo"
@@ -313,11 +312,14 @@ def as_number(key: str, value):
     return float(value) if any(s.get("type") == "number" for s in takes) else value
 
 
-def with_numbers(study):
-    """A study's mapping with each setting's 1.2 float read as a number (the axes and other values as they are)."""
-    if not isinstance(study, dict):
-        return study
-    return {k: as_number(k, v) for k, v in study.items()}
+def with_numbers(config: dict) -> dict:
+    """The config with each study's settings that take a number read as YAML 1.2 reads them (`as_number`); the axes
+    and everything else as they are, and a malformed `studies` left for the schema to name."""
+    studies = config.get("studies")
+    if not isinstance(studies, dict):
+        return config
+    return {**config, "studies": {name: {k: as_number(k, v) for k, v in study.items()} if isinstance(study, dict)
+                                  else study for name, study in studies.items()}}
 
 
 def read_off(settings: dict) -> dict:
