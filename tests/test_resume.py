@@ -15,6 +15,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from qlbench.results import CURVE, PROVENANCE, TIMING_COLUMNS, curve_frame
@@ -132,3 +133,21 @@ def test_cell_stops_before_its_slurm_time_limit_then_resumes(interrupted):
     assert interrupted["statuses"]["timed"].state == "failed"
     assert pl.read_parquet(w / "timed" / "row.parquet")["resumed_from"][0] > 0
     assert_same_cell(w / "ref", w / "timed")
+
+
+def test_a_tampered_checkpoint_is_refused_on_resume_in_one_line_and_nothing_in_it_runs(tmp_path, micro_resources):
+    """Whoever can write into a results folder cannot make the next resume run code: a checkpoint.pt with a pickled
+    object in it (whose `__reduce__` would touch a marker file) stops the cell in one line; the marker never appears."""
+    from test_safe_load import Planted
+
+    (tmp_path / "resources").symlink_to(micro_resources)
+    out, marker = tmp_path / "cell", tmp_path / "ran"
+    interrupt_after_checkpoint(start(tmp_path, out), out, signal.SIGTERM)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    torch.save({**state, "curve": [Planted(marker)]}, out / "checkpoint.pt")
+    again = start(tmp_path, out)
+    stdout, _ = again.communicate(timeout=300)
+    assert again.returncode == 1 and not marker.exists(), stdout
+    errors = [line for line in stdout.splitlines() if "checkpoint" in line and "test_safe_load.touch" in line]
+    assert len(errors) == 1 and errors[0].startswith("Error: checkpoint ") and "refused" in errors[0], stdout
+    assert "Traceback" not in stdout and not (out / "row.parquet").exists()

@@ -40,6 +40,8 @@ def head_kwargs(ctx: Context) -> dict | None:
 def load(ctx: Context) -> Base:
     from qlbench.cell import measure
     from qlbench.data import examples, models, prepared
+    from qlbench.data.example import Example
+    from qlbench.tasks import Batch
 
     settings, cell = ctx.settings, ctx.cell
     dataset = settings.data.dataset
@@ -57,8 +59,8 @@ def load(ctx: Context) -> Base:
 
     # made once per (model, dataset, data settings), memory-mapped by the cells after
     key = prepared.key(ctx.study.config, cell.model, ctx.identity, cell.n_train)
-    n_train, data = prepared.cached(Path(resources) / "prepared", f"{cell.model}-{dataset}-{key}",
-                                    make_data)
+    n_train, data = prepared.cached(Path(resources) / "prepared", f"{cell.model}-{dataset}-{key}", make_data,
+                                    types=(*prepared.dataclasses_in(ctx.task), Batch, Example))  # what data is made of
     ctx.log.info(f"data: {data.describe(n_train)}")
     model.to(ctx.device)
     model.requires_grad_(False)  # a task's new head trains: attach turns it on

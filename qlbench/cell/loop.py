@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from qlbench.data import safe_load
 from qlbench.tasks import causal_lm
 
 DIVERGED_FACTOR = 4.0  # a loss this many times the first step's loss counts as exploded
@@ -109,8 +110,10 @@ def save_checkpoint(path: Path, model, opt, step: int, curve: list[dict], probes
 
 
 def load_checkpoint(path: Path, model, opt, probes: dict | None = None) -> tuple[int, list[dict]]:
-    """Restore a checkpoint into the model and optimizer, and each hook in `probes` (name -> hook) its state."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    """Restore a checkpoint into the model and optimizer, and each hook in `probes` (name -> hook) its state.
+    Read as data only (tensors, numbers, strings, lists, dicts: all `save_checkpoint` writes); a checkpoint that holds
+    anything else is refused in one line (QlbenchError), unrun."""
+    state = safe_load.load(path, "checkpoint", map_location="cpu")
     params = _trainable(model)
     with torch.no_grad():
         for n, t in state["params"].items():

@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 
 from qlbench.cell.precision import Precision, adapter_name
+from qlbench.data import safe_load
 
 
 def distillation(student: list[torch.Tensor], teacher: list[torch.Tensor], temperature: float) -> torch.Tensor:
@@ -126,7 +127,7 @@ def _save_done(path: Path, model, phase) -> None:
 def _load_done(path: Path, model):
     from qlbench.cell.loop import TrainResult
 
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = safe_load.load(path, "checkpoint", map_location="cpu")  # tensors and the curve: data only
     params = dict(model.named_parameters())
     with torch.no_grad():
         for n, t in state["params"].items():

@@ -36,3 +36,6 @@ class Batch(dict):
     @property
     def shape(self):
         return next(iter(self.values())).shape
+
+    def __reduce__(self):  # from a plain dict: torch's weights-only load calls an allowed class, fills no dict subclass
+        return Batch, (dict(self),)
