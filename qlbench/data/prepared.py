@@ -73,8 +73,8 @@ def cached(folder: Path, name: str, make: Callable[[], object], types: tuple[typ
             with torch.serialization.safe_globals(list(types)):
                 torch.load(tmp, mmap=True, weights_only=True)
         except pickle.UnpicklingError as e:
-            raise TypeError(f"prepared data {name} holds {safe_load.culprit(e)}, which its types "
-                            f"({', '.join(t.__name__ for t in types) or 'none'}) do not name") from e
+            raise TypeError(f"prepared data {name} would not read back as data: it holds {safe_load.culprit(e)} "
+                            f"(classes allowed: {', '.join(t.__name__ for t in types) or 'none'})") from e
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
