@@ -3,15 +3,19 @@ it (here one whose `__reduce__` would write a marker file) is refused in one lin
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
+from qlbench import registry
 from qlbench.cell import loop, sequential
 from qlbench.data import prepared
 from qlbench.data.example import Example
 from qlbench.errors import QlbenchError
+from qlbench.study.settings import tree
 from qlbench.tasks import Batch, extractive_qa
 
 
@@ -108,17 +112,47 @@ def test_a_checkpoint_resumes_exactly_with_each_optimizer_read_as_data(tmp_path)
         assert torch.equal(steps(fresh, fresh_opt, 3, 6).detach(), straight), name
 
 
-def test_prepared_task_data_comes_back_as_the_same_classes_and_tensors(tmp_path):
-    batch = Batch(input_ids=torch.arange(6).view(2, 3), attention_mask=torch.ones(2, 3, dtype=torch.long))
-    examples = [Example("p", "r", ("a", "b"), "ctx", "q", 2)]
-    data = extractive_qa.Data(batch, batch, extractive_qa.Features(batch, ["t"], [[(0, 1), (0, 0)]]), examples)
-    types = (*prepared.dataclasses_in(extractive_qa), Batch, Example)
+def same(a, b) -> bool:
+    """Equal values of equal types, all the way down (tensors by value and dtype; dataclasses field by field)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, torch.Tensor):
+        return a.dtype == b.dtype and torch.equal(a, b)
+    if dataclasses.is_dataclass(a):
+        return all(same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+QA = [("Botany is the study of what? The plants.", "The plants."), ("Who wrote Hamlet? Shakespeare", "Shakespeare"),
+      ("What is the capital of France? Paris", "Paris")] * 4
+
+
+@pytest.mark.parametrize("name", sorted(registry.tasks()))
+def test_every_tasks_prepared_data_comes_back_as_the_same_classes_and_tensors(tmp_path, name):
+    """Each task's own `prepare` on a tiny set (QA examples every task can read), cached and read back as data, with
+    the classes the cell names (`cell/load.py`): the same classes, tensors, examples and offsets."""
+    from qlbench.data.models import train_tokenizer
+
+    task = registry.task_module(name)
+    ex = [Example(c.split("?")[0] + "?", a, (a,), context=c, question=c.split("?")[0] + "?", answer_start=c.index(a))
+          for c, a in QA]
+    tok = train_tokenizer(" ".join(f"Question: {e.question}\nContext: {e.context}" for e in ex) * 5, 300)
+    data = task.prepare(tok, ex, ex[:6], tree(seq_len=32))
+    types = (*prepared.dataclasses_in(task), Batch, Example)
+    prepared.cached(tmp_path, name, lambda: (len(ex), data), types)
+    n, back = prepared.cached(tmp_path, name, lambda: pytest.fail("made again"), types)
+    assert n == len(ex) and same(back, data) and not same(back, dataclasses.replace(data, eval_examples=ex[:2]))
+
+
+def test_a_batch_comes_back_a_batch():
     assert set(prepared.dataclasses_in(extractive_qa)) == {extractive_qa.Data, extractive_qa.Features}
-    prepared.cached(tmp_path, "qa", lambda: (1, data), types)
-    n, back = prepared.cached(tmp_path, "qa", lambda: pytest.fail("made again"), types)
-    assert n == 1 and type(back) is extractive_qa.Data and type(back.train) is Batch
-    assert torch.equal(back.train["input_ids"], batch["input_ids"]) and back.eval_examples == examples
-    assert back.eval_features.offsets == [[(0, 1), (0, 0)]] and back.eval_features.text == ["t"]
+    batch = Batch(input_ids=torch.arange(6).view(2, 3))
+    back = copy.deepcopy(batch)
+    assert type(back) is Batch and torch.equal(back["input_ids"], batch["input_ids"]) and back.shape == (2, 3)
 
 
 def test_prepared_data_of_a_class_its_types_do_not_name_fails_where_it_is_made(tmp_path):
