@@ -90,7 +90,7 @@ def simulated_widths() -> tuple[int, ...]:
 
 
 def span(ws) -> str:
-    """`1-8`, or `2, 4, 8` where the widths leave gaps: widths as a message names them."""
+    """`2-5`, or `2, 4, 6` where the widths leave gaps: widths as a message names them."""
     ws = sorted(ws)
     if len(ws) > 2 and ws == list(range(ws[0], ws[-1] + 1)):
         return f"{ws[0]}-{ws[-1]}"

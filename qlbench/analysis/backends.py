@@ -60,7 +60,8 @@ def table(cells: pl.DataFrame, unavailable: dict[str, dict[str, dict[int, str]]]
         for backend in cells.filter(pl.col("model") == model)["backend"].unique(maintain_order=True):
             for fmt, widths in (unavailable or {}).get(backend, {}).items():
                 for bits, why in sorted(widths.items()):
-                    if bits in registry.widths() and (model, backend, fmt, bits) not in seen:
+                    # the table's widths: those qlbench simulates (the fake backend's, every backend's yardstick)
+                    if bits in registry.simulated_widths() and (model, backend, fmt, bits) not in seen:
                         rows.append({"model": model, "backend": backend, "format": fmt, "bits": bits, "seeds": 0,
                                      "quantizer": quantizer(backend, fmt, bits), "status": f"cannot run: {why}"})
     out = pl.DataFrame(rows, schema=COLUMNS) if rows else pl.DataFrame(schema=COLUMNS)

@@ -285,7 +285,7 @@ def check_precision(settings: dict, bits: list[int], where: str) -> None:
 
 
 def _simulated() -> str:
-    """`the 'fake' backend simulates 2-8`: where the widths a backend lacks can be had."""
+    """Where the widths a backend lacks can be had: the fake backend's, as it declares them."""
     return f"the 'fake' backend simulates {registry.span(registry.backend('fake').widths['int'])}"
 
 

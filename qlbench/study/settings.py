@@ -212,7 +212,7 @@ class Eval:
     eval_batches: int | None = setting(None, "evaluate on the first N batches of the held-out set (unset: all)",
                                        {"type": "integer", "minimum": 1})
     probe_bits: int = setting(0, "reference cells estimate per-module sensitivity (Fisher x noise) at this width "
-                                 "(0: off)", {"type": "integer", "minimum": 0, "maximum": 8}, data=False)
+                                 "(0: off)", {"oneOf": [{"const": 0}, _WIDTH]}, data=False)
     probe_batches: int = setting(4, "batches the sensitivity probe reads", {"type": "integer", "minimum": 1}, data=False)
     grad_var_points: int = setting(0, "training steps at which the gradient variance is measured (0: none)",
                                    {"type": "integer", "minimum": 0}, data=False)
