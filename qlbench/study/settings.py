@@ -60,7 +60,7 @@ _BITS = {"$ref": "#/$defs/bits"}  # a width qlbench simulates (the re-quantizing
 _WIDTH = {"$ref": "#/$defs/width"}  # a width qlbench simulates: what a quantized model may switch to
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # `base_dtype: auto`, by where the cell runs: a real 16-bit reference on a GPU (as QLoRA's), float32 on a CPU (where
-# bf16 matmuls are slow and the CPU numbers stay as they were)
+# bf16 matmuls are slow)
 AUTO_BASE_DTYPE = {"gpu": "bfloat16", "cpu": "float32"}
 
 
