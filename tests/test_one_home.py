@@ -18,7 +18,8 @@ from qlbench.study import config as studylib, settings as tree_lib
 
 # where widths could be spelled: the package, the workflow and its schema, the docs a user reads to pick a backend
 SCANNED = sorted([*(REPO / "qlbench").rglob("*.py"), *(REPO / "workflow").rglob("*.smk"),
-                  *(REPO / "workflow").rglob("*.yaml"), REPO / "Snakefile", *(REPO / "docs").glob("*.md")])
+                  *(REPO / "workflow").rglob("*.yaml"), REPO / "Snakefile", REPO / "README.md",
+                  *(REPO / "docs").glob("*.md")])
 
 
 def spellings(widths) -> list[re.Pattern]:
