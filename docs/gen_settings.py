@@ -84,6 +84,10 @@ def settings_markdown() -> str:
         parts += [f"## `{group}`\n\n{' '.join(cls.__doc__.split())} (in a cell: `settings.{group}`)",
                   _table(rows, ("setting", "default", "values", "what it does"))]
     return "\n\n".join(parts + [
+        "## The `robustness:` mapping\n\n" + defs["robustness"]["description"],
+        _entry_table("robustness", schema),
+        "### Its `attack:`\n\n" + defs["attack"]["description"],
+        _entry_table("attack", schema),
         backends_markdown(),
         "## A model entry (`models:`)",
         _entry_table("model", schema),

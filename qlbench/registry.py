@@ -32,6 +32,11 @@ class Backend:
     linear_layout: bool = False  # replaces GPT-2's Conv1D (in, out) by an (out, in) Linear: LoRA's fan_in_fan_out off
     group_sizes: str = ""  # which block / group sizes it takes (for `qlbench settings`)
     row_scaled: tuple[int, ...] = ()  # widths whose weights keep one scale per row (LLM.int8): bytes depend on shape
+    # how a quantized parameter's bytes are predicted (the efficiency table): "blockwise" — QLoRA's count, the code's
+    # bits / 8 plus its share of fp32 block scales (as bitsandbytes stores NF4/FP4); "" — its own layout, measured only
+    bytes_per_param: str = ""
+    # width -> its quantizer's name in tables, where the format and the width do not say it (bnb's 8 bits: LLM.int8)
+    names: dict[int, str] = field(default_factory=dict)
     # format -> width -> why not: widths its library has that this backend cannot run here (as measured, e.g.
     # torchao's int4 on a CPU), so a table says so rather than leaving the row out
     unavailable: dict[str, dict[int, str]] = field(default_factory=dict)
@@ -70,6 +75,26 @@ def backend(name: str) -> Backend:
     if name not in found:
         raise KeyError(f"unknown backend {name!r}; backends: {', '.join(found)}")
     return found[name]
+
+
+def widths() -> tuple[int, ...]:
+    """Every width some backend declares, in any format, ascending: what a cell's `bits` may be besides 16."""
+    return tuple(sorted({b for d in backends().values() for ws in d.widths.values() for b in ws}))
+
+
+def simulated_widths() -> tuple[int, ...]:
+    """The widths of the backends that re-quantize in place (float weights, rounding simulated: `fake`): those a width
+    may take after quantization (switchable, CPT, evaluation, random inference) and qlbench's own rounding of
+    activations, keys and values, and adapters."""
+    return tuple(sorted({b for d in backends().values() if d.requantizes for ws in d.widths.values() for b in ws}))
+
+
+def span(ws) -> str:
+    """`2-5`, or `2, 4, 6` where the widths leave gaps: widths as a message names them."""
+    ws = sorted(ws)
+    if len(ws) > 2 and ws == list(range(ws[0], ws[-1] + 1)):
+        return f"{ws[0]}-{ws[-1]}"
+    return ", ".join(map(str, ws))
 
 
 def backend_module(name: str):

@@ -56,11 +56,12 @@ def test_a_setting_without_a_description_fails_the_check(monkeypatch):
 
 def test_the_tree_holds_each_studys_settings_frozen():
     config = studylib.read_config([REPO / "config.yaml"])
+    typed = {"eval_scan": lambda v: tree_lib.Scan(**v), "robustness": tree_lib.robustness}  # mappings made typed
     for name in config["studies"]:
         st = studylib.load(config, name)
         for key, value in st.settings.items():
-            assert tree_lib.thawed(st.tree.value(key)) == (value if key != "eval_scan" or value is None else
-                                                           tree_lib.Scan(**value)), (name, key)
+            assert tree_lib.thawed(st.tree.value(key)) == (value if key not in typed or value is None else
+                                                           typed[key](value)), (name, key)
     st = studylib.load(config, "qalof")
     assert st.tree.precision.switch_bits == (4, 6, 8) and st.tree.precision.trains_switching
     with pytest.raises(dataclasses.FrozenInstanceError):

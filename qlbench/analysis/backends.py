@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import polars as pl
 
+from qlbench import registry
+
 LOSSES = ("eval_loss_before", "eval_loss", "merged_eval_loss", "merged_requant_eval_loss")
-WIDTHS = range(2, 9)  # the table's widths; 16 is the reference
 FORMAT_NAMES = {"int": "int", "nf": "NF", "fp": "FP"}
 # the 16-bit row of a model by its source: what "no quantization" means for those weights
 REFERENCE = {
@@ -26,9 +27,11 @@ COLUMNS = {"model": pl.String, "backend": pl.String, "format": pl.String, "bits"
 
 
 def quantizer(backend: str, fmt: str, bits: int) -> str:
-    """A row's name for its quantizer: `NF4`, `int3`, bitsandbytes' 8 bits `LLM.int8` (its only 8-bit format)."""
-    if backend == "bnb" and bits == 8:
-        return "LLM.int8"
+    """A row's name for its quantizer: `NF4`, `int3`, or the name its backend declares for the width (bitsandbytes'
+    8 bits: `LLM.int8`, its only 8-bit format)."""
+    declared = registry.backends().get(backend)
+    if declared is not None and bits in declared.names:
+        return declared.names[bits]
     return f"{FORMAT_NAMES.get(fmt, fmt)}{bits}"
 
 
@@ -57,7 +60,8 @@ def table(cells: pl.DataFrame, unavailable: dict[str, dict[str, dict[int, str]]]
         for backend in cells.filter(pl.col("model") == model)["backend"].unique(maintain_order=True):
             for fmt, widths in (unavailable or {}).get(backend, {}).items():
                 for bits, why in sorted(widths.items()):
-                    if bits in WIDTHS and (model, backend, fmt, bits) not in seen:
+                    # the table's widths: those qlbench simulates (the fake backend's, every backend's yardstick)
+                    if bits in registry.simulated_widths() and (model, backend, fmt, bits) not in seen:
                         rows.append({"model": model, "backend": backend, "format": fmt, "bits": bits, "seeds": 0,
                                      "quantizer": quantizer(backend, fmt, bits), "status": f"cannot run: {why}"})
     out = pl.DataFrame(rows, schema=COLUMNS) if rows else pl.DataFrame(schema=COLUMNS)

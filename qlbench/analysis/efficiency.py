@@ -8,6 +8,9 @@ import json
 
 import polars as pl
 
+from qlbench import registry
+from qlbench.study import settings as settings_tree
+
 KEYS = ["model", "backend", "format", "bits", "rank", "mask", "targets", "base_dtype"]
 REFERENCE_KEYS = ["model", "rank", "targets"]  # what a configuration shares with its 16-bit reference
 DQ_BLOCK = 256  # bitsandbytes' double quantization: one fp32 scale per 256 8-bit block scales
@@ -15,13 +18,12 @@ DQ_BLOCK = 256  # bitsandbytes' double quantization: one fp32 scale per 256 8-bi
 
 def base_dtype(settings_json: str | None, device: str | None) -> str | None:
     """The dtype the cell's base was loaded in: its `base_dtype` setting, `auto` resolved as the cell resolved it
-    (bfloat16 on a GPU, float32 on a CPU). None for rows made before the setting existed."""
+    (`qlbench.study.settings.base_dtype`; a row's device is a GPU's name or `cpu (N threads)`). None for rows made
+    before the setting existed."""
     if not settings_json:
         return None
     setting = json.loads(settings_json).get("base_dtype")
-    if setting != "auto":
-        return setting
-    return "float32" if (device or "").startswith("cpu") else "bfloat16"
+    return None if setting is None else settings_tree.base_dtype(setting, gpu=not (device or "").startswith("cpu"))
 
 
 def bytes_per_quantized_param(bits: int, fmt: str, backend: str, group_size: int | None,
@@ -29,11 +31,13 @@ def bytes_per_quantized_param(bits: int, fmt: str, backend: str, group_size: int
     """QLoRA's count for a blockwise format: the code (bits/8 bytes) plus its share of the block scales — an fp32
     absmax per block of g (4/g bytes), or with double quantization an 8-bit one plus an fp32 scale per 256 of those
     (1/g + 4/(256·g): 0.5 + 0.0159 bytes per parameter for NF4 with g = 64). None where the scales depend on the
-    layer's shape (int per output channel, LLM.int8), and for backends that store their own way (hqq, torchao)."""
-    if bits >= 16 or backend not in ("fake", "bnb"):  # hqq, torchao: their own layouts (their rows count real bytes)
+    layer's shape (int per output channel, a width its backend declares `row_scaled`: LLM.int8), and for backends
+    that store their own way (their declaration's `bytes_per_param` is not "blockwise": hqq, torchao)."""
+    declared = registry.backends().get(backend)
+    if bits >= 16 or declared is None or declared.bytes_per_param != "blockwise":  # their rows count real bytes
         return None
-    if backend == "bnb" and bits == 8:
-        return None  # LLM.int8: one fp32 scale per row
+    if bits in declared.row_scaled:
+        return None  # one fp32 scale per row
     if fmt == "int":
         return None if not group_size else bits / 8 + 4 / group_size  # symmetric: one fp32 scale per group
     g = group_size or 64

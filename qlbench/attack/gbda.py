@@ -13,9 +13,8 @@ the recall of the paper's code, Σ_i w_i max_j cos(h_i, h'_j), over the causal L
 there too, and no BERT is needed offline), w_i the clean tokens' idf weights from the training texts. Then hard
 texts are drawn from Θ: up to `samples` of them, the first the classifier gets wrong is kept (else the last).
 
-Defaults are those of facebookresearch/text-adversarial-attack (whitebox_attack.py): 100 steps, Adam lr 0.3,
-10 Gumbel samples per step, initial coefficient 15, κ 5, λ_sim 1, λ_perp 1, the last hidden layer, 100 samples.
-Texts of equal token length are attacked together as a group (one Θ each, the losses summed): Adam is per
+Defaults are those of facebookresearch/text-adversarial-attack (whitebox_attack.py), set down once in the settings
+tree (`qlbench.study.settings.Attack`, a study's `robustness: {attack: ...}`). Texts of equal token length are attacked together as a group (one Θ each, the losses summed): Adam is per
 parameter, so each text's optimisation is its own. The EOS/pad token is never sampled (the classifier would read
 it as padding).
 
@@ -30,30 +29,12 @@ a GPT-2 classifier this matters: it reads the last token's hidden state.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class GBDASettings:
-    steps: int = 100
-    lr: float = 0.3
-    batch: int = 10  # Gumbel-softmax samples per step
-    init_coeff: float = 15.0
-    kappa: float = 5.0
-    lam_sim: float = 1.0
-    lam_perp: float = 1.0
-    embed_layer: int = -1
-    samples: int = 100  # hard texts drawn at the end; the first misclassified one is kept
-    group: int = 16  # texts of one length attacked at once
-    hold_ends: bool = True  # the first and last positions keep their clean tokens (the paper's code)
-
-    @classmethod
-    def from_dict(cls, values: dict | None) -> "GBDASettings":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (values or {}).items() if k in names})
+from qlbench.study.settings import Attack as GBDASettings  # its defaults, the paper's, live in the settings tree
 
 
 def log_perplexity(logits: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:

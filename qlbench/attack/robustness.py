@@ -12,11 +12,11 @@ Precisions: `fp32` (the attacked model), `fake8`/`fake4` (every block linear rou
 `format`: int min-max per channel by default), `bnb8`/`bnb4` (bitsandbytes LLM.int8 / NF4 modules) and `random`
 (random precision inference: a width from `random_widths` drawn per forward pass, one text per pass, fake backend).
 The study's `robustness:` mapping sets `examples` (held-out texts attacked), `precisions`, `attacked` (the precisions
-attacked white-box; default fp32, fake8, fake4, random), `random_widths`, `similarity_threshold` and `attack`
-(GBDA's settings; `qlbench.attack.gbda.GBDASettings`, the paper's defaults where left out).
+attacked white-box), `random_widths`, `similarity_threshold` and `attack` (GBDA's settings); what it leaves out is at
+the defaults of its one home, the settings tree (`qlbench.study.settings.Robustness` and `Attack`).
 
 A text counts as attacked only within the similarity constraint: its hard adversarial text's rescaled BERTScore
-against the clean text (`qlbench.attack.texts`) at least `similarity_threshold` (default 0.5: closer to the clean
+against the clean text (`qlbench.attack.texts`) at least `similarity_threshold` (by default closer to the clean
 text than halfway from an unrelated text of the set; the paper's code sets no hard threshold — its similarity is
 the soft λ_sim term — so the number is ours). A text outside it counts, at every precision, as the model's clean
 prediction; the unconstrained accuracy and success stay beside (`*_unconstrained`).
@@ -32,10 +32,7 @@ import torch
 
 from qlbench.study.config import Study
 from qlbench.study.grid import Cell
-from qlbench.study.settings import ROBUST_ATTACKED, ROBUST_PRECISIONS as PRECISIONS, Settings
-
-DEFAULTS = {"examples": 32, "precisions": list(PRECISIONS), "attacked": list(ROBUST_ATTACKED),
-            "random_widths": [4, 6, 8], "similarity_threshold": 0.5, "attack": {}}
+from qlbench.study.settings import Robustness, Settings
 
 
 def attack_draw_seed(seed: int) -> int:
@@ -43,8 +40,9 @@ def attack_draw_seed(seed: int) -> int:
     return seed * 1_000_003 + 17
 
 
-def options(settings: Settings) -> dict:
-    return {**DEFAULTS, **(settings.data.robustness or {})}
+def options(settings: Settings) -> Robustness:
+    """The study's `robustness:` settings (all at their defaults where it has none)."""
+    return settings.data.robustness or Robustness()
 
 
 def _device_and_threads(settings: Settings, threads: int):
@@ -69,7 +67,7 @@ def attack(study: Study, cell: Cell, settings: Settings, cell_dir: Path, out: Pa
     rows = attack_rows(v, attacked, settings, cell.seed, device, log)
     frame = pl.DataFrame([{"study": study.name, **cell.coords(), **r} for r in rows])
     results.write_parquet(frame, out)
-    threshold = options(settings)["similarity_threshold"]
+    threshold = options(settings).similarity_threshold
     summary = {"examples": len(rows), "clean_accuracy": _mean(r["clean_pred"] == r["label"] for r in rows),
                "adv_accuracy": _mean(r["clean_pred"] == r["label"] and not r["success"] for r in rows),
                "success": _mean(r["success"] for r in rows), "similar": _mean(r["similar"] for r in rows),
@@ -86,15 +84,15 @@ def attack_rows(v, attacked: str, settings: Settings, seed: int, device, log=pri
     from qlbench.attack import gbda, texts
 
     opts = options(settings)
-    n = min(opts["examples"], len(v.data.eval_examples))
+    n = min(opts.examples, len(v.data.eval_examples))
     chosen = [e.prompt for e in v.data.eval_examples[:n]]
     labels = v.data.eval["labels"][:n].tolist()
-    gbda_settings = gbda.GBDASettings.from_dict(opts["attack"])
+    gbda_settings = opts.attack
     seq_len = settings.train.seq_len
     idf = gbda.idf_weights(texts.token_ids(v.tokenizer, v.train_texts, seq_len), len(v.tokenizer))
     model, drawn = model_at(v, attacked, settings, attack_draw_seed(seed) if attacked == "random" else seed)
     log(f"GBDA on {n} texts against {attacked}: {gbda_settings}")
-    threshold = opts["similarity_threshold"]
+    threshold = opts.similarity_threshold
     rows = texts.attack_texts(model, v.lm, v.tokenizer, chosen, labels, seq_len, gbda_settings, seed, idf, device,
                               log, threshold=threshold, drawn=drawn)
     clean_nll = texts.lm_nll(v.lm, v.tokenizer, chosen, seq_len, device)
@@ -119,7 +117,7 @@ def model_at(v, precision: str, settings: Settings, seed: int):
 
         model = copy.deepcopy(v.classifier)
         widths = Precision(model, v.module_names, {}, settings.replace(double_quant=False), seed, v.module_names)
-        _, drawn = widths.random_inference(options(settings)["random_widths"], seed)
+        _, drawn = widths.random_inference(list(options(settings).random_widths), seed)
         return model, drawn
     backend, bits = precision[:-1], int(precision[-1])
     return victim.quantized(v, backend, bits, settings), None
@@ -170,7 +168,7 @@ def measure(v, adv, precision: str, settings: Settings, seed: int, device) -> di
         "attacked": adv["attacked"][0] if "attacked" in adv.columns else "fp32",  # older texts: made against FP32
         "backend": "none" if precision == "fp32" else ("fake" if switching else precision[:-1]),
         "bits": 32 if precision == "fp32" else (0 if switching else int(precision[-1])),
-        "widths": ",".join(map(str, options(settings)["random_widths"])) if switching else "",
+        "widths": ",".join(map(str, options(settings).random_widths)) if switching else "",
         "examples": len(labels),
         **outcomes(labels, clean, hard, similar),
         "eval_accuracy": (held_out == v.data.eval["labels"]).float().mean().item(),

@@ -18,6 +18,7 @@ import time
 import torch
 
 from qlbench.attack.gbda import GBDA, GBDASettings, bert_score_f1, rescaled, token_change_rate
+from qlbench.study.settings import Robustness
 from qlbench.tasks import classification
 
 BASELINE_PAIRS = 8  # each clean text against its next 8 (cyclically): the rescaling's unrelated pairs
@@ -72,7 +73,8 @@ class Similarity:
 
 
 def attack_texts(classifier, lm, tokenizer, texts: list[str], labels: list[int], seq_len: int,
-                 settings: GBDASettings, seed: int, idf, device, log=print, threshold: float = 0.5,
+                 settings: GBDASettings, seed: int, idf, device, log=print,
+                 threshold: float = Robustness.similarity_threshold,
                  drawn: list[int] | None = None) -> list[dict]:
     """One row per text: clean and adversarial text, label, both predictions, which draw was kept, the token change
     rate, whether the re-tokenised hard text kept the held ends, its BERTScore (precision, recall, F1, the baseline

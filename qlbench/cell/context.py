@@ -91,8 +91,10 @@ def check_cell(study: Study, cell: Cell) -> None:
     """Coordinates outside the grid are allowed, but must be valid."""
     if cell.model not in study.config["models"]:
         raise QlbenchError(f"unknown model {cell.model!r}; models: {', '.join(study.config['models'])}")
-    if not (1 <= cell.bits <= 8 or cell.bits == 16):  # the backend's own widths are checked with the settings
-        raise QlbenchError(f"{cell.bits} bits is not a supported width (use 1-8 or 16)")
+    from qlbench import registry  # the widths the backends declare (the study's own backend's: with the settings)
+
+    if cell.bits not in (*registry.widths(), 16):
+        raise QlbenchError(f"{cell.bits} bits is not a supported width (use {registry.span(registry.widths())} or 16)")
     if cell.rank < 1:
         raise QlbenchError(f"rank {cell.rank}: must be at least 1")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from qlbench.cell.context import Context
+from qlbench.study import settings as settings_tree
 
 
 @dataclass
@@ -21,13 +22,11 @@ class Base:
 
 
 def base_dtype(setting: str, device):
-    """The dtype the base is loaded in: as named, or for `auto` bfloat16 on a GPU (a real 16-bit reference, as
-    QLoRA's) and float32 on a CPU (where bf16 matmuls are slow and today's CPU numbers stay as they were)."""
+    """The dtype the base is loaded in: as named, or for `auto` by where it runs (`qlbench.study.settings.base_dtype`,
+    the rule's one home)."""
     import torch
 
-    if setting == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, setting)
+    return getattr(torch, settings_tree.base_dtype(setting, gpu=device.type == "cuda"))
 
 
 def head_kwargs(ctx: Context) -> dict | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from qlbench import registry
 from qlbench.cli.group import config_option, load_study, main
 from qlbench.cli.settings import run_epilog
 from qlbench.study.targets import PRESET_NAMES
@@ -24,7 +25,8 @@ WARM_PARENT = "QLBENCH_WARM_PARENT"  # set in a cell forked from a warm process:
               help="the cell's folder under cells/ (e.g. tiny-gpt2/b4/r16/all/s0) instead of the options below")
 @click.option("--model", default=None, help="model name in the config")
 @click.option("--bits", default=None, type=int,
-              help="bit width of the masked layers: 1-8 (as the backend allows), or 16 for none")
+              help=f"bit width of the masked layers: {registry.span(registry.widths())} (as the backend allows), "
+                   "or 16 for none")
 @click.option("--rank", default=None, type=int, help="LoRA rank")
 @click.option("--mask", default="all", show_default=True, help="which layers get --bits (see `qlbench masks`)")
 @click.option("--seed", default=0, show_default=True, type=int)

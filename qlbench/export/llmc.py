@@ -13,11 +13,10 @@ each layer's `quantization_scheme.weights.num_bits` is the recipe's). Nothing he
 
 from __future__ import annotations
 
+from qlbench import registry
 from qlbench.errors import QlbenchError
 from qlbench.export.recommendation import widths
 from qlbench.study import masks as masklang
-
-WIDTHS = range(2, 9)  # compressed-tensors' int weights, as qlbench's widths
 
 
 def recipe(row: dict, lay: masklang.Layout, quant) -> dict:
@@ -25,9 +24,11 @@ def recipe(row: dict, lay: masklang.Layout, quant) -> dict:
     if lay.arch == "gpt2":
         raise QlbenchError("llm-compressor quantizes nn.Linear layers; GPT-2's are Conv1D (no recipe for gpt2 models)")
     by_name = widths(row, lay, quant.high_bits)
-    bad = sorted({w for w in by_name.values() if w < 16 and w not in WIDTHS})
+    simulated = registry.simulated_widths()  # compressed-tensors' int weights, as qlbench's simulated int widths
+    bad = sorted({w for w in by_name.values() if w < 16 and w not in simulated})
     if bad:
-        raise QlbenchError(f"llm-compressor's int weights are 2-8 bits, not {', '.join(map(str, bad))}")
+        raise QlbenchError(f"llm-compressor's int weights are {registry.span(simulated)} bits, not "
+                           f"{', '.join(map(str, bad))}")
     weights = {"type": "int", "symmetric": bool(quant.symmetric)}
     weights |= ({"strategy": "group", "group_size": quant.group_size} if quant.group_size else {"strategy": "channel"})
     groups: dict[str, dict] = {}

@@ -23,6 +23,8 @@ BACKEND = Backend(
     linear_layout=True,
     group_sizes="4 bits: blocks of 64 (or group_size); 8 bits: per row (LLM.int8)",
     row_scaled=(8,),
+    bytes_per_param="blockwise",
+    names={8: "LLM.int8"},
 )
 
 INT8_THRESHOLD = 6.0  # LLM.int8's outlier threshold, transformers' default (llm_int8_threshold)

@@ -19,6 +19,7 @@ BACKEND = Backend(
     widths={"int": (2, 3, 4, 5, 6, 7, 8), "nf": (2, 3, 4, 5, 6, 7, 8), "fp": (4,)},
     requantizes=True,  # the weights stay float: a module is re-rounded from its kept weights at another width
     group_sizes="int: per output channel (0) or groups of any size; nf/fp: blocks of any size (64)",
+    bytes_per_param="blockwise",  # it counts the bytes the format would take as bitsandbytes stores it (quant.memory)
 )
 
 

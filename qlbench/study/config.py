@@ -105,13 +105,21 @@ def _merge(into: dict, new: dict) -> None:
 
 def schema() -> dict:
     """config.schema.yaml with every setting's schema and description added to a study's properties (from
-    qlbench.study.settings; the backends and tasks the registry finds are the allowed values of theirs)."""
+    qlbench.study.settings; the backends and tasks the registry finds are the allowed values of theirs) and the
+    widths the backends declare as the allowed values of every width."""
     out = _yaml(SCHEMA_PATH.read_text())
     out["$defs"]["study"]["properties"].update(
         settings_tree.schema_properties(list(registry.backends()), list(registry.tasks())))
-    for key in ("precisions", "attacked"):
-        out["$defs"]["robustness"]["properties"][key]["items"] = {"enum": list(settings_tree.ROBUST_PRECISIONS)}
+    out["$defs"].update(width_defs(), **settings_tree.robustness_defs())
     return out
+
+
+def width_defs() -> dict:
+    """`$defs` of the widths, from the backends' declarations: `axis_bits` (a cell's bits: a width some backend
+    declares, or 16), `bits` (a width qlbench simulates, or 16) and `width` (a width qlbench simulates)."""
+    simulated = list(registry.simulated_widths())
+    return {"axis_bits": {"type": "integer", "enum": [*registry.widths(), 16]},
+            "bits": {"type": "integer", "enum": [*simulated, 16]}, "width": {"type": "integer", "enum": simulated}}
 
 
 def check_schema(config: dict) -> None:
@@ -128,10 +136,10 @@ def check_schema(config: dict) -> None:
 def _schema_message(err) -> str:
     if err.validator == "additionalProperties":
         return err.message.replace("Additional properties are not allowed", "unknown key")
-    if err.validator == "not" and isinstance(err.instance, int):
-        return f"{err.instance} bits is not a supported width (use 1-8 or 16)"
-    if err.validator in ("minimum", "maximum") and "bits" in [str(p) for p in err.absolute_path]:
-        return f"{err.instance} bits is not a supported width (use 1-8 or 16)"
+    if err.validator == "enum" and err.validator_value in [d["enum"] for d in width_defs().values()]:
+        widths = [w for w in err.validator_value if w != 16]
+        return f"{err.instance} bits is not a supported width (use {registry.span(widths)}" + (
+            " or 16)" if 16 in err.validator_value else ")")
     return err.message.splitlines()[0]
 
 
@@ -228,8 +236,9 @@ def check_settings(settings: dict, bits: list[int], where: str) -> None:
     if settings.get("loss_kernel") == "chunked" and settings["switch_schedule"] == "sequential":
         raise QlbenchError(f"{where}.loss_kernel chunked: sequential training distils from the teacher's logits, "
                            "which the chunked loss never makes whole; use loss_kernel standard")
-    if settings["adapter_bits"] != 16 and not 2 <= settings["adapter_bits"] <= 8:
-        raise QlbenchError(f"{where}.adapter_bits: {settings['adapter_bits']} (use 2-8, or 16 for none)")
+    if settings["adapter_bits"] != 16 and settings["adapter_bits"] not in registry.simulated_widths():
+        raise QlbenchError(f"{where}.adapter_bits: {settings['adapter_bits']} (use "
+                           f"{registry.span(registry.simulated_widths())}, or 16 for none)")
     if settings.get("fail") is not None:
         from qlbench.study import fail
 
@@ -276,9 +285,8 @@ def check_precision(settings: dict, bits: list[int], where: str) -> None:
 
 
 def _simulated() -> str:
-    """`the 'fake' backend simulates 2-8`: where the widths a backend lacks can be had."""
-    fake = registry.backend("fake").widths["int"]
-    return f"the 'fake' backend simulates {min(fake)}-{max(fake)}"
+    """Where the widths a backend lacks can be had: the fake backend's, as it declares them."""
+    return f"the 'fake' backend simulates {registry.span(registry.backend('fake').widths['int'])}"
 
 
 def _requantizing() -> str:

@@ -55,9 +55,13 @@ def thawed(value):
     return value
 
 
-_BITS = {"$ref": "#/$defs/bits"}
+# widths: `$defs` of the study schema that qlbench.study.config.schema() fills from the backends' declarations
+_BITS = {"$ref": "#/$defs/bits"}  # a width qlbench simulates (the re-quantizing backends'), or 16
+_WIDTH = {"$ref": "#/$defs/width"}  # a width qlbench simulates: what a quantized model may switch to
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-_WIDTH = {"type": "integer", "minimum": 2, "maximum": 8}
+# `base_dtype: auto`, by where the cell runs: a real 16-bit reference on a GPU (as QLoRA's), float32 on a CPU (where
+# bf16 matmuls are slow)
+AUTO_BASE_DTYPE = {"gpu": "bfloat16", "cpu": "float32"}
 
 
 @dataclass(frozen=True)
@@ -127,14 +131,13 @@ class Precision:
     eval_maps: Mapping[str, Mapping[str, int]] = setting(
         {}, "{label: {mask: bits}}: per-layer maps the trained model is evaluated on (QaLoF's hybrid), applied in "
             "order over the cell's own widths (unlisted layers: high_bits)",
-        {"type": "object", "additionalProperties": {"type": "object", "additionalProperties":
-                                                    {"type": "integer", "minimum": 2, "maximum": 16}}})
+        {"type": "object", "additionalProperties": {"type": "object", "additionalProperties": _BITS}})
     eval_scan: Scan | None = setting(
         None, "QaLoF's layer-wise scan of the trained model: every module at `rest`, one block or module at `bits`",
         {"oneOf": [{"type": "null"}, {"type": "object", "additionalProperties": False,
                                       "required": ["each", "bits", "rest"],
                                       "properties": {"each": {"enum": ["block", "module"]}, "bits": _WIDTH,
-                                                     "rest": {"type": "integer", "minimum": 2, "maximum": 16}}}]})
+                                                     "rest": _BITS}}]})
 
     @property
     def trains_switching(self) -> bool:
@@ -209,10 +212,56 @@ class Eval:
     eval_batches: int | None = setting(None, "evaluate on the first N batches of the held-out set (unset: all)",
                                        {"type": "integer", "minimum": 1})
     probe_bits: int = setting(0, "reference cells estimate per-module sensitivity (Fisher x noise) at this width "
-                                 "(0: off)", {"type": "integer", "minimum": 0, "maximum": 8}, data=False)
+                                 "(0: off)", {"oneOf": [{"const": 0}, _WIDTH]}, data=False)
     probe_batches: int = setting(4, "batches the sensitivity probe reads", {"type": "integer", "minimum": 1}, data=False)
     grad_var_points: int = setting(0, "training steps at which the gradient variance is measured (0: none)",
                                    {"type": "integer", "minimum": 0}, data=False)
+
+
+# the robustness study's precisions: the attacked model, PTQ at 8 / 4 bits per backend, random precision inference
+ROBUST_PRECISIONS = ("fp32", "fake8", "fake4", "bnb8", "bnb4", "random")
+
+
+@dataclass(frozen=True)
+class Attack:
+    """GBDA's settings (`robustness: {attack: ...}`): the defaults of Guo et al. 2021's code
+    (facebookresearch/text-adversarial-attack, whitebox_attack.py)."""
+    steps: int = setting(100, "Adam steps per text", {"type": "integer", "minimum": 1})
+    lr: float = setting(0.3, "Adam's learning rate", {"type": "number", "exclusiveMinimum": 0})
+    batch: int = setting(10, "Gumbel-softmax samples per step", {"type": "integer", "minimum": 1})
+    init_coeff: float = setting(15.0, "initial logit of each clean token", {"type": "number"})
+    kappa: float = setting(5.0, "Carlini-Wagner margin", {"type": "number", "minimum": 0})
+    lam_sim: float = setting(1.0, "weight of the similarity (BERTScore) term", {"type": "number", "minimum": 0})
+    lam_perp: float = setting(1.0, "weight of the fluency (causal LM NLL) term", {"type": "number", "minimum": 0})
+    embed_layer: int = setting(-1, "hidden layer of the causal LM for the similarity", {"type": "integer"})
+    samples: int = setting(100, "hard texts drawn at the end; the first misclassified one is kept",
+                           {"type": "integer", "minimum": 1})
+    group: int = setting(16, "equal-length texts attacked at once", {"type": "integer", "minimum": 1})
+    hold_ends: bool = setting(True, "the first and last positions keep their clean tokens (the paper's code)",
+                              {"type": "boolean"})
+
+
+@dataclass(frozen=True)
+class Robustness:
+    """QaLoF's GBDA experiment (a study's `robustness:` mapping; task classification): what is attacked, at which
+    precisions it is evaluated, and what counts as an attack."""
+    examples: int = setting(32, "held-out texts attacked per cell", {"type": "integer", "minimum": 1})
+    precisions: tuple[str, ...] = setting(
+        list(ROBUST_PRECISIONS), "the precisions each cell is evaluated at: fp32, PTQ at 8 / 4 bits (fake int or "
+                                 "bitsandbytes), random precision inference",
+        {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"enum": list(ROBUST_PRECISIONS)}})
+    attacked: tuple[str, ...] = setting(
+        ["fp32", "fake8", "fake4", "random"], "the precisions GBDA attacks white-box; fp32's texts are replayed at "
+                                              "every precision, each other's evaluated at its own",
+        {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"enum": list(ROBUST_PRECISIONS)}})
+    random_widths: tuple[int, ...] = setting(
+        [4, 6, 8], "random precision inference: a width drawn from these per forward pass",
+        {"type": "array", "items": _WIDTH, "minItems": 2, "uniqueItems": True})
+    similarity_threshold: float = setting(
+        0.5, "a hard text counts as an attack only if its BERTScore (rescaled: 0 unrelated, 1 the clean text) is at "
+             "least this", {"type": "number", "maximum": 1})
+    attack: Attack = setting(Attack(), "GBDA's settings (Guo et al. 2021's code defaults when left out)",
+                             {"$ref": "#/$defs/attack"})
 
 
 @dataclass(frozen=True)
@@ -221,7 +270,7 @@ class Data:
     dataset: str = setting(REQUIRED, "the dataset's name in the config's `datasets`", {"type": "string"})
     task: str = setting("causal_lm", "what a cell trains and measures (`qlbench settings` lists the tasks)",
                         {"$tasks": True})
-    robustness: Mapping[str, Any] | None = setting(
+    robustness: Robustness | None = setting(
         None, "QaLoF's GBDA experiment (task classification): attack each 16-bit cell once, evaluate it at each "
               "precision", {"$ref": "#/$defs/robustness"}, optional=True)
 
@@ -231,7 +280,8 @@ class Runtime:
     """Where and in what arithmetic a cell runs."""
     compute_dtype: str = setting("float32", "the dtype of the forward pass (autocast; float32: none)",
                                  {"enum": ["float32", "bfloat16", "float16"]})
-    base_dtype: str = setting("auto", "the base's weights as loaded; auto: bfloat16 on a GPU, float32 on a CPU",
+    base_dtype: str = setting("auto", f"the base's weights as loaded; auto: {AUTO_BASE_DTYPE['gpu']} on a GPU, "
+                                      f"{AUTO_BASE_DTYPE['cpu']} on a CPU",
                               {"enum": ["auto", "float32", "bfloat16", "float16"]})
     device: str = setting("auto", "auto: a GPU where one is visible, else the CPU", {"enum": ["auto", "cpu", "cuda"]})
     gpus: int = setting(0, "GPUs a cell asks the cluster for", {"type": "integer", "minimum": 0})
@@ -254,9 +304,6 @@ class Testing:
                                                                  {"type": "array", "items": {"type": "string"}}]})
 
 
-# the robustness study's precisions: the attacked model, PTQ at 8 / 4 bits per backend, random precision inference
-ROBUST_PRECISIONS = ("fp32", "fake8", "fake4", "bnb8", "bnb4", "random")
-ROBUST_ATTACKED = ("fp32", "fake8", "fake4", "random")  # attacked white-box by default (GBDA per precision)
 NOT_IDENTITY = ("testing",)  # groups that change no number
 DATA_BLIND_GROUPS = ("quant", "precision", "lora", "runtime", "testing")  # read after the data is made, never by it
 
@@ -322,7 +369,19 @@ SPECS: dict[str, Spec] = _specs()
 def _typed(spec: Spec, value):
     if spec.key == "eval_scan" and isinstance(value, dict):
         return Scan(**value)
+    if spec.key == "robustness" and isinstance(value, Mapping):
+        return robustness(value)
     return _frozen(value)
+
+
+def robustness(mapping: Mapping) -> Robustness:
+    """A study's `robustness:` mapping, typed: what it leaves out at Robustness's (and Attack's) defaults."""
+    return Robustness(**{k: Attack(**v) if k == "attack" else _frozen(v) for k, v in mapping.items()})
+
+
+def base_dtype(setting: str, gpu: bool) -> str:
+    """The dtype a cell's base is loaded in: `base_dtype` as set, or for `auto` AUTO_BASE_DTYPE's by where it ran."""
+    return AUTO_BASE_DTYPE["gpu" if gpu else "cpu"] if setting == "auto" else setting
 
 
 def defaults() -> dict:
@@ -364,6 +423,29 @@ def identity(flat: dict) -> dict:
 def data_blind_keys() -> set[str]:
     """The settings a cell's tokenized data cannot depend on (any other key, known or not, is in its cache key)."""
     return {k for k, s in SPECS.items() if not s.data}
+
+
+def _object_schema(cls, description: str) -> dict:
+    """The JSON schema of a mapping whose keys are `cls`'s fields, each with its description and default."""
+    props = {}
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        shown = f" (default {_shown(default)})" if not dataclasses.is_dataclass(default) else ""
+        props[f.name] = {**f.metadata["schema"], "description": f.metadata["doc"] + shown}
+    return {"type": "object", "additionalProperties": False, "description": description, "properties": props}
+
+
+def _shown(value) -> str:
+    value = thawed(value)
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def robustness_defs() -> dict:
+    """The `$defs` of the `robustness:` mapping and its `attack:` (from Robustness and Attack, defaults named)."""
+    return {"robustness": _object_schema(Robustness, " ".join(Robustness.__doc__.split())),
+            "attack": _object_schema(Attack, " ".join(Attack.__doc__.split()))}
 
 
 def schema_properties(backends: list[str], tasks: list[str]) -> dict:

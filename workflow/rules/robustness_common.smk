@@ -1,18 +1,18 @@
 # Input functions of robustness.smk (QaLoF's adversarial-robustness experiment), kept apart from its rules.
-from qlbench.study.settings import ROBUST_ATTACKED, ROBUST_PRECISIONS
+from qlbench.study.settings import ROBUST_PRECISIONS
 
 
 def robustness_cells():
-    if STUDY.tree.data.task != "classification" or not STUDY.tree.data.robustness:
+    if STUDY.tree.data.task != "classification" or STUDY.tree.data.robustness is None:
         return []
     return [c for c in CELLS if c.bits == 16]
 
 
 def robustness_rows(wildcards):
     """Every precision on the texts made against FP32 (transfer), and each other attacked precision on its own."""
-    opts = STUDY.tree.data.robustness
-    attacked = opts.get("attacked", ROBUST_ATTACKED)
-    pairs = [("fp32", p) for p in opts.get("precisions", ROBUST_PRECISIONS) if "fp32" in attacked]
+    opts = STUDY.tree.data.robustness  # typed, its defaults filled in (qlbench.study.settings.Robustness)
+    attacked = opts.attacked
+    pairs = [("fp32", p) for p in opts.precisions if "fp32" in attacked]
     pairs += [(a, a) for a in attacked if a != "fp32"]
     root = f"{RESULTS}/{STUDY.name}/robustness"
     return [f"{root}/{c.path}/against-{a}/{p}.parquet" for c in robustness_cells() for a, p in pairs]
