@@ -1,6 +1,7 @@
 # Every analysis a file declares (qlbench/analysis/declared/, and the folders on QLBENCH_ANALYSES) is a rule made
 # from its declaration (common.smk: analysis_inputs, analysis_outputs): what it needs in, what it writes out, its
-# report items, and one command, `qlbench analyze NAME STUDY`. A checkpoint (sensitivity) stays a checkpoint.
+# report items, and one command, `qlbench analyze NAME STUDY` (ANALYSIS_COMMAND). A checkpoint (sensitivity) stays
+# a checkpoint.
 
 
 for analysis in ANALYSES.values():
@@ -18,7 +19,7 @@ for analysis in ANALYSES.values():
             conda:
                 ENV
             shell:
-                analysis_command(analysis)
+                ANALYSIS_COMMAND
 
     else:
 
@@ -34,4 +35,4 @@ for analysis in ANALYSES.values():
             conda:
                 ENV
             shell:
-                analysis_command(analysis)
+                ANALYSIS_COMMAND

@@ -117,11 +117,11 @@ def caption_file(name, text):
     return path
 
 
-def analysis_command(analysis):
-    return (
-        f"qlbench analyze {analysis.name} {CONFIG_ARGS} {{wildcards.study:q}} --results {shlex.quote(RESULTS)} "
-        "> {log} 2>&1"
-    )
+# an analysis's rule is named for it; a constant, not a function of the loop in analyze.smk: Snakemake evaluates a
+# shell directive again when the job runs, when that loop's variable holds the last analysis
+ANALYSIS_COMMAND = (
+    f"qlbench analyze {{rule}} {CONFIG_ARGS} {{wildcards.study:q}} --results {shlex.quote(RESULTS)} > {{log}} 2>&1"
+)
 
 
 def base_input(wildcards):
