@@ -18,6 +18,8 @@ for analysis in ANALYSES.values():
                 f"{RESULTS}/{{study}}/logs/{analysis.name}.log",
             conda:
                 ENV
+            params:
+                analysis=analysis.name,
             shell:
                 ANALYSIS_COMMAND
 
@@ -34,5 +36,7 @@ for analysis in ANALYSES.values():
                 f"{RESULTS}/{{study}}/logs/{analysis.name}.log",
             conda:
                 ENV
+            params:
+                analysis=analysis.name,
             shell:
                 ANALYSIS_COMMAND

@@ -117,10 +117,11 @@ def caption_file(name, text):
     return path
 
 
-# an analysis's rule is named for it; a constant, not a function of the loop in analyze.smk: Snakemake evaluates a
-# shell directive again when the job runs, when that loop's variable holds the last analysis
+# one command for every analysis; its name comes as a param: Snakemake evaluates a shell directive again when the job
+# runs, when the loop's variable in analyze.smk holds the last analysis
 ANALYSIS_COMMAND = (
-    f"qlbench analyze {{rule}} {CONFIG_ARGS} {{wildcards.study:q}} --results {shlex.quote(RESULTS)} > {{log}} 2>&1"
+    f"qlbench analyze {{params.analysis}} {CONFIG_ARGS} {{wildcards.study:q}} --results {shlex.quote(RESULTS)} "
+    "> {log} 2>&1"
 )
 
 
