@@ -95,3 +95,12 @@ def test_the_run_makes_its_outputs_and_the_report_shows_them_under_its_category(
     for text in ("Fixture counts", "counted from cells.parquet by the fixture", "cells_per_bits.html", "Sensitivity",
                  "Eval loss after LoRA per configuration"):
         assert text in page, text
+
+
+def test_an_unknown_condition_is_one_line_before_any_job(tmp_path, monkeypatch):
+    (tmp_path / "odd.py").write_text(
+        'ANALYSIS = Analysis(name="odd", summary="", needs=["cells"], applies="sometimes", outputs={"x": "x.md"})\n')
+    monkeypatch.setenv(registry.ANALYSES_ENV, str(tmp_path))
+    dry = snakemake(tmp_path, "-n", "--config", "study=micro")
+    assert dry.returncode != 0 and "qlbench: applies='sometimes': no such condition" in dry.stdout, dry.stdout[-2000:]
+    assert "Traceback" not in dry.stdout

@@ -35,5 +35,5 @@ CONDITIONS = {"always": lambda study: True, "references": references, "bounds": 
 
 def applies(condition: str, study) -> bool:
     if condition not in CONDITIONS:
-        raise ValueError(f"unknown condition {condition!r}; conditions: {', '.join(CONDITIONS)}")
+        raise ValueError(f"applies={condition!r}: no such condition; conditions: {', '.join(CONDITIONS)}")
     return CONDITIONS[condition](study)

@@ -28,6 +28,8 @@ except QlbenchError as e:
     sys.exit(f"qlbench: {e}")  # one line, before any job; a WorkflowError would add a traceback
 try:
     ANALYSES = registry.analyses()  # read from their files' source: no polars, no import of the analyses
+    for _analysis in ANALYSES.values():
+        applies.applies(_analysis.applies, STUDY)  # an unknown condition is one line here, not a traceback later
 except ValueError as e:
     sys.exit(f"qlbench: {e}")
 CELLS = gridlib.cells(STUDY)
