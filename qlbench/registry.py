@@ -2,9 +2,10 @@
 
 A backend is one file in `qlbench/quant/` (or in a folder on `QLBENCH_BACKENDS`, for a backend of one's own) that
 holds `BACKEND = Backend(...)` with literal arguments and `apply(model, plan, quant) -> list[dict]`; a task is one
-file in `qlbench/tasks/` that holds `TASK = Task(...)`. The declarations are read from the files' source (the
-arguments are literals), so the config's checks, `qlbench settings` and the aggregates learn what every backend and
-task can do without importing torch — and this module, below `study/` (the floors of `tests/test_structure.py`),
+file in `qlbench/tasks/` that holds `TASK = Task(...)`; an analysis is one file in `qlbench/analysis/declared/` (or
+in a folder on `QLBENCH_ANALYSES`) that holds `ANALYSIS = Analysis(...)` and `run(job) -> str`. The declarations
+are read from the files' source (the arguments are literals), so the config's checks, `qlbench settings`, the
+aggregates and the workflow's DAG learn what every backend, task and analysis can do without importing torch — and this module, below `study/` (the floors of `tests/test_structure.py`),
 never imports the rooms it describes. A cell imports the one it runs (`backend_module`, `task_module`).
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 BACKENDS_ENV = "QLBENCH_BACKENDS"  # folders (os.pathsep-separated) of backend files of one's own
+ANALYSES_ENV = "QLBENCH_ANALYSES"  # folders (os.pathsep-separated) of analysis files of one's own
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,83 @@ class Task:
     summary: str
     metrics: tuple[str, ...] = ()  # the row's task metrics beyond the loss
     source: str = ""
+
+
+# What an analysis may need besides other analyses' outputs (`NAME.KEY`): the aggregate's files of a study folder,
+STUDY_FILES = {"cells": "cells.parquet", "curves": "curves.parquet", "probes": "probes.parquet"}
+# and inputs that are not one fixed file, made by whoever runs the analysis
+COMPUTED = {
+    "noise_check": "the noise check on qlbench's quantizers (the command computes it: analysis never quantizes)",
+    "validation_rows": "the rows of the recommended masks' cells (known once the sensitivity checkpoint has run)",
+}
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """An analysis of one study's results: what it reads, when a study gets it, what it writes (paths relative to
+    results/STUDY) and how the Snakemake report shows it. The workflow's rule, `final_targets`, the report and
+    `qlbench analyze NAME` are all made from this."""
+
+    name: str
+    summary: str
+    needs: tuple[str, ...]  # STUDY_FILES keys, other analyses' outputs as `NAME.KEY`, or COMPUTED keys
+    outputs: dict[str, str]  # key -> file, relative to results/STUDY
+    applies: str = "always"  # a condition on the study's grid, named in qlbench/analysis/applies.py
+    report: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # key -> (category, subcategory, caption)
+    checkpoint: bool = False  # a Snakemake checkpoint: later inputs are known only once it has run
+    source: str = ""
+
+    def needed_files(self) -> dict[str, str]:
+        """need -> its file relative to results/STUDY (the needs that are files)."""
+        found = analyses()
+        out = {}
+        for need in self.needs:
+            if need in STUDY_FILES:
+                out[need] = STUDY_FILES[need]
+            elif "." in need:
+                name, key = need.split(".", 1)
+                out[need] = found[name].outputs[key]
+        return out
+
+
+def analyses() -> dict[str, Analysis]:
+    """name -> declaration of every analysis: qlbench's own, then those in the folders on QLBENCH_ANALYSES."""
+    return _analyses(os.environ.get(ANALYSES_ENV, ""))
+
+
+@functools.cache
+def _analyses(extra: str) -> dict[str, Analysis]:
+    folders = [PACKAGE / "analysis" / "declared"] + [Path(p) for p in extra.split(os.pathsep) if p]
+    found = {}
+    for d in (d for f in folders for d in _declared(f, "ANALYSIS", Analysis)):
+        if d.name in found:
+            raise ValueError(f"{d.source}: analysis {d.name!r} is already declared in {found[d.name].source}")
+        found[d.name] = d
+    for d in found.values():  # a need that names nothing is a typo: say so before any job
+        for need in d.needs:
+            name, _, key = need.partition(".")
+            if not (need in STUDY_FILES or need in COMPUTED or key in getattr(found.get(name), "outputs", {})):
+                raise ValueError(f"{d.source}: need {need!r} is none of {', '.join([*STUDY_FILES, *COMPUTED])} "
+                                 "nor another analysis's output (NAME.KEY)")
+        if set(d.report) - set(d.outputs):
+            raise ValueError(f"{d.source}: report names outputs it lacks: {sorted(set(d.report) - set(d.outputs))}")
+    return found
+
+
+def analysis_module(name: str):
+    """The analysis's file, imported (its `run`, polars and all)."""
+    found = analyses()
+    if name not in found:
+        raise KeyError(f"unknown analysis {name!r}; analyses: {', '.join(found)}")
+    source = Path(found[name].source)
+    if source.parent == PACKAGE / "analysis" / "declared":
+        return importlib.import_module(f"qlbench.analysis.declared.{name}")
+    module_name = f"qlbench_analysis_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, source)
+        sys.modules[module_name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
 
 
 def backends() -> dict[str, Backend]:

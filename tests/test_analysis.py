@@ -343,7 +343,7 @@ def test_a_coefficient_at_its_bound_is_reported_as_such_with_a_one_sided_interva
     assert bound["c1"] == 0.0 and bound["c1_at_bound"] and bound["c1_lo"] == 0.0 and bound["c1_hi"] > 0
     trend = fits.filter(pl.col("form") == "rank_trend").row(0, named=True)
     assert trend["a"] == pytest.approx(-0.01, abs=0.003) and not trend["a_at_bound"]  # a trend may fall
-    from qlbench.analysis.commands import fits_view
+    from qlbench.analysis.declared.bounds import fits_view
 
     view = fits_view(fits).filter(pl.col("form") == "bound").row(0, named=True)
     assert view["c1"].startswith("0 (at bound), one-sided 95% ≤ ")

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import polars as pl
 
+from qlbench import registry
 from qlbench.analysis.tables import markdown
+
+
+def _output(analysis: str, key: str) -> str:
+    """Where an analysis writes one of its outputs, in results/STUDY, as its declaration says."""
+    return registry.analyses()[analysis].outputs[key]
 
 
 def findings(study_dir: Path) -> str:
@@ -26,17 +32,17 @@ def findings(study_dir: Path) -> str:
     parts.append(eval_loss_table(cells, study))
     if (cells["bits"] == 16).any() and (cells["bits"] < 16).any():
         parts.append(gap_table(cells, study))
-    if (study_dir / "similarity.parquet").exists():
-        pairs = pl.read_parquet(study_dir / "similarity.parquet")
+    if (study_dir / _output("similarity", "pairs")).exists():
+        pairs = pl.read_parquet(study_dir / _output("similarity", "pairs"))
         if pairs.height:
             parts.append(similarity_table(pairs, study))
-    for name in ("bounds/fits.md", "bounds/verdicts.md", "bounds/plan.md"):
+    for name in ("bounds/fits.md", "bounds/verdicts.md", _output("plan", "markdown")):
         if (study_dir / name).exists():
             parts.append((study_dir / name).read_text())
-    if (study_dir / "sensitivity/ranking.parquet").exists():
-        parts.append(sensitivity_tables(pl.read_parquet(study_dir / "sensitivity/ranking.parquet"), study))
-    if (study_dir / "sensitivity/validation.parquet").exists():
-        validation = pl.read_parquet(study_dir / "sensitivity/validation.parquet")
+    if (study_dir / _output("sensitivity", "ranking")).exists():
+        parts.append(sensitivity_tables(pl.read_parquet(study_dir / _output("sensitivity", "ranking")), study))
+    if (study_dir / _output("validate_recommendation", "validation")).exists():
+        validation = pl.read_parquet(study_dir / _output("validate_recommendation", "validation"))
         if validation.height:
             parts.append(markdown(validation.select(
                 "rank", "bits", "mask", pl.col("predicted_degradation").round(4), pl.col("measured_degradation").round(4),

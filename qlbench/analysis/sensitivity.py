@@ -12,23 +12,19 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import re
 
 import numpy as np
 import polars as pl
 
 from qlbench.analysis.pairs import with_reference
 from qlbench.analysis.stats import spearman, spearman_test, t_quantile
+from qlbench.study import masks as masklang
 
 GROUP = ["model", "n_train", "rank", "bits"]
 
 
 def level(mask: str) -> str:
-    if re.fullmatch(r"b\d+", mask):
-        return "block"
-    if re.fullmatch(r"b\d+\.[A-Za-z_.]+", mask):
-        return "module"
-    return "other"
+    return masklang.single_block_or_module(mask) or "other"
 
 
 HIGHER_IS_BETTER = ("em", "f1", "eval_em", "eval_f1", "eval_accuracy", "accuracy")

@@ -26,3 +26,9 @@ def html(table: pl.DataFrame, title: str, note: str = "") -> str:
     return ("<!doctype html><meta charset='utf-8'><style>body{font-family:sans-serif}table{border-collapse:collapse;"
             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#eee}"
             f"</style><h3>{_html.escape(title)}</h3><p>{_html.escape(note)}</p><table><tr>{head}</tr>{body}</table>")
+
+
+def write(out, name: str, table: pl.DataFrame, title: str, note: str = "") -> None:
+    """NAME.md (README, terminal) and NAME.html (the Snakemake report shows it as a table) in the folder `out`."""
+    (out / f"{name}.md").write_text(markdown(table, title) + (f"\n{note}\n" if note else ""))
+    (out / f"{name}.html").write_text(html(table, title, note))

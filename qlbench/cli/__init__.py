@@ -1,8 +1,9 @@
 """The `qlbench` command. Thin: parse, call, exit with one clear line. Heavy imports happen inside commands.
 
 The group and its shared options live in `group`; the commands in `cells` (run, prepare, masks, grid, status, sweep,
-aggregate), `settings` (every setting, backend and task), `export` (export, track), `analyses` (summarize, similarity,
-bounds, sensitivity, validate-recommendation, findings, qlora-figure) and `robustness`."""
+aggregate), `settings` (every setting, backend and task), `export` (export, track), `analyses` (analyze: every
+declared analysis; bounds, sensitivity and plan with their options; findings, qalof-table, backends-table) and
+`robustness`."""
 
 from __future__ import annotations
 

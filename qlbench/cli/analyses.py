@@ -1,4 +1,8 @@
-"""Commands that read a study's results (parquet) and write tables and figures: no model, no torch."""
+"""Commands that read a study's results (parquet) and write tables and figures: no model, no torch.
+
+`qlbench analyze NAME STUDY` runs any analysis a file declares (qlbench/analysis/declared/, QLBENCH_ANALYSES), as the
+workflow's rule does; `bounds`, `sensitivity` and `plan` are the same analyses with their options, on files by hand.
+"""
 
 from __future__ import annotations
 
@@ -6,44 +10,47 @@ from pathlib import Path
 
 import click
 
+from qlbench import registry
 from qlbench.cli.group import config_option, load_study, main
 from qlbench.errors import QlbenchError
 
 
-@main.command()
+def _analyze_help() -> str:
+    listed = "\n".join(f"  {a.name}: {a.summary}" for a in registry.analyses().values())
+    return ("Run the analysis NAME on STUDY's results (results/STUDY), as the workflow's rule does: it reads what "
+            f"the analysis declares it needs and writes its declared outputs.\n\n\b\nAnalyses (the folders on "
+            f"{registry.ANALYSES_ENV} add their own):\n" + listed)
+
+
+@main.command(help=_analyze_help())
 @config_option
+@click.argument("name", type=click.Choice(list(registry.analyses())), metavar="NAME")
 @click.argument("study", required=False)
 @click.option("--results", default=None, help="results folder (default: the config's, or results/)")
-def similarity(config_files, study, results):
-    """Quantized cells against their 16-bit references: token match, embedding cosine and per-layer ΔW similarity
-    (results/STUDY/similarity.parquet, similarity_layers.parquet) and r*, the smallest rank at similarity >= 0.95
-    (rstar.parquet). Reads stored outputs only."""
-    from qlbench.analysis import similarity as sim
-    from qlbench.results import write_parquet
+@click.option("--set", "options", multiple=True, metavar="KEY=VALUE",
+              help="an option of the analysis (e.g. tolerance=0.02 for bounds, budget_bits=6 for sensitivity)")
+def analyze(config_files, name, study, results, options):
+    from qlbench.analysis import job as joblib
+    from qlbench.study import config as studylib
 
-    st = load_study(config_files, study)
-    root = Path(results or st.results)
-    pairs, layers, skipped = sim.pairs(st, str(root))
-    write_parquet(pairs, root / st.name / "similarity.parquet")
-    write_parquet(layers, root / st.name / "similarity_layers.parquet")
-    write_parquet(sim.r_star(pairs), root / st.name / "rstar.parquet")
-    click.echo(f"{st.name}: {pairs.height} quantized/16-bit pairs, {layers.height} layer rows"
-               + (f", {len(skipped)} skipped for missing outputs (first: {skipped[0]})" if skipped else ""))
-
-
-@main.command()
-@click.argument("cells_parquet", type=click.Path(exists=True, dir_okay=False))
-@click.option("--table", "table_path", required=True, type=click.Path(dir_okay=False), help="summary .md")
-@click.option("--csv", "csv_path", required=True, type=click.Path(dir_okay=False), help="summary .csv")
-@click.option("--figure", "figure_path", required=True, type=click.Path(dir_okay=False), help="eval loss vs bits .png")
-@click.option("--efficiency", "efficiency_path", default=None, type=click.Path(dir_okay=False),
-              help="efficiency table .md (memory, time, throughput per configuration)")
-def summarize(cells_parquet, table_path, csv_path, figure_path, efficiency_path):
-    """The summary table (Markdown, CSV) and the eval-loss-against-bits figure of an aggregated study."""
-    from qlbench.analysis.commands import run_summary
-
-    click.echo(run_summary(Path(cells_parquet), Path(table_path), Path(csv_path), Path(figure_path),
-                           Path(efficiency_path) if efficiency_path else None))
+    st = load_study(config_files, study or studylib.read_config(config_files).get("study") or "demo")
+    folder = Path(results or st.results) / st.name
+    declaration = registry.analyses()[name]
+    if "cells" in declaration.needs and not (folder / "cells.parquet").exists():
+        raise QlbenchError(f"{name}: {folder / 'cells.parquet'} does not exist: run the study first")
+    computed = {"noise_check": _noise_check(folder / "cells.parquet")} if "noise_check" in declaration.needs else {}
+    pairs = [o.partition("=") for o in options]
+    if any(not sep for _, sep, _ in pairs):
+        raise QlbenchError(f"--set {options}: use KEY=VALUE")
+    job = joblib.make(declaration, st, folder, computed, {k: v for k, _, v in pairs})
+    for path in job.outputs.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        text = registry.analysis_module(name).run(job)
+    except ValueError as e:
+        raise QlbenchError(f"{name}: {e}") from None
+    if text:
+        click.echo(text)
 
 
 @main.command()
@@ -57,7 +64,7 @@ def bounds(cells_parquet, out, tolerance, noise_check):
     """Fit L(r, b, N) = L* + c1·sqrt(r/N) + c2·r·2^(-2b) and its rivals to every cell's eval loss (16-bit
     included), with CIs, R², LOO error and AICc; the supported form, b*(r, N), a verdict per claim of the bounds
     paper, gradient-variance slopes, and the noise check on the real quantizers."""
-    from qlbench.analysis.commands import run_bounds
+    from qlbench.analysis.declared.bounds import run_bounds
 
     noise = _noise_check(Path(cells_parquet)) if noise_check else None
     try:
@@ -90,23 +97,12 @@ def _noise_check(cells_parquet: Path):
                    "integer program (CBC), instead of --budget")
 def sensitivity(cells_parquet, out, budget, budget_bits):
     """Rank blocks and modules by the eval loss they cost at low bits; recommend a mixed-precision configuration."""
-    from qlbench.analysis.commands import run_sensitivity
+    from qlbench.analysis.declared.sensitivity import run_sensitivity
 
     try:
         click.echo(run_sensitivity(Path(cells_parquet), Path(out), budget, budget_bits))
     except ValueError as e:
         raise QlbenchError(f"sensitivity: {e}") from None
-
-
-@main.command("qlora-figure")
-@click.argument("study_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="the figure .png")
-def qlora_figure(study_dir, out):
-    """The QLoRA study's four panels from STUDY_DIR (results/STUDY): memory per rank, r*, the per-layer ΔW
-    similarity matrix and the target variants (each where the grid supports it)."""
-    from qlbench.analysis.commands import run_qlora_figure
-
-    click.echo(run_qlora_figure(Path(study_dir), Path(out)))
 
 
 @main.command()
@@ -125,20 +121,6 @@ def findings(config_files, study, results):
         click.echo(study_findings(root / name))
     except FileNotFoundError as e:
         raise QlbenchError(f"findings: {e}") from None
-
-
-@main.command("validate-recommendation")
-@click.argument("cells_parquet", type=click.Path(exists=True, dir_okay=False))
-@click.argument("recommendation_parquet", type=click.Path(exists=True, dir_okay=False))
-@click.argument("rows", nargs=-1, type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="validation .parquet")
-def validate_recommendation(cells_parquet, recommendation_parquet, rows, out):
-    """Measured against predicted degradation of the recommended mixed-precision masks (their cells' ROWS)."""
-    from qlbench.analysis.commands import run_validation
-
-    lines = run_validation(Path(cells_parquet), Path(recommendation_parquet), [Path(r) for r in rows], Path(out))
-    if lines:
-        click.echo(lines)
 
 
 @main.command("qalof-table")
@@ -233,13 +215,14 @@ def plan(config_files, study, results, level, replicates, out):
     now and the smallest addition (widths, ranks, N, seeds) that brings it above --level, by simulation with the
     study's fitted values and seed noise (cells.parquet when it exists; a stated nominal law before), with the
     cells it adds and their estimated cell-hours (from the measured wall time per cell)."""
-    from qlbench.analysis.commands import run_plan
+    from qlbench.analysis.declared.plan import ANALYSIS, run_plan
     from qlbench.study import config as studylib
 
     name = study or studylib.read_config(config_files).get("study") or "demo"
     st = load_study(config_files, name)
     root = Path(results or st.config.get("results", "results"))
+    outputs = {key: Path(out) / Path(rel).name for key, rel in ANALYSIS.outputs.items()} if out else None
     try:
-        click.echo(run_plan(st, root, level, replicates, Path(out) if out else None))
+        click.echo(run_plan(st, root, level, replicates, outputs))
     except ValueError as e:
         raise QlbenchError(f"plan: {e}") from None

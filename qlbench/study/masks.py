@@ -25,6 +25,7 @@ ARCHS: dict[str, tuple[str, tuple[str, ...]]] = {
 GROUPS = ("attn", "mlp")
 _BLOCK = re.compile(r"^b(\d+)(?:-(\d+))?$")
 _SAFE = re.compile(r"^[A-Za-z0-9_.+-]+$")
+_SINGLE = re.compile(r"b\d+(\.[A-Za-z_.]+)?")  # one block, or one module of one block: what sensitivity ranks
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,12 @@ def _blocks(lay: Layout, term: str, mask: str) -> list[int]:
             f"mask {mask!r}: block {hi} does not exist (blocks are b0-{lay.n_layer - 1})"
         )
     return list(range(lo, hi + 1))
+
+
+def single_block_or_module(mask: str) -> str:
+    """`block` for `bK`, `module` for `bK.module` (one selector of one block), empty for any other mask."""
+    m = _SINGLE.fullmatch(mask)
+    return "" if m is None else "module" if m.group(1) else "block"
 
 
 def resolve(mask: str, lay: Layout) -> list[str]:

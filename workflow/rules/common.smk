@@ -1,7 +1,6 @@
 # The grid comes from qlbench (one source of truth for Snakemake, `qlbench sweep` and the tests).
 # The config is validated here, before any job is submitted; a problem is one line naming it.
 import os
-import re
 import shlex
 import sys
 import time
@@ -12,6 +11,8 @@ from qlbench.study import config as studylib
 from qlbench.study.identities import cell_identities
 from qlbench.errors import QlbenchError
 from qlbench.cluster import lock as lockmod
+from qlbench import registry
+from qlbench.analysis import applies
 
 RESULTS = studylib.results_root(config)
 RESOURCES = studylib.resources_root(config)
@@ -25,6 +26,12 @@ try:
     STUDY = studylib.load(config, config.get("study"))
 except QlbenchError as e:
     sys.exit(f"qlbench: {e}")  # one line, before any job; a WorkflowError would add a traceback
+try:
+    ANALYSES = registry.analyses()  # read from their files' source: no polars, no import of the analyses
+    for _analysis in ANALYSES.values():
+        applies.applies(_analysis.applies, STUDY)  # an unknown condition is one line here, not a traceback later
+except ValueError as e:
+    sys.exit(f"qlbench: {e}")
 CELLS = gridlib.cells(STUDY)
 # every cell's identity hashed once here (a dict lookup per job, not a hash: 10,000 cells build in seconds)
 IDENTITY = {c.path: h for c, (_, h) in zip(CELLS, cell_identities(STUDY, CELLS))}
@@ -68,26 +75,56 @@ def base_hash(wildcards):
 def validation_rows(wildcards):
     """The cells of the recommended mixed-precision masks (known once the sensitivity checkpoint has run)."""
     import polars as pl
+    from qlbench.analysis.declared.validate_recommendation import validation_cells
 
     recommended = pl.read_parquet(checkpoints.sensitivity.get(study=wildcards.study).output.recommendation)
-    cells = {
-        gridlib.Cell(r["model"], r["bits"], r["rank"], r["mask"], seed, r.get("n_train"))
-        for r in recommended.iter_rows(named=True)
-        if r["mask"] != "none" and r.get("runnable", True)  # a map of several low widths is not one cell
-        for seed in STUDY.seeds
-    }
-    return [f"{cell_dir(c)}/row.parquet" for c in sorted(cells)]
+    return [f"{cell_dir(c)}/row.parquet" for c in validation_cells(STUDY, recommended)]
 
 
-def budget_args():
-    """The sensitivity checkpoint's budget: with module sizes (probe_bits > 0), an average of bits per weight
-    halfway between the lowest scanned width and high_bits (6 for 4-bit modules in an 8-bit model), solved as an
-    integer program; without them, half the blocks/modules by count."""
-    high = STUDY.tree.quant.high_bits
-    low = [b for b in STUDY.bits if b < high]
-    if STUDY.tree.eval.probe_bits and low:
-        return f"--budget-bits {(min(low) + high) / 2:g}"
-    return "--budget 0.5"
+# the input functions of an analysis's computed needs (registry.COMPUTED) that are files the DAG must make first
+COMPUTED_INPUTS = {"validation_rows": validation_rows}
+
+
+def analysis_inputs(analysis):
+    """An analysis's needs as the named inputs of its rule (a name without the dot of `NAME.KEY`)."""
+    inputs = {need: f"{RESULTS}/{{study}}/{rel}" for need, rel in analysis.needed_files().items()}
+    inputs |= {need: COMPUTED_INPUTS[need] for need in analysis.needs if need in COMPUTED_INPUTS}
+    return {need.replace(".", "_"): value for need, value in inputs.items()}
+
+
+def analysis_outputs(analysis):
+    """An analysis's outputs, the report's items among them with their category and caption."""
+    outputs = {}
+    for key, rel in analysis.outputs.items():
+        path = f"{RESULTS}/{{study}}/{rel}"
+        if key in analysis.report:
+            category, subcategory, caption = analysis.report[key]
+            path = report(
+                path,
+                caption=caption_file(f"{analysis.name}.{key}", caption),
+                category=category,
+                subcategory=subcategory or None,
+            )
+        outputs[key] = path
+    return outputs
+
+
+def caption_file(name, text):
+    """A caption from a declaration as the .rst file Snakemake's report reads (written when its text changes)."""
+    path = os.path.abspath(f".snakemake/qlbench/captions/{name}.rst")
+    if not os.path.exists(path) or open(path).read() != text:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+    return path
+
+
+# one command for every analysis; its name comes as a param: Snakemake evaluates a shell directive again when the job
+# runs, when the loop's variable in analyze.smk holds the last analysis
+ANALYSIS_COMMAND = (
+    f"qlbench analyze {{params.analysis}} {CONFIG_ARGS} {{wildcards.study:q}} --results {shlex.quote(RESULTS)} "
+    "> {log} 2>&1"
+)
 
 
 def base_input(wildcards):
@@ -99,18 +136,13 @@ def base_input(wildcards):
 
 
 def final_targets():
-    base = f"{RESULTS}/{STUDY.name}"
     # a cell without a row is a target too: a missing input of a finished aggregate is no reason to run its job
     # (Snakemake asks only for missing targets). Finished cells reach the DAG as the aggregate's inputs, where a
     # changed setting (params) or a newer base still reruns them: one stat each here, not 10,000 more targets.
     targets = unfinished_rows()
-    targets += [f"{base}/summary.md", f"{base}/summary.csv", f"{base}/figures/eval_loss_vs_bits.png"]
-    if 16 in STUDY.bits and min(STUDY.bits) < 16:  # quantized cells and their 16-bit references
-        targets += [f"{base}/similarity.parquet", f"{base}/rstar.parquet", f"{base}/figures/qlora.png"]
-    if analysis_applies("bounds"):
-        targets += [f"{base}/bounds/bounds.png", f"{base}/bounds/plan.html"]
-    if analysis_applies("sensitivity"):
-        targets += [f"{base}/sensitivity/sensitivity.png", f"{base}/sensitivity/validation.parquet"]
+    for analysis in ANALYSES.values():  # every output of each analysis the study's grid has what it needs for
+        if applies.applies(analysis.applies, STUDY):
+            targets += [f"{RESULTS}/{STUDY.name}/{rel}" for rel in analysis.outputs.values()]
     return targets
 
 
@@ -143,14 +175,3 @@ def unfinished_rows():
             )
             stamps[i] = None
     return [rows[i] for i, s in enumerate(stamps) if s is None]
-
-
-def analysis_applies(name):
-    """Does this study's grid hold what an analysis needs? (bounds: ≥3 (rank, bits) points of mask `all` with a
-    16-bit reference; sensitivity: single-block or single-module masks with a reference.)"""
-    quantized = [b for b in STUDY.bits if b < 16]
-    masks = {m for ms in STUDY.masks.values() for m in ms}
-    if name == "bounds":
-        return 16 in STUDY.bits and "all" in masks and len(quantized) * len(STUDY.ranks) >= 3
-    single = {m for m in masks if re.fullmatch(r"b\d+(\.[A-Za-z_.]+)?", m)}
-    return bool(single) and ("none" in masks or 16 in STUDY.bits)
