@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, snakemake
 from qlbench.errors import QlbenchError
 from qlbench.study import config as studylib, settings as settings_tree
 
@@ -81,3 +81,14 @@ def test_a_bad_study_file_is_one_line(tmp_path, files, message):
     with pytest.raises(QlbenchError, match=message) as e:
         studylib.load(config, "x")
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.workflow
+def test_the_cells_read_the_config_files_in_the_order_snakemake_merged_them(tmp_path):
+    """The Snakefile's config.yaml first, then --configfile's over it: a cell must not read config.yaml last (its
+    models and datasets would win in the cell and lose in Snakemake: identities that never agree)."""
+    (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())  # the Snakefile's `configfile:`
+    dry = snakemake(tmp_path, "-n", "-p", "--config", "study=micro", configfile=CONFIGS[1])
+    assert dry.returncode == 0, dry.stdout[-3000:]
+    run = next(line for line in dry.stdout.splitlines() if "qlbench run" in line)
+    assert f"--config config.yaml --config {CONFIGS[1]} --study micro" in run, run
