@@ -129,13 +129,14 @@ def with_studies(config: dict) -> dict:
                 if name in came_from:
                     raise QlbenchError(f"study {name!r} is in both {came_from[name]!r} and {path!r}")
                 came_from[name] = path
-            studies.update(data)
+            studies.update({name: copy.deepcopy(study) for name, study in data.items()})  # `<<: *a` shares a's
     _merge(studies, copy.deepcopy(own))
     rest = {k: v for k, v in config.items() if k != "study_files"}
     return {**rest, "studies": studies} if studies or "studies" in config else rest
 
 
 def _patterns(config: dict) -> list[str]:
+    """`study_files` as a list (one pattern may stand alone)."""
     patterns = config.get("study_files", [])
     patterns = [patterns] if isinstance(patterns, str) else patterns
     if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
