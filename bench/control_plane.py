@@ -41,7 +41,7 @@ STEPS = 40
 
 
 def build(work: Path, seeds: int) -> studylib.Study:
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = studylib.with_studies(studylib.read_config([REPO / "config.yaml"]))  # with studies/
     config["studies"] = {"scale": {**config["studies"]["demo"], "bits": [16, 8, 6, 5, 4, 3, 2],
                                    "ranks": [4, 8, 16, 32, 64], "masks": [{"each": "module"}],
                                    "seeds": list(range(seeds))}}

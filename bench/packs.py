@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--resources", type=Path, default=None, help="a resources/ folder with the base prepared")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="qlbench-packs-"))
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = studylib.with_studies(studylib.read_config([REPO / "config.yaml", REPO / "tests/config.yaml"]))
     cells = cells_for(config, args.study, args.cells)
     (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",

@@ -1,4 +1,5 @@
-"""Shared fixtures: the repo's config, a prepared micro base, and a way to run snakemake on the repo's workflow."""
+"""Shared fixtures: the repo's config with the tests' own (the micro model and study), a prepared micro base, and a
+way to run snakemake on the repo's workflow."""
 
 from __future__ import annotations
 
@@ -15,11 +16,21 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test reaches a hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 BIN = Path(sys.executable).parent
+# the user's config, then the tests' fixtures over it (tests/config.yaml: the micro model and study)
+CONFIGS = [REPO / "config.yaml", REPO / "tests" / "config.yaml"]
+CONFIG_ARGS = [arg for f in CONFIGS for arg in ("-c", f)]  # as every qlbench command takes them
+
+
+def full_config() -> dict:
+    """Both configs merged, the study files read in: every study in one dict, as a test writes it for a run."""
+    from qlbench.study import config as studylib
+
+    return studylib.with_studies(studylib.read_config(CONFIGS))
 
 
 @pytest.fixture(scope="session")
 def repo_config() -> dict:
-    return yaml.safe_load((REPO / "config.yaml").read_text())
+    return full_config()
 
 
 def write_config(path: Path, config: dict) -> Path:
@@ -31,7 +42,7 @@ def write_config(path: Path, config: dict) -> Path:
 def micro_resources(tmp_path_factory) -> Path:
     """A workdir whose resources/ holds the prepared micro-gpt2 base (pretrained once per test session)."""
     work = tmp_path_factory.mktemp("micro-base")
-    subprocess.run([BIN / "qlbench", "prepare", "-c", REPO / "config.yaml", "micro-gpt2",
+    subprocess.run([BIN / "qlbench", "prepare", *CONFIG_ARGS, "micro-gpt2",
                     "--out", work / "resources/models/micro-gpt2"], check=True, capture_output=True)
     return work / "resources"
 
@@ -44,9 +55,10 @@ def workdir(tmp_path, micro_resources) -> Path:
 
 
 def snakemake(workdir: Path, *args, configfile: Path | None = None, timeout: int = 600):
-    """Run the repo's workflow in `workdir`; returns the CompletedProcess (stdout and stderr together)."""
+    """Run the repo's workflow in `workdir` on `configfile` (default: CONFIGS); returns the CompletedProcess (stdout
+    and stderr together)."""
     cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(configfile or REPO / "config.yaml"), *map(str, args)]
+           "--configfile", *map(str, [configfile] if configfile else CONFIGS), *map(str, args)]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(cmd, cwd=workdir, env=env, timeout=timeout, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import BIN, REPO
+from conftest import BIN, CONFIG_ARGS
 
 # rounds each planned weight to a grid of 2^(bits-1) - 1 steps of its own absmax, and says which modules it touched
 TOY = textwrap.dedent('''
@@ -66,7 +66,7 @@ def test_a_toy_backend_in_its_own_file_runs_a_cell(tmp_path, toy_env, micro_reso
     listed = qlbench("settings", env=toy_env, cwd=tmp_path)
     assert listed.returncode == 0 and "toy" in listed.stdout and "absmax rounding" in listed.stdout
     config = toy_study(tmp_path)
-    done = qlbench("run", "-c", REPO / "config.yaml", "-c", config, "--study", "toy", "--cell",
+    done = qlbench("run", *CONFIG_ARGS, "-c", config, "--study", "toy", "--cell",
                    "micro-gpt2/b4/r4/all/s0", "--out", tmp_path / "cell", env=toy_env, cwd=micro_resources.parent)
     assert done.returncode == 0, done.stderr[-2000:]
     row = pl.read_parquet(tmp_path / "cell/row.parquet").row(0, named=True)
@@ -80,7 +80,7 @@ def test_a_toy_backend_in_its_own_file_runs_a_cell(tmp_path, toy_env, micro_reso
 
 def test_widths_a_backend_does_not_declare_are_refused_before_any_job(tmp_path, toy_env):
     config = toy_study(tmp_path, bits=[16, 8])
-    done = qlbench("grid", "-c", REPO / "config.yaml", "-c", config, "toy", env=toy_env, cwd=tmp_path)
+    done = qlbench("grid", *CONFIG_ARGS, "-c", config, "toy", env=toy_env, cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
         "Error: studies.toy: backend 'toy' cannot quantize 'int' at 8 bits (it can do 3, 4; the 'fake' backend "
@@ -89,5 +89,5 @@ def test_widths_a_backend_does_not_declare_are_refused_before_any_job(tmp_path, 
 
 def test_without_its_folder_the_backend_is_unknown(tmp_path):
     config = toy_study(tmp_path)
-    done = qlbench("grid", "-c", REPO / "config.yaml", "-c", config, "toy", env={**os.environ}, cwd=tmp_path)
+    done = qlbench("grid", *CONFIG_ARGS, "-c", config, "toy", env={**os.environ}, cwd=tmp_path)
     assert done.returncode == 1 and "studies.toy.backend" in done.stderr and "'toy' is not one of" in done.stderr

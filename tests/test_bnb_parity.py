@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 import torch
 
-from conftest import BIN, REPO
+from conftest import BIN, CONFIG_ARGS
 from qlbench.errors import QlbenchError
 from qlbench.quant import bnb as qbnb, fake, formats
 from qlbench.study.settings import tree
@@ -173,7 +173,7 @@ def test_bnb_cell_loss_before_training_equals_the_fake_cell(tmp_path, micro_reso
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     procs = {}
     for backend in ("bnb", "fake"):
-        cmd = [BIN / "qlbench", "run", "-c", REPO / "config.yaml", "--study", "micro", "--model", "micro-gpt2",
+        cmd = [BIN / "qlbench", "run", *CONFIG_ARGS, "--study", "micro", "--model", "micro-gpt2",
                "--bits", "4", "--rank", "4", "--mask", "all", "--out", tmp_path / backend,
                "--set", f"backend={backend}", "--set", "format=nf", "--set", "steps=2",
                "--set", "checkpoint_every=0", "--set", "eval_batches=4",

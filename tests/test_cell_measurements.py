@@ -6,14 +6,14 @@ import subprocess
 import polars as pl
 import pytest
 
-from conftest import BIN, REPO
+from conftest import BIN, CONFIG_ARGS
 from qlbench import results
 
 
 @pytest.fixture(scope="module")
 def cell(tmp_path_factory, micro_resources):
     out = tmp_path_factory.mktemp("cell") / "b4"
-    subprocess.run([BIN / "qlbench", "run", "-c", REPO / "config.yaml", "--study", "micro", "--model", "micro-gpt2",
+    subprocess.run([BIN / "qlbench", "run", *CONFIG_ARGS, "--study", "micro", "--model", "micro-gpt2",
                     "--bits", "4", "--rank", "4", "--mask", "all", "--out", out, "--set", "steps=6",
                     "--set", "grad_var_points=2"], check=True, capture_output=True, cwd=micro_resources.parent)
     return out

@@ -13,13 +13,13 @@ from safetensors.torch import load_file
 
 from qlbench.study import config as study, masks
 
-from conftest import BIN, REPO
+from conftest import BIN, CONFIG_ARGS
 
 CELL = ["--study", "micro", "--model", "micro-gpt2", "--rank", "4", "--seed", "0", "--set", "steps=6"]
 
 
 def run(workdir, name, *args):
-    cmd = [BIN / "qlbench", "run", "-c", REPO / "config.yaml", *CELL, *args, "--out", workdir / name]
+    cmd = [BIN / "qlbench", "run", *CONFIG_ARGS, *CELL, *args, "--out", workdir / name]
     done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     return pl.read_parquet(workdir / name / "row.parquet").row(0, named=True)
@@ -71,7 +71,7 @@ def test_bf16_autocast_runs_and_stays_near_float32(cells):
 
 
 def test_masks_resolve_prints_what_the_mask_selects(repo_config):
-    out = subprocess.run([BIN / "qlbench", "masks", "-c", REPO / "config.yaml", "micro-gpt2", "--resolve",
+    out = subprocess.run([BIN / "qlbench", "masks", *CONFIG_ARGS, "micro-gpt2", "--resolve",
                           "b1.mlp+b0.attn.c_proj"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     lay = study.load(repo_config, "micro").layout("micro-gpt2")

@@ -8,14 +8,14 @@ import time
 
 import polars as pl
 
-from conftest import BIN, REPO
+from conftest import BIN, CONFIG_ARGS
 
 CELL = ["--study", "micro", "--model", "micro-gpt2", "--bits", "4", "--rank", "4", "--mask", "all",
         "--set", "steps=60", "--set", "checkpoint_every=10"]
 
 
 def run(workdir, out, *extra, background=False):
-    cmd = [BIN / "qlbench", "run", "-c", REPO / "config.yaml", *CELL, *extra, "--out", out]
+    cmd = [BIN / "qlbench", "run", *CONFIG_ARGS, *CELL, *extra, "--out", out]
     if background:
         return subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)

@@ -4,15 +4,13 @@ model whose head is more than a linear map refused, and the setting a different 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
+from conftest import CONFIG_ARGS, CONFIGS
 from qlbench.errors import QlbenchError
 from qlbench.tasks import causal_lm, chunked_loss
 
-REPO = Path(__file__).resolve().parents[1]
 VOCAB, TOKENS = 3000, (3, 50)  # 147 predicted tokens: chunks of 37 leave a short last one
 
 
@@ -91,7 +89,7 @@ def test_a_head_that_is_more_than_a_linear_map_is_refused_in_one_line():
 def test_the_chunked_loss_is_a_different_cell_and_standard_the_cell_as_it_was():
     from qlbench.study import config as studylib, grid
 
-    st = studylib.load(studylib.read_config([REPO / "config.yaml"]), "micro")
+    st = studylib.load(studylib.read_config(CONFIGS), "micro")
     cell = grid.cells(st)[0]
     plain = studylib.cell_identity(st, cell)[1]
     assert studylib.cell_identity(st, cell, {**st.settings, "loss_kernel": "chunked"})[1] != plain
@@ -105,7 +103,7 @@ def test_the_chunked_loss_is_a_different_cell_and_standard_the_cell_as_it_was():
 def test_the_chunked_loss_where_it_cannot_apply_is_one_line_before_any_job(setting, message):
     from qlbench.study import config as studylib
 
-    config = studylib.read_config([REPO / "config.yaml"])
+    config = studylib.read_config(CONFIGS)
     micro = config["studies"]["micro"]
     config["studies"]["micro"] = {**micro, "loss_kernel": "chunked", "backend": "fake", **setting}
     with pytest.raises(QlbenchError, match=message):
@@ -125,7 +123,7 @@ def test_a_cell_with_the_chunked_loss_trains_as_the_standard_cell_does(tmp_path,
     rows = {}
     for kernel in ("standard", "chunked"):
         out = tmp_path / kernel
-        subprocess.run([BIN / "qlbench", "run", "-c", REPO / "config.yaml", "--study", "micro", "--model",
+        subprocess.run([BIN / "qlbench", "run", *CONFIG_ARGS, "--study", "micro", "--model",
                         "micro-gpt2", "--bits", "4", "--rank", "4", "--mask", "all", "--out", out, "--set", "steps=6",
                         "--set", "checkpoint_every=0", "--set", f"loss_kernel={kernel}"],
                        check=True, capture_output=True, cwd=micro_resources.parent)

@@ -15,7 +15,7 @@ import pytest
 
 from qlbench.study import config as studylib, grid
 
-from conftest import BIN, REPO
+from conftest import BIN, CONFIGS, CONFIG_ARGS, REPO
 
 pytestmark = pytest.mark.workflow
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
@@ -36,7 +36,7 @@ def start(cmd, work, name):
 def test_two_runs_of_one_cell_at_once_run_it_once(tmp_path, micro_resources):
     shutil.copytree(micro_resources, tmp_path / "resources")
     out = tmp_path / "results/micro/cells/micro-gpt2/b4/r4/all/s0"
-    cmd = [BIN / "qlbench", "run", "-c", REPO / "config.yaml", "--study", "micro", "--cell", "micro-gpt2/b4/r4/all/s0",
+    cmd = [BIN / "qlbench", "run", *CONFIG_ARGS, "--study", "micro", "--cell", "micro-gpt2/b4/r4/all/s0",
            "--out", out]
     first = start(cmd, tmp_path, "first")
     while not (out / ".lock").exists():  # the first holds the lock before the second starts
@@ -52,11 +52,11 @@ def test_two_runs_of_one_cell_at_once_run_it_once(tmp_path, micro_resources):
 
 def test_two_sweeps_and_a_snakemake_run_of_one_study_run_each_cell_once(tmp_path, micro_resources):
     shutil.copytree(micro_resources, tmp_path / "resources")
-    micro = studylib.load(studylib.read_config([REPO / "config.yaml"]), "micro")
-    sweep = [BIN / "qlbench", "sweep", "micro", "-c", REPO / "config.yaml", "--executor", "local", "--parallel", "2"]
+    micro = studylib.load(studylib.read_config(CONFIGS), "micro")
+    sweep = [BIN / "qlbench", "sweep", "micro", *CONFIG_ARGS, "--executor", "local", "--parallel", "2"]
     drivers = [start(sweep, tmp_path, "sweep-a"), start(sweep, tmp_path, "sweep-b"),
                start([BIN / "snakemake", "--snakefile", REPO / "Snakefile", "--directory", tmp_path, "--cores", "2",
-                      "--configfile", REPO / "config.yaml", "--config", "study=micro"], tmp_path, "snakemake")]
+                      "--configfile", *CONFIGS, "--config", "study=micro"], tmp_path, "snakemake")]
     codes = [d.wait() for d in drivers]
     outs = {n: (tmp_path / f"{n}.out").read_text() for n in ("sweep-a", "sweep-b", "snakemake")}
     assert codes == [0, 0, 0], {n: o[-2000:] for n, o in outs.items()}
@@ -95,11 +95,11 @@ def test_a_row_finished_after_snakemake_planned_its_cell_is_restored_not_made_ag
     # Made certain here: every cell's lock held, snakemake's first job waits on its lock while the other cells are
     # run by hand; then their jobs start with the rows already there.
     shutil.copytree(micro_resources, tmp_path / "resources")
-    cells = grid.cells(studylib.load(studylib.read_config([REPO / "config.yaml"]), "micro"))
+    cells = grid.cells(studylib.load(studylib.read_config(CONFIGS), "micro"))
     root = tmp_path / "results/micro/cells"
     held = {c.path: hold(root / c.path) for c in cells}
     driver = start([BIN / "snakemake", "--snakefile", REPO / "Snakefile", "--directory", tmp_path, "--cores", "1",
-                    "--configfile", REPO / "config.yaml", "--config", "study=micro"], tmp_path, "snakemake")
+                    "--configfile", *CONFIGS, "--config", "study=micro"], tmp_path, "snakemake")
     said = tmp_path / "snakemake.out"
     while not (first := re.findall(r"cell=(\S+)", said.read_text())):
         assert driver.poll() is None, said.read_text()
@@ -107,7 +107,7 @@ def test_a_row_finished_after_snakemake_planned_its_cell_is_restored_not_made_ag
     others = [c.path for c in cells if c.path != first[0]]
     for path in others:  # run by hand, to the end, while snakemake's job of the first waits
         os.close(held.pop(path))
-        by_hand = subprocess.run([BIN / "qlbench", "run", "-c", REPO / "config.yaml", "--study", "micro", "--cell",
+        by_hand = subprocess.run([BIN / "qlbench", "run", *CONFIG_ARGS, "--study", "micro", "--cell",
                                   path, "--out", root / path], cwd=tmp_path, env=ENV, text=True, capture_output=True)
         assert by_hand.returncode == 0, by_hand.stderr
     os.close(held.pop(first[0]))
@@ -124,7 +124,7 @@ def test_a_row_made_before_the_plan_is_not_restored(tmp_path, micro_resources):
     # a row deleted to run its cell again (or --forcerun) was made before the run that deletes it was planned
     shutil.copytree(micro_resources, tmp_path / "resources")
     out = tmp_path / "results/micro/cells/micro-gpt2/b4/r4/all/s0"
-    cmd = [BIN / "qlbench", "run", "-c", REPO / "config.yaml", "--study", "micro", "--cell", "micro-gpt2/b4/r4/all/s0",
+    cmd = [BIN / "qlbench", "run", *CONFIG_ARGS, "--study", "micro", "--cell", "micro-gpt2/b4/r4/all/s0",
            "--out", out]
     assert subprocess.run(cmd, cwd=tmp_path, env=ENV).returncode == 0
     made = (out / "row.parquet").stat().st_mtime

@@ -13,7 +13,7 @@ import pytest
 
 from qlbench.study import config as studylib, finished, grid
 
-from conftest import BIN, REPO, job_counts, snakemake
+from conftest import BIN, CONFIGS, CONFIG_ARGS, job_counts, snakemake
 
 AGGREGATES = {"aggregate", "summarize", "similarity", "qlora_figure", "bounds", "sensitivity",
               "validate_recommendation"}
@@ -72,7 +72,7 @@ def test_stack_names_each_corrupt_file_and_keeps_the_rest_in_order(tmp_path):
 
 @pytest.fixture(scope="module")
 def micro():
-    return studylib.load(studylib.read_config([REPO / "config.yaml"]), "micro")
+    return studylib.load(studylib.read_config(CONFIGS), "micro")
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def truncated(tmp_path_factory, micro_resources, micro):
     shutil.copytree(micro_resources, work / "resources")
     run = snakemake(work, "--cores", "2", "--config", "study=micro")
     assert run.returncode == 0, run.stdout[-3000:]
-    qlbench(work, "status", "micro", "-c", REPO / "config.yaml")  # the rows are in the cache now
+    qlbench(work, "status", "micro", *CONFIG_ARGS)  # the rows are in the cache now
     cell = next(c for c in grid.cells(micro) if c.bits < 16)
     row = work / "results/micro/cells" / cell.path / "row.parquet"
     before = pl.read_parquet(row)
@@ -93,7 +93,7 @@ def truncated(tmp_path_factory, micro_resources, micro):
 @pytest.mark.workflow
 def test_a_truncated_row_is_corrupt_refused_by_the_aggregate_and_rerun_by_snakemake(truncated, micro):
     work, cell, row, before = truncated
-    status = qlbench(work, "status", "micro", "-c", REPO / "config.yaml")
+    status = qlbench(work, "status", "micro", *CONFIG_ARGS)
     assert status.returncode == 0, status.stderr
     n = len(grid.cells(micro))
     assert f"{n} cells: {n - 1} done, 0 diverged, 0 stale, 0 failed, 0 running, 0 missing, 1 corrupt" in status.stdout
@@ -101,10 +101,10 @@ def test_a_truncated_row_is_corrupt_refused_by_the_aggregate_and_rerun_by_snakem
     assert line.split()[0] == "corrupt" and str(row) in line and "unreadable" in line, status.stdout
     assert "resubmit the 0 failed, 1 corrupt and 0 missing cells" in status.stdout
 
-    agg = qlbench(work, "aggregate", "micro", "-c", REPO / "config.yaml")
+    agg = qlbench(work, "aggregate", "micro", *CONFIG_ARGS)
     assert agg.returncode == 1 and len(agg.stderr.strip().splitlines()) == 1, agg.stderr
     assert "1 cells have a result file that cannot be read" in agg.stderr and cell.path in agg.stderr
-    left_out = qlbench(work, "aggregate", "micro", "-c", REPO / "config.yaml", "--allow-missing")
+    left_out = qlbench(work, "aggregate", "micro", *CONFIG_ARGS, "--allow-missing")
     assert left_out.returncode == 0 and "1 corrupt left out" in left_out.stdout, left_out.stderr
     assert pl.read_parquet(work / "results/micro/cells.parquet").height == n - 1
 
@@ -114,7 +114,7 @@ def test_a_truncated_row_is_corrupt_refused_by_the_aggregate_and_rerun_by_snakem
     assert set(counts) - {"cell", "all", "total"} <= AGGREGATES
     assert f"results/micro/cells/{cell.path}/row.parquet" in dry.stdout  # exactly that cell is planned
     assert "moved aside to row.parquet.corrupt" in dry.stdout
-    aside = qlbench(work, "status", "micro", "-c", REPO / "config.yaml")
+    aside = qlbench(work, "status", "micro", *CONFIG_ARGS)
     assert next(x for x in aside.stdout.splitlines() if cell.path in x).split()[0] == "corrupt"
 
     rerun = snakemake(work, "--cores", "2", "--config", "study=micro")
@@ -125,7 +125,7 @@ def test_a_truncated_row_is_corrupt_refused_by_the_aggregate_and_rerun_by_snakem
         assert after[column][0] == before[column][0], column
     cells = pl.read_parquet(work / "results/micro/cells.parquet")
     assert cells.height == n and (cells["status"] == "ok").all()
-    done = qlbench(work, "status", "micro", "-c", REPO / "config.yaml")
+    done = qlbench(work, "status", "micro", *CONFIG_ARGS)
     assert f"{n} cells: {n} done" in done.stdout and "corrupt" not in done.stdout
 
 
@@ -135,7 +135,7 @@ def test_sweep_reruns_a_corrupt_row(truncated, micro):
     other = next(c for c in grid.cells(micro) if c.bits == 16)
     bad = work / "results/micro/cells" / other.path / "row.parquet"
     pl.DataFrame({"module": ["h.0"]}).write_parquet(bad)  # not a row at all
-    swept = subprocess.run([BIN / "qlbench", "sweep", "micro", "-c", REPO / "config.yaml", "--executor", "local"],
+    swept = subprocess.run([BIN / "qlbench", "sweep", "micro", *CONFIG_ARGS, "--executor", "local"],
                            cwd=work, text=True, capture_output=True, timeout=600,
                            env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
     assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-2000:]

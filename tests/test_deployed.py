@@ -12,13 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO
+from conftest import CONFIGS
 from qlbench.study import config as studylib
 from qlbench.study.grid import Cell
 
 
 def _study():
-    return studylib.load(studylib.read_config([REPO / "config.yaml"]), "micro")
+    return studylib.load(studylib.read_config(CONFIGS), "micro")
 
 
 @pytest.mark.parametrize("bits,overrides", [(3, {"format": "int"}), (4, {"format": "nf", "backend": "bnb"})],

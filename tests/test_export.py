@@ -12,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import CONFIG_ARGS
 from qlbench.analysis import sensitivity
 from qlbench.errors import QlbenchError
 from qlbench.export import hqq as export_hqq, recommendation
@@ -21,7 +22,6 @@ from qlbench.study.settings import tree
 pytest.importorskip("hqq.core.quantize")
 from hqq.core.quantize import HQQLinear  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 LAYOUT = masklang.layout("gpt2", 2)  # the micro study's micro-gpt2
 X = torch.arange(24).reshape(2, 12) % 128
 
@@ -63,7 +63,7 @@ def _export(tmp_path, rec: pl.DataFrame) -> Path:
     rec.write_parquet(tmp_path / "results/micro/sensitivity/recommendation.parquet")
     from qlbench.cli import main
 
-    res = CliRunner().invoke(main, ["export", "-c", str(REPO / "config.yaml"), "micro",
+    res = CliRunner().invoke(main, ["export", *map(str, CONFIG_ARGS), "micro",
                                     "--results", str(tmp_path / "results")])
     assert res.exit_code == 0, res.output
     out = tmp_path / "results/micro/export/hqq_micro-gpt2_r4_module.json"

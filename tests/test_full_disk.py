@@ -10,7 +10,7 @@ import subprocess
 import polars as pl
 import pytest
 
-from conftest import BIN, REPO
+from conftest import BIN, CONFIG_ARGS
 
 CELL = "micro-gpt2/b4/r4/all/s0"
 
@@ -36,7 +36,7 @@ def fill(mount, leave: int):
 
 
 def run_cell(workdir, out):
-    return subprocess.run([BIN / "qlbench", "run", "-c", REPO / "config.yaml", "--study", "micro", "--cell", CELL,
+    return subprocess.run([BIN / "qlbench", "run", *CONFIG_ARGS, "--study", "micro", "--cell", CELL,
                            "--out", out], cwd=workdir, text=True, capture_output=True, timeout=600)
 
 
@@ -56,7 +56,7 @@ def test_a_cell_on_a_full_disk_fails_in_one_line_leaves_no_row_and_reruns(tmp_pa
     assert "no space left on device" in reasons[0].lower(), reasons
     left = sorted(os.listdir(out))
     assert "row.parquet" not in left and not [f for f in left if ".tmp" in f], left  # nothing half-written
-    status = subprocess.run([BIN / "qlbench", "status", "micro", "-c", REPO / "config.yaml", "--results",
+    status = subprocess.run([BIN / "qlbench", "status", "micro", *CONFIG_ARGS, "--results",
                              small_disk / "results"], text=True, capture_output=True, timeout=60)
     line = next(x for x in status.stdout.splitlines() if CELL in x)
     assert line.split()[0] in ("failed", "missing"), status.stdout  # to be rerun by either driver

@@ -16,7 +16,7 @@ from qlbench.data import models
 from qlbench.errors import QlbenchError
 from qlbench.study import config as studylib
 
-from conftest import BIN, REPO, snakemake
+from conftest import BIN, CONFIG_ARGS, snakemake
 
 LONG = "m" * 300
 
@@ -81,7 +81,7 @@ def test_paths_made_from_names_refuse_them_too():
         with pytest.raises(QlbenchError):
             models.base_dir("resources", bad)
     assert str(models.base_dir("resources", "micro-gpt2")) == "resources/models/micro-gpt2"
-    out = subprocess.run([BIN / "qlbench", "prepare", "-c", REPO / "config.yaml", "../../escaped"],
+    out = subprocess.run([BIN / "qlbench", "prepare", *CONFIG_ARGS, "../../escaped"],
                          text=True, capture_output=True, timeout=60)
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
 

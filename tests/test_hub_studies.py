@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, REPO, job_counts, snakemake
+from conftest import BIN, CONFIG_ARGS, job_counts, snakemake
 
 
 @pytest.mark.parametrize("study, expected", [
@@ -29,7 +29,7 @@ def test_a_hub_cell_without_the_network_fails_at_once_in_one_line(tmp_path):
     naming the model and what to do, and no result."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hub")}
     out = tmp_path / "cell"
-    run = subprocess.run([BIN / "qlbench", "run", "-c", REPO / "config.yaml", "--study", "qalof-squad", "--model",
+    run = subprocess.run([BIN / "qlbench", "run", *CONFIG_ARGS, "--study", "qalof-squad", "--model",
                           "gpt2", "--bits", "16", "--rank", "8", "--mask", "all", "--seed", "0", "--out", out],
                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert run.returncode == 1

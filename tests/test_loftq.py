@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import CONFIGS
 from qlbench.study import config as studylib
 from qlbench.study.grid import Cell
 
@@ -23,7 +23,7 @@ def _stages(tmp_path, bits, **overrides):
     from qlbench.cell.load import load
     from qlbench.cell.quantize import quantize
 
-    st = studylib.load(studylib.read_config([REPO / "config.yaml"]), STUDY)
+    st = studylib.load(studylib.read_config(CONFIGS), STUDY)
     settings = studylib.cell_settings(st, {"steps": 1, **overrides}, bits)
     ctx = begin(st, Cell("micro-gpt2", bits, 4, "all", 0), tmp_path / "cell", settings, 1)
     base = load(ctx)

@@ -127,9 +127,9 @@ def test_a_cell_with_qv_targets_and_4bit_adapters(tmp_path, micro_resources):
     import polars as pl
     from safetensors.torch import load_file
 
-    from conftest import BIN, REPO
+    from conftest import BIN, CONFIG_ARGS
 
-    cmd = [BIN / "qlbench", "run", "-c", REPO / "config.yaml", "--study", "micro", "--model", "micro-gpt2",
+    cmd = [BIN / "qlbench", "run", *CONFIG_ARGS, "--study", "micro", "--model", "micro-gpt2",
            "--bits", "4", "--rank", "4", "--mask", "all", "--out", tmp_path / "cell", "--set", "targets=qv",
            "--set", "adapter_bits=4", "--set", "steps=6", "--set", "checkpoint_every=0", "--set", "eval_batches=2"]
     done = subprocess.run(cmd, cwd=micro_resources.parent, env={**os.environ, "HF_HUB_OFFLINE": "1"},

@@ -6,11 +6,11 @@ import pytest
 
 import polars as pl
 
-from conftest import BIN, REPO
+from conftest import BIN, CONFIG_ARGS
 
 
 def run_cell(workdir, *sets):
-    args = [BIN / "qlbench", "run", "-c", REPO / "config.yaml", "--study", "micro", "--model", "micro-gpt2",
+    args = [BIN / "qlbench", "run", *CONFIG_ARGS, "--study", "micro", "--model", "micro-gpt2",
             "--bits", "4", "--rank", "4", "--mask", "all", "--seed", "0", "--out", workdir / "cell",
             "--set", "steps=12"]
     for s in sets:
@@ -30,7 +30,7 @@ def test_switchable_precision_evaluates_every_width_and_random_switching(workdir
 
 
 def test_a_width_outside_switch_bits_is_refused(workdir):
-    args = [BIN / "qlbench", "run", "-c", REPO / "config.yaml", "--study", "micro", "--model", "micro-gpt2",
+    args = [BIN / "qlbench", "run", *CONFIG_ARGS, "--study", "micro", "--model", "micro-gpt2",
             "--bits", "4", "--rank", "4", "--out", workdir / "x", "--set", "switch_bits=[6,8]"]
     done = subprocess.run(args, cwd=workdir, capture_output=True, text=True)
     assert done.returncode != 0 and "switch_bits" in done.stderr

@@ -14,7 +14,7 @@ import yaml
 from qlbench.cluster import progress
 from qlbench.study import config as study, grid
 
-from conftest import BIN, REPO
+from conftest import BIN, full_config
 
 
 def test_the_end_estimate_by_hand():
@@ -49,7 +49,7 @@ def test_progress_is_written_at_most_every_interval_and_at_the_last_step(tmp_pat
 
 @pytest.mark.workflow
 def test_status_shows_a_running_cells_step_and_when_the_sweep_ends(workdir):
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = full_config()
     config["studies"]["micro"]["steps"] = 10
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     st = study.load(config, "micro")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, snakemake
+from conftest import CONFIGS, REPO, snakemake
 
 pytestmark = pytest.mark.workflow
 WALK = REPO / "tests/tools/report_walk.js"
@@ -69,7 +69,7 @@ def shown(chromium: str, report: Path) -> dict[str, str]:
 
 def report(work: Path, snakefile: Path, out: Path) -> Path:
     cmd = [shutil.which("snakemake") or "snakemake", "--snakefile", str(snakefile), "--directory", str(work),
-           "--configfile", str(REPO / "config.yaml"), "--config", "study=micro", "--report", str(out)]
+           "--configfile", *map(str, CONFIGS), "--config", "study=micro", "--report", str(out)]
     made = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=300)
     assert made.returncode == 0, made.stderr[-3000:]
     return out

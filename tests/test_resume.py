@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from qlbench.results import CURVE, PROVENANCE, TIMING_COLUMNS, curve_frame
 from qlbench.cluster.status import cell_status
 
-from conftest import BIN, REPO
+from conftest import BIN, CONFIG_ARGS
 
 # long enough to be caught mid-training; the checkpoint comes every 10 steps; gradient variance probed at steps
 # 0, 20, 40, 59, 79: the point of step 0 is taken before any interruption, so only the checkpoint can keep it
@@ -31,7 +31,7 @@ RUN_HISTORY = ("resumed_from",)  # how the run went, not what it computed
 
 
 def start(workdir: Path, out: Path, env: dict | None = None) -> subprocess.Popen:
-    cmd = [BIN / "qlbench", "run", "-c", REPO / "config.yaml", *CELL, *LONG, "--out", out]
+    cmd = [BIN / "qlbench", "run", *CONFIG_ARGS, *CELL, *LONG, "--out", out]
     return subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 

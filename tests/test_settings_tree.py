@@ -9,7 +9,7 @@ import subprocess
 import jsonschema
 import pytest
 
-from conftest import BIN, REPO
+from conftest import BIN, CONFIGS, full_config
 from qlbench.study import config as studylib, grid, settings as tree_lib
 from qlbench.study.identities import cell_identities
 
@@ -55,7 +55,7 @@ def test_a_setting_without_a_description_fails_the_check(monkeypatch):
 
 
 def test_the_tree_holds_each_studys_settings_frozen():
-    config = studylib.read_config([REPO / "config.yaml"])
+    config = full_config()  # every study, the study files' too
     typed = {"eval_scan": lambda v: tree_lib.Scan(**v), "robustness": tree_lib.robustness}  # mappings made typed
     for name in config["studies"]:
         st = studylib.load(config, name)
@@ -71,7 +71,7 @@ def test_the_tree_holds_each_studys_settings_frozen():
 
 
 def test_identities_of_cells_made_before_the_tree_are_unchanged():
-    config = studylib.read_config([REPO / "config.yaml"])
+    config = studylib.read_config(CONFIGS)
     for (name, path), expected in PINNED.items():
         st = studylib.load(config, name)
         cells = grid.cells(st)
@@ -81,7 +81,7 @@ def test_identities_of_cells_made_before_the_tree_are_unchanged():
 
 
 def test_planted_trouble_is_outside_the_identity_by_type():
-    st = studylib.load(studylib.read_config([REPO / "config.yaml"]), "micro")
+    st = studylib.load(studylib.read_config(CONFIGS), "micro")
     cell = grid.cells(st)[0]
     plain = studylib.cell_identity(st, cell)[1]
     assert studylib.cell_identity(st, cell, {**st.settings, "fail": "always"})[1] == plain
@@ -91,7 +91,7 @@ def test_planted_trouble_is_outside_the_identity_by_type():
 def test_compiling_is_a_different_cell_and_off_is_the_cell_as_it_was():
     """torch.compile changes the arithmetic (fused kernels), so `compile` is in the identity; unset or `off`, no
     identity made before the setting existed moves (the pinned hashes above)."""
-    st = studylib.load(studylib.read_config([REPO / "config.yaml"]), "micro")
+    st = studylib.load(studylib.read_config(CONFIGS), "micro")
     cell = grid.cells(st)[0]
     plain = studylib.cell_identity(st, cell)[1]
     assert "compile" not in st.settings and st.tree.runtime.compile == "off"

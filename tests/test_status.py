@@ -14,12 +14,12 @@ import pytest
 from qlbench.cluster import status
 from qlbench.study import config as study, grid
 
-from conftest import BIN, REPO
+from conftest import BIN, CONFIGS, CONFIG_ARGS
 
 
 @pytest.fixture(scope="module")
 def micro():
-    return study.load(study.read_config([REPO / "config.yaml"]), "micro")
+    return study.load(study.read_config(CONFIGS), "micro")
 
 
 def write_row(folder, state):
@@ -79,13 +79,14 @@ def test_cli_table_and_resubmit_command(tmp_path, micro):
     cells = grid.cells(micro)
     write_row(tmp_path / "results/micro/cells" / cells[0].path, "ok")
     write_log(tmp_path / "results/micro/cells" / cells[1].path, "error: RuntimeError: planted failure\n")
-    out = subprocess.run([BIN / "qlbench", "status", "micro", "-c", REPO / "config.yaml", "--results",
+    out = subprocess.run([BIN / "qlbench", "status", "micro", *CONFIG_ARGS, "--results",
                           tmp_path / "results"], text=True, capture_output=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert f"{len(cells)} cells: 1 done, 0 diverged, 0 stale, 1 failed, 0 running, {len(cells) - 2} missing" in out.stdout
     assert f"failed    {cells[1].path}" in out.stdout and "RuntimeError: planted failure" in out.stdout
-    assert f"snakemake --profile profiles/slurm --config study=micro results={tmp_path / 'results'}" in out.stdout
-    assert "qlbench sweep micro --executor slurm" in out.stdout
+    smk = f"snakemake --profile profiles/slurm --configfile {CONFIGS[1]} --config study=micro results="
+    assert smk + str(tmp_path / "results") in out.stdout  # the tests' config: the one besides ./config.yaml
+    assert f"qlbench sweep micro -c {CONFIGS[0]} -c {CONFIGS[1]} --executor slurm" in out.stdout
 
 
 def test_status_imports_no_torch():

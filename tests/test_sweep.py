@@ -13,7 +13,7 @@ import qlbench
 from qlbench.cluster.sweep import job_size
 from qlbench.study import config as study, grid
 
-from conftest import REPO
+from conftest import CONFIGS
 
 pytestmark = pytest.mark.workflow
 KILLED = "micro-gpt2/b4/r4/all/s0"
@@ -25,7 +25,7 @@ def swept(tmp_path_factory, micro_resources):
     (work / "resources").symlink_to(micro_resources)
     planted = work / "planted.yaml"
     planted.write_text(yaml.safe_dump({"studies": {"micro": {"fail": f"kill@15:{KILLED}"}}}))
-    files = [str(REPO / "config.yaml"), str(planted)]
+    files = [*map(str, CONFIGS), str(planted)]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
         first = qlbench.sweep("micro", config_files=files, executor="local", retries=0, poll_s=0.5, echo=print)
@@ -44,7 +44,7 @@ def test_a_rerun_skips_finished_cells_resumes_the_killed_one_and_aggregates(swep
     work, first, second = swept
     assert sorted(second.skipped) == sorted(first.done) and second.done == [KILLED] and not second.failed, second
     cells = pl.read_parquet(second.cells_parquet)
-    micro = study.load(study.read_config([REPO / "config.yaml"]), "micro")
+    micro = study.load(study.read_config(CONFIGS), "micro")
     assert cells.height == len(grid.cells(micro)) and (cells["status"] == "ok").all()
     assert dict(zip(cells["mask"], cells["resumed_from"])) == {"none": 0, "all": 10, "b1.mlp": 0}
     assert (work / "results/micro/curves.parquet").exists()
@@ -60,7 +60,7 @@ def test_a_pack_keeps_its_finished_cells_when_one_fails_and_matches_unpacked_row
     fails = "micro-gpt2/b4/r4/b1.mlp/s0"
     planted = tmp_path / "planted.yaml"
     planted.write_text(yaml.safe_dump({"studies": {"micro": {"fail": f"first:{fails}"}}}))
-    files = [str(REPO / "config.yaml"), str(planted)]
+    files = [*map(str, CONFIGS), str(planted)]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path)
         first = qlbench.sweep("micro", config_files=files, executor="local", retries=0, cells_per_job=3,

@@ -13,13 +13,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from conftest import full_config
 from qlbench import results
 from qlbench.study import config as studylib, grid
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 5
 
 
@@ -43,7 +43,7 @@ def _write_row(root: Path, st, cell, eval_loss: float, finished_at: str = "2026-
 
 @pytest.fixture
 def study(tmp_path):
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = full_config()
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     st = studylib.load(config, "micro")
     cells = grid.cells(st)

@@ -4,9 +4,9 @@ as its own; with no warm process to be had, the cell runs in the caller's proces
 import os
 import subprocess
 
-from conftest import BIN, REPO
+from conftest import BIN, CONFIG_ARGS
 
-ARGS = ["run", "--warm", "-c", str(REPO / "config.yaml"), "--study", "nosuch", "--cell", "micro-gpt2/b4/r4/all/s0"]
+ARGS = ["run", "--warm", *map(str, CONFIG_ARGS), "--study", "nosuch", "--cell", "micro-gpt2/b4/r4/all/s0"]
 
 
 def qlbench(tmp_path, warm_dir):

@@ -9,7 +9,7 @@ import pytest
 
 from qlbench.study import config as study, grid
 
-from conftest import REPO, job_counts, snakemake
+from conftest import CONFIG_ARGS, REPO, job_counts, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -119,7 +119,7 @@ def test_findings_print_the_numbers_of_the_results(ran, micro):
     from conftest import BIN
 
     work, _, _ = ran
-    out = subprocess.run([BIN / "qlbench", "findings", "-c", REPO / "config.yaml", "micro"], cwd=work,
+    out = subprocess.run([BIN / "qlbench", "findings", *CONFIG_ARGS, "micro"], cwd=work,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     cells = pl.read_parquet(work / "results/micro/cells.parquet")

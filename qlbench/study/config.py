@@ -1,4 +1,5 @@
-"""config.yaml -> validated studies: the schema, the checks no schema can express, and each study's fixed settings.
+"""config.yaml (and the study files it names) -> validated studies: the schema, the checks no schema can express, and
+each study's fixed settings.
 
 Every check runs before any job is submitted (the Snakefile and `qlbench sweep` both call `load`), and every
 failure is one QlbenchError line that names the problem.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import glob
 import hashlib
 import json
 import re
@@ -19,6 +21,7 @@ from qlbench.errors import QlbenchError
 from qlbench.study import local as local_inputs, masks as masklang, names, settings as settings_tree, targets
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+CHECKOUT = Path(__file__).resolve().parents[2]  # the clone: Snakefile, config.yaml, studies/ (installs are editable)
 AXES = ("models", "bits", "ranks", "masks", "seeds", "n_train")
 
 # Settings a study may leave out, with their defaults; `qlbench run --set KEY=VALUE` may override any setting. Their
@@ -103,6 +106,44 @@ def _merge(into: dict, new: dict) -> None:
             into[key] = value
 
 
+def with_studies(config: dict) -> dict:
+    """The config with the studies of its `study_files` read in (glob patterns; a relative one is read from the
+    checkout, beside the Snakefile, wherever the command runs). A study the config gives itself wins over a file's,
+    key by key, as Snakemake merges config files. `load` calls this: Snakemake and the cells see the same studies."""
+    own = config.get("studies", {})
+    if not isinstance(own, dict):
+        return config  # the schema names it
+    studies: dict = {}
+    came_from: dict[str, str] = {}  # study -> its file, to name both when two files give one name
+    for pattern in _patterns(config):
+        paths = sorted(glob.glob(pattern, root_dir=CHECKOUT))
+        if not paths:
+            raise QlbenchError(f"config study_files: {pattern!r} matches no file (in {CHECKOUT})")
+        for path in paths:
+            data = read_config([CHECKOUT / path])
+            odd = [k for k, v in data.items() if not isinstance(v, dict) or k == "studies"]
+            if odd:
+                raise QlbenchError(f"study file {path!r}: holds studies by name at its top level "
+                                   f"(name: {{models: ..., ...}}), not {', '.join(map(repr, odd))}")
+            for name in data:
+                if name in came_from:
+                    raise QlbenchError(f"study {name!r} is in both {came_from[name]!r} and {path!r}")
+                came_from[name] = path
+            studies.update({name: copy.deepcopy(study) for name, study in data.items()})  # `<<: *a` shares a's
+    _merge(studies, copy.deepcopy(own))
+    rest = {k: v for k, v in config.items() if k != "study_files"}
+    return {**rest, "studies": studies} if studies or "studies" in config else rest
+
+
+def _patterns(config: dict) -> list[str]:
+    """`study_files` as a list (one pattern may stand alone)."""
+    patterns = config.get("study_files", [])
+    patterns = [patterns] if isinstance(patterns, str) else patterns
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        raise QlbenchError(f"config study_files: {patterns!r}: use a file pattern or a list of them")
+    return patterns
+
+
 def schema() -> dict:
     """config.schema.yaml with every setting's schema and description added to a study's properties (from
     qlbench.study.settings; the backends and tasks the registry finds are the allowed values of theirs) and the
@@ -145,12 +186,12 @@ def _schema_message(err) -> str:
 
 def load(config: dict, study: str | None = None) -> Study:
     """Validate the whole config and return one study, ready for grid expansion."""
-    config = with_numbers(config)
+    config = with_numbers(with_studies(config))
     check_schema(config)
     names.check_config(config)  # keys become folders and shell words: plain names only
     name = study or config.get("study") or "demo"
-    if name not in config["studies"]:
-        raise QlbenchError(f"study {name!r} is not in the config; studies: {', '.join(config['studies'])}")
+    if name not in config.get("studies", {}):
+        raise QlbenchError(f"study {name!r} is not in the config; studies: {', '.join(config.get('studies', {}))}")
     raw = copy.deepcopy(config["studies"][name])
     where = f"studies.{name}"
     for model in raw["models"]:

@@ -28,7 +28,7 @@ import yaml
 from qlbench.results import CURVE, PROVENANCE, TIMING_COLUMNS
 from qlbench.study import config as studylib, grid
 
-from conftest import BIN, REPO
+from conftest import BIN, CONFIGS, REPO, full_config
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos]  # on demand: pytest -m chaos
 SCRIPT = REPO / "tests/cluster/local_slurm.sh"
@@ -50,7 +50,7 @@ def cluster():
 
 
 def chaos_config(work: Path) -> Path:
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = full_config()
     study = {**config["studies"]["micro"], "bits": [16, 8, 4], "ranks": [4], "masks": ["all", "attn", "mlp", "b0", "b1"],
              "seeds": [0, 1, 2], "steps": 12, "checkpoint_every": 4}
     path = work / "chaos.yaml"
@@ -60,7 +60,7 @@ def chaos_config(work: Path) -> Path:
 
 def smk(work: Path, config: Path, *args, profile=True, timeout=1500) -> list[str]:
     cmd = [BIN / "snakemake", "results/chaos/cells.parquet", "--snakefile", REPO / "Snakefile", "--directory", work,
-           *args, "--configfile", REPO / "config.yaml", config, "--config", "study=chaos"]
+           *args, "--configfile", *CONFIGS, config, "--config", "study=chaos"]
     if profile:
         cmd += ["--profile", REPO / "profiles/slurm", "--qlbench-slurm-init-seconds-before-status-checks", "1",
                 "--seconds-between-status-checks", "2"]
@@ -183,7 +183,7 @@ def test_a_sweep_under_faults_finishes_every_cell_once_with_an_undisturbed_run_s
         w.mkdir()
         shutil.copytree(micro_resources, w / "resources")
     config = chaos_config(tmp_path)
-    study = studylib.load(studylib.read_config([REPO / "config.yaml", config]), "chaos")
+    study = studylib.load(studylib.read_config([*CONFIGS, config]), "chaos")
     cells = grid.cells(study)
     assert len(cells) >= 30
 

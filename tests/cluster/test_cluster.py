@@ -24,7 +24,7 @@ import yaml
 from qlbench.study import config as study, grid
 from qlbench.results import PROVENANCE, TIMING_COLUMNS
 
-from conftest import BIN, REPO, job_counts
+from conftest import BIN, CONFIGS, CONFIG_ARGS, REPO, job_counts
 
 pytestmark = pytest.mark.cluster
 
@@ -51,7 +51,7 @@ def smk(workdir: Path, configfile: Path, *args, timeout=900, packed=False) -> su
     # rule of the workflow replaces the profile's, so every cell is its own job again
     unpack = () if packed else ("--groups", "no_rule=none")
     return run([BIN / "snakemake", "--snakefile", REPO / "Snakefile", "--directory", workdir,
-                "--profile", PROFILE, "--configfile", REPO / "config.yaml", configfile,
+                "--profile", PROFILE, "--configfile", *CONFIGS, configfile,
                 "--config", "study=micro", *unpack, *args,
                 # poll SLURM more often than the profile does on a shared cluster: short test jobs
                 "--qlbench-slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2"],
@@ -74,7 +74,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def micro():
-    return study.load(study.read_config([REPO / "config.yaml"]), "micro")
+    return study.load(study.read_config(CONFIGS), "micro")
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def swept(planted):
     work, _, _ = planted
     config = write(work / "sweep.yaml", {"results": "results-sweep", "studies": {"micro": {"fail": [
         f"kill@{KILL_STEP}:{FIRST}", f"mem@{OOM_MB}:{OOM}"]}}})
-    done = run([BIN / "qlbench", "sweep", "micro", "-c", REPO / "config.yaml", "-c", config,
+    done = run([BIN / "qlbench", "sweep", "micro", *CONFIG_ARGS, "-c", config,
                 "--executor", "slurm", "--partition", "debug", "--account", "qlbench"], work, 600)
     assert done.returncode == 0, done.stdout[-4000:]
     return work, done.stdout
@@ -192,7 +192,7 @@ def test_sweep_cells_parquet_equals_snakemakes_apart_from_timing_and_provenance(
 
 def test_status_reads_a_sweep_tree_too(swept):
     work, _ = swept
-    out = run([BIN / "qlbench", "status", "micro", "-c", REPO / "config.yaml", "-c", work / "sweep.yaml"], work, 60)
+    out = run([BIN / "qlbench", "status", "micro", *CONFIG_ARGS, "-c", work / "sweep.yaml"], work, 60)
     assert out.returncode == 0 and "3 cells: 3 done, 0 diverged, 0 stale, 0 failed, 0 running, 0 missing" in out.stdout
 
 
@@ -204,7 +204,7 @@ def always_failing(planted, tmp_path_factory):
     (work / "resources").symlink_to(base / "resources")
     config = write(work / "always.yaml", {"studies": {"micro": {"fail": f"always:{FIRST}"}}})
     done = smk(work, config, "--retries", "1")
-    status = run([BIN / "qlbench", "status", "micro", "-c", REPO / "config.yaml", "-c", config], work, 60)
+    status = run([BIN / "qlbench", "status", "micro", *CONFIG_ARGS, "-c", config], work, 60)
     again = smk(work, config, "-n")
     return work, done, status, again
 
@@ -244,7 +244,7 @@ def packed(planted, tmp_path_factory, micro):
     first = smk(work, config, "--retries", "0", packed=True)
     rows = {c.path: work / "results/micro/cells" / c.path / "row.parquet" for c in grid.cells(micro)}
     kept = {c: (r.stat().st_ino, r.stat().st_mtime_ns) for c, r in rows.items() if r.exists()}
-    status = run([BIN / "qlbench", "status", "micro", "-c", REPO / "config.yaml", "-c", config], work, 60)
+    status = run([BIN / "qlbench", "status", "micro", *CONFIG_ARGS, "-c", config], work, 60)
     dry = smk(work, config, "-n", packed=True)
     second = smk(work, config, "--retries", "0", packed=True)
     after = {c: (r.stat().st_ino, r.stat().st_mtime_ns) for c, r in rows.items() if r.exists()}

@@ -14,7 +14,7 @@ import time
 import polars as pl
 import pytest
 
-from conftest import BIN, REPO
+from conftest import BIN, CONFIG_ARGS, REPO
 
 pytestmark = pytest.mark.cluster
 SCRIPT = REPO / "tests/cluster/local_slurm.sh"
@@ -57,7 +57,7 @@ def test_a_requeued_cell_checkpoints_on_the_signal_and_its_requeued_job_resumes(
         "#!/bin/bash\n"
         f"cd {tmp_path}\n"
         f"echo restart=${{SLURM_RESTART_COUNT:-0}}\n"
-        f"exec {BIN / 'qlbench'} run -c {REPO / 'config.yaml'} --study micro --cell micro-gpt2/b4/r4/all/s0 "
+        f"exec {BIN / 'qlbench'} run {' '.join(map(str, CONFIG_ARGS))} --study micro --cell micro-gpt2/b4/r4/all/s0 "
         f"--set steps={STEPS} --set checkpoint_every=100000 --out {out}\n")
     job = subprocess.run(["sbatch", "--parsable", "--requeue", "-A", "qlbench", "-p", "debug", "-c", "1",
                           "--mem", "3000", "--open-mode=append", "-o", str(tmp_path / "slurm-%j.out"), "-t", "20", str(script)],

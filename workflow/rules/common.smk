@@ -39,9 +39,13 @@ IDENTITY = {c.path: h for c, (_, h) in zip(CELLS, cell_identities(STUDY, CELLS))
 # job) asks for once however many of its cells run at once, so they share the job's GPUs (cells per GPU); an
 # integer `gpu` would be summed over them
 GPUS = {"gres": f"gpu:{STUDY.tree.runtime.gpus}"} if STUDY.tree.runtime.gpus else {}
-# every qlbench command reads the same config files Snakemake read
+# every qlbench command reads the same config files Snakemake read, in the order it merged them: the Snakefile's
+# config.yaml, then --configfile's (workflow.configfiles lists those first)
 ENV = "../envs/qlbench.yaml"
-CONFIG_ARGS = " ".join(f"--config {shlex.quote(str(f))}" for f in workflow.configfiles)
+CONFIG_ARGS = " ".join(
+    f"--config {shlex.quote(str(f))}"
+    for f in sorted(workflow.configfiles, key=lambda f: f in workflow.overwrite_configfiles)
+)
 # When this run planned its jobs, for its cells (inherited; a pack's nested snakemake keeps its planner's): Snakemake
 # deletes a job's output before it runs it, so a row another driver finished since then is restored, not made again
 # (qlbench/cluster/lock.py). An environment variable, not a param: a param would change every run and rerun every cell
