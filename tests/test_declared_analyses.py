@@ -13,7 +13,7 @@ from qlbench import registry
 from qlbench.analysis import applies
 from qlbench.study import config as study, masks
 
-from conftest import BIN, REPO, job_counts, snakemake
+from conftest import BIN, CONFIG_ARGS, REPO, job_counts, snakemake
 
 FIXTURES = REPO / "tests/analyses"
 
@@ -41,7 +41,7 @@ def test_the_cli_lists_it_and_runs_it_on_a_study(own, tmp_path):
     folder = tmp_path / "micro"
     folder.mkdir()
     pl.DataFrame({"study": ["micro"] * 5, "bits": [16, 4, 4, 2, 4]}).write_parquet(folder / "cells.parquet")
-    ran = subprocess.run([BIN / "qlbench", "analyze", "cell_count", "-c", REPO / "config.yaml", "micro",
+    ran = subprocess.run([BIN / "qlbench", "analyze", "cell_count", *CONFIG_ARGS, "micro",
                           "--results", tmp_path], env=own, capture_output=True, text=True)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == "2 bits: 1, 4 bits: 3, 16 bits: 1"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, REPO
+from conftest import BIN, REPO, full_config
 from qlbench import registry
 from qlbench.study import config as studylib, settings as tree_lib
 
@@ -94,7 +94,7 @@ def wide(tmp_path, monkeypatch):
 
 
 def study_config(**study) -> dict:
-    config = studylib.read_config([REPO / "config.yaml"])
+    config = full_config()
     config["studies"]["micro"].update(study)
     return config
 
@@ -161,7 +161,7 @@ def test_robustness_defaults_are_the_trees_and_a_study_leaves_out_what_it_does_n
     from qlbench.attack import gbda, robustness
 
     assert gbda.GBDASettings is tree_lib.Attack
-    st = studylib.load(studylib.read_config([REPO / "config.yaml"]), "robustness-agnews")
+    st = studylib.load(full_config(), "robustness-agnews")
     given = st.settings["robustness"]
     typed = st.tree.data.robustness
     assert typed.examples == given["examples"] == 1000
