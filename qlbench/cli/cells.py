@@ -52,6 +52,7 @@ def run(config_files, study, cell_path, model, bits, rank, mask, seed, n_train, 
     from qlbench.study.grid import Cell, parse
     from qlbench.cluster.status import Heartbeat
     from qlbench.cluster.lock import CellLock, planned_at
+    from qlbench.cluster.runner import cell_hooks
 
     if cell_path is not None:
         cell = parse(cell_path)
@@ -70,7 +71,9 @@ def run(config_files, study, cell_path, model, bits, rank, mask, seed, n_train, 
                 click.echo(f"{cell.path}: finished by another run")
                 return
             with Heartbeat(out_dir):  # how `qlbench status` tells a running cell from a killed one
-                row = run_cell(st, cell, out_dir, settings, threads)
+                # the cell imports nothing of the cluster: its locks' second names, progress, time limit and
+                # planted trouble are lent to it here
+                row = run_cell(st, cell, out_dir, settings, threads, cell_hooks(cell.path, settings.get("fail")))
     except QlbenchError:
         raise
     except BaseException as e:  # a cell that cannot run: one line here, the traceback in its log
