@@ -38,9 +38,10 @@ class Policy:
         for name, value in (("memory", mem_mb), ("time", runtime_min)):
             if value is not None and not value > 0:
                 raise QlbenchError(f"a first attempt's {name} of {value}: must be more than 0")
-        return replace(self, mem_scale=self.mem_scale if mem_mb is None else mem_mb / self.mem_mb_at(1) * self.mem_scale,
-                       runtime_scale=self.runtime_scale if runtime_min is None
-                       else runtime_min / self.runtime_min_at(1) * self.runtime_scale)
+        mem_scale = self.mem_scale if mem_mb is None else mem_mb / self.mem_mb_at(1) * self.mem_scale
+        runtime_scale = self.runtime_scale if runtime_min is None else \
+            runtime_min / self.runtime_min_at(1) * self.runtime_scale
+        return replace(self, mem_scale=mem_scale, runtime_scale=runtime_scale)
 
     def job_size(self, cells: int, at_once: int, attempt: int, *, cpus: int, gpus: int) -> dict:
         """What a job of `cells` cells, `at_once` at a time, asks for on `attempt`: the memory and CPUs of the cells
