@@ -1,7 +1,9 @@
 """The package's rooms and the direction of their imports (README, Layout): read from the source, nothing run.
 
-Each room may import only rooms on a lower floor (or itself): cli -> attack -> cell, export -> cluster, analysis ->
-quant, tasks -> data -> study -> registry, results, errors. `study/` and `analysis/` import no torch, `analysis/` never a
+Each room may import only rooms on a lower floor (or itself): cli -> attack, cluster -> cell, export -> analysis ->
+quant, tasks -> data -> study -> registry, results, errors. `cluster/` sits above `cell/`: the cell knows nothing of
+the cluster (locks, progress, the job's time limit and planted trouble reach it as `cell/hooks.py`, filled by
+`cluster/runner.py`), and the cluster may drive cells. `study/` and `analysis/` import no torch, `analysis/` never a
 model, and no module imports itself through others (no import circle, lazy imports included)."""
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "qlbench"
-FLOOR = {"cli": 7, "__init__": 7, "attack": 6, "cell": 5, "export": 5, "cluster": 4, "analysis": 4, "quant": 3,
+FLOOR = {"cli": 7, "__init__": 7, "attack": 6, "cluster": 6, "cell": 5, "export": 5, "analysis": 4, "quant": 3,
          "tasks": 3, "data": 2, "study": 1, "registry": 0, "results": 0, "errors": 0}
 NO_TORCH = {"study", "analysis", "cluster", "cli", "registry", "results", "errors"}
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes")
-NEVER = {"analysis": {"cell", "quant", "tasks", "data"}}  # aggregates read parquet, never a model
+NEVER = {"analysis": {"cell", "quant", "tasks", "data"},  # aggregates read parquet, never a model
+         "cell": {"cluster"}}  # a cell knows nothing of Snakemake or SLURM: what a driver adds, it is lent (hooks)
 
 
 def room(module: str) -> str:

@@ -1,19 +1,23 @@
 """`qlbench.sweep` with submitit's local executor: the grid's tree, a dead job reported (not waited on), resumption,
-finished cells skipped. The SLURM executor is tested in tests/cluster/."""
+finished cells skipped; the retry, memory, time and pack policy it reads from the same profile Snakemake does. The
+SLURM executor is tested in tests/cluster/."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
 
 import qlbench
-from qlbench.cluster.sweep import job_size
+from qlbench.cluster import policy
+from qlbench.cluster.policy import Policy
+from qlbench.errors import QlbenchError
 from qlbench.study import config as study, grid
 
-from conftest import CONFIGS
+from conftest import CONFIGS, REPO, snakemake
 
 pytestmark = pytest.mark.workflow
 KILLED = "micro-gpt2/b4/r4/all/s0"
@@ -87,11 +91,78 @@ def test_a_pack_keeps_its_finished_cells_when_one_fails_and_matches_unpacked_row
 
 def test_a_pack_asks_for_its_cells_at_once_and_the_time_of_its_rounds():
     # 5 cells, 2 at once: 3 rounds; 2 cells' memory and CPUs, one cell's GPU; a retry doubles memory, adds time
-    assert job_size(5, 2, 1, mem_gb=4, time_min=60, cpus=1, gpus=1) == \
-        {"mem_gb": 8, "time_min": 180, "cpus": 2, "gpus": 1}
-    assert job_size(5, 2, 2, mem_gb=4, time_min=60, cpus=2, gpus=1) == \
-        {"mem_gb": 16, "time_min": 360, "cpus": 4, "gpus": 1}
+    pol = Policy(retries=1, mem_mb="4000 * 2 ** (attempt - 1)", runtime="60 * attempt", cpus=1, cells_per_job=8,
+                 cells_at_once=1, source="test")
+    assert pol.job_size(5, 2, 1, cpus=1, gpus=1) == {"mem_gb": 8, "time_min": 180, "cpus": 2, "gpus": 1}
+    assert pol.job_size(5, 2, 2, cpus=2, gpus=1) == {"mem_gb": 16, "time_min": 360, "cpus": 4, "gpus": 1}
     # more at once than cells: the cells there are; one at a time: one cell's memory, every cell's time
-    assert job_size(3, 8, 1, mem_gb=4, time_min=60, cpus=1, gpus=0)["mem_gb"] == 12
-    assert job_size(8, 1, 1, mem_gb=4, time_min=60, cpus=1, gpus=0) == \
-        {"mem_gb": 4, "time_min": 480, "cpus": 1, "gpus": 0}
+    assert pol.job_size(3, 8, 1, cpus=1, gpus=0)["mem_gb"] == 12
+    assert pol.job_size(8, 1, 1, cpus=1, gpus=0) == {"mem_gb": 4, "time_min": 480, "cpus": 1, "gpus": 0}
+    # another first attempt (--mem-gb 3, --time-min 30), the same growth
+    assert pol.starting_at(3000, 30).job_size(1, 1, 3, cpus=1, gpus=0) == \
+        {"mem_gb": 12, "time_min": 90, "cpus": 1, "gpus": 0}
+
+
+def changed_profile(folder: Path) -> Path:
+    """A copy of the SLURM profile with every number of the policy changed."""
+    text = (REPO / "profiles/slurm/config.yaml").read_text()
+    for old, new in (("retries: 2", "retries: 4"), ("[pack=8]", "[pack=2]"), ("[pack_slot=1]", "[pack_slot=2]"),
+                     ("mem_mb: 4000 * 2 ** (attempt - 1)", "mem_mb: 3000 * 3 ** (attempt - 1)"),
+                     ("    runtime: 60 * attempt\n    cpus_per_task: 1",
+                      "    runtime: 45 * attempt\n    cpus_per_task: 1")):
+        assert text.count(old) == 1, old  # the profile moved: this test must change with it
+        text = text.replace(old, new)
+    folder.mkdir()
+    (folder / "config.yaml").write_text(text)
+    return folder
+
+
+def test_snakemake_and_the_sweep_read_one_policy_from_the_profile(tmp_path, micro_resources):
+    from snakemake.resources import Resource
+
+    from qlbench.cluster import sweep as sweeplib
+
+    profile = changed_profile(tmp_path / "profile")
+    pol = policy.read(profile)
+    assert (pol.retries, pol.cells_per_job, pol.cells_at_once) == (4, 2, 2)
+    # Snakemake: the cell jobs of a dry run under the changed profile, and its own evaluator for later attempts
+    # (retries and the pack are its command-line options `retries`, `group-components` and `resources`, the keys
+    # read above; a dry run prints no retries, and its group listing varies from run to run)
+    dry = snakemake(tmp_path, "-n", "--profile", profile, "--config", "study=micro")
+    assert dry.returncode == 0, dry.stdout[-2000:]
+    cells = re.findall(r"resources: .*\bmem_mb=(\d+),.*\bruntime=(\d+), cpus_per_task=1, pack_slot=1", dry.stdout)
+    assert cells and set(cells) == {("3000", "45")}, dry.stdout[-3000:]
+    cell = yaml.safe_load((profile / "config.yaml").read_text())["set-resources"]["cell"]
+    for name, ours in (("mem_mb", pol.mem_mb_at), ("runtime", pol.runtime_min_at)):
+        theirs = Resource.from_cli_expression(name, str(cell[name]))
+        assert [theirs.evaluate(wildcards={}, input=[], attempt=a, threads=1, rulename="cell", async_run=None).value
+                for a in (1, 2, 3)] == [ours(a) for a in (1, 2, 3)]
+    assert [pol.mem_mb_at(a) for a in (1, 2, 3)] == [3000, 9000, 27000]
+    # the sweep: what it asks SLURM for, attempt by attempt (submitit replaced by a recorder; no cell runs)
+    asked = []
+
+    class Recorder:
+        def __init__(self, kind, logs, name, partition, account, parallel, **size):
+            self.size = size
+
+        def run(self, commands, poll_s):
+            asked.append({**self.size, "jobs": [len(getattr(c, "commands", [c])) for c in commands]})
+            return [type("Handle", (), {"job_id": str(i)})() for i in range(len(commands))]
+
+        def wait(self, handles, poll_s):
+            return ["FAILED"] * len(handles)
+
+    (tmp_path / "resources").symlink_to(micro_resources)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        mp.setattr(sweeplib, "_Submitter", Recorder)
+        outcome = qlbench.sweep("micro", config_files=[*map(str, CONFIGS)], profile=str(profile),
+                                aggregate=False, poll_s=0, echo=lambda line: None)
+    assert len(outcome.failed) == 3
+    assert asked == [{"mem_gb": 3 * 3 ** (a - 1) * 2, "time_min": 45 * a, "cpus": 2, "gpus": 0, "jobs": [2, 1]}
+                     for a in range(1, 6)]  # 4 retries; packs of 2 cells, both at once
+
+
+def test_a_missing_profile_is_one_line(tmp_path):
+    with pytest.raises(QlbenchError, match="no Snakemake profile at .*nowhere"):
+        policy.read(tmp_path / "nowhere")

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from qlbench.cluster import lock
+from qlbench.cell.hooks import Hooks
 from qlbench.errors import QlbenchError
 from qlbench.study import grid
 from qlbench.study import settings as settings_tree
@@ -28,7 +28,7 @@ class Context:
     config_hash: str
     log: logging.Logger
     stop: "StopFlag"
-    plants: list  # planted trouble (tests only)
+    hooks: Hooks  # what the command running the cell lends it: locks' second names, progress, planted trouble
     device: object  # torch.device
     autocast: object  # torch dtype, or None for float32
     threads: int
@@ -51,27 +51,26 @@ class Context:
         return self.cell.bits == 16 or self.cell.mask == "none"
 
 
-def begin(study: Study, cell: Cell, out: Path, flat: dict, threads: int) -> Context:
-    """`flat`: the cell's settings as the config names them (`config.cell_settings`)."""
+def begin(study: Study, cell: Cell, out: Path, flat: dict, threads: int, hooks: Hooks = Hooks()) -> Context:
+    """`flat`: the cell's settings as the config names them (`config.cell_settings`); `hooks`: what the command
+    running the cell lends it (`cell/hooks.py`)."""
     import torch
 
     from qlbench import tasks
     from qlbench.cell.measure import pick_device
-    from qlbench.cluster import plant
     from qlbench.study import masks
 
     t_start = time.perf_counter()
     check_cell(study, cell)
     out.mkdir(parents=True, exist_ok=True)
     (out / grid.ROW).unlink(missing_ok=True)  # a re-run must not leave the old row looking current
-    log = cell_logger(out)
-    stop = StopFlag()
+    log = cell_logger(out, hooks.keep)
+    stop = StopFlag(hooks.deadline)
     masked = masks.resolve(cell.mask, study.layout(cell.model))
     identity, chash = cell_identity(study, cell, flat)  # the cell's targets preset, when an axis, included
     settings = settings_tree.build(flat).replace(targets=identity["targets"])
     log.info(f"cell {study.name}/{cell.path}  config {chash}")
-    plants = plant.for_cell(settings.testing.fail, cell.path)  # testing only
-    plant.before_training(plants, out)
+    hooks.before_training(out)  # planted trouble, tests only
     on_base = settings.quant.bits_target == "base"
     if not on_base:  # the bounds study: `bits` quantizes LoRA's A and B, not the base
         settings = settings.replace(adapter_bits=cell.bits)
@@ -82,7 +81,7 @@ def begin(study: Study, cell: Cell, out: Path, flat: dict, threads: int) -> Cont
     autocast = None if dtype == "float32" else getattr(torch, dtype)
     return Context(
         study=study, cell=cell, out=out, settings=settings, identity=identity, config_hash=chash, log=log,
-        stop=stop, plants=plants, device=pick_device(settings.runtime.device), autocast=autocast, threads=threads,
+        stop=stop, hooks=hooks, device=pick_device(settings.runtime.device), autocast=autocast, threads=threads,
         base_bits=cell.bits if on_base else 16, masked=masked, task=tasks.get(settings.data.task), t_start=t_start,
     )
 
@@ -99,7 +98,7 @@ def check_cell(study: Study, cell: Cell) -> None:
         raise QlbenchError(f"rank {cell.rank}: must be at least 1")
 
 
-def cell_logger(out: Path) -> logging.Logger:
+def cell_logger(out: Path, keep) -> logging.Logger:
     log = logging.getLogger(f"qlbench.cell.{out}")
     log.setLevel(logging.INFO)
     log.propagate = False
@@ -108,19 +107,18 @@ def cell_logger(out: Path) -> logging.Logger:
         for handler in (logging.FileHandler(out / grid.LOG), logging.StreamHandler()):
             handler.setFormatter(fmt)
             log.addHandler(handler)
-        lock.keep(out, grid.LOG)  # a second name: a Snakemake job that starts meanwhile unlinks log.txt (cluster/lock.py)
+        keep(out, grid.LOG)  # a second name: a Snakemake job that starts meanwhile unlinks log.txt (cluster/lock.py)
     return log
 
 
 class StopFlag:
     """SIGTERM, SIGUSR1 (SLURM's warning before a time limit) and SIGUSR2 (submitit's) ask the loop to checkpoint
-    and stop; so does the SLURM job's time limit drawing near, which no signal announces to the cell (timelimit.py)."""
+    and stop; so does `deadline` passing: the SLURM job's time limit drawing near, which no signal announces to the
+    cell (the command running it asks: cluster/timelimit.py)."""
 
-    def __init__(self):
-        from qlbench.cluster import timelimit
-
+    def __init__(self, deadline: float | None = None):
         self.requested = False
-        self.deadline = timelimit.stop_time()  # None outside SLURM
+        self.deadline = deadline  # None: no time limit
         for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, self._handle)
 

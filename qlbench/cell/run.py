@@ -3,18 +3,21 @@
     begin -> load -> quantize -> attach -> evaluate (before) -> train -> evaluate (after) -> as deployed -> write
 
 The cell knows nothing of Snakemake or SLURM: it takes its coordinates and writes files into its folder —
-`row.parquet` last, so a folder with a row is a finished cell and one without is not.
+`row.parquet` last, so a folder with a row is a finished cell and one without is not. What a driver adds (second
+names for its files, progress, the job's time limit, planted trouble) the command lends it as `hooks`
+(`cell/hooks.py`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from qlbench.cell.hooks import Hooks
 from qlbench.study.config import Study
 from qlbench.study.grid import Cell
 
 
-def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -> dict:
+def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1, hooks: Hooks = Hooks()) -> dict:
     from qlbench.cell import deployed, evaluate
     from qlbench.cell.attach import attach
     from qlbench.cell.context import begin
@@ -23,7 +26,7 @@ def run(study: Study, cell: Cell, out: Path, settings: dict, threads: int = 1) -
     from qlbench.cell.train import train
     from qlbench.cell.write import write
 
-    ctx = begin(study, cell, out, settings, threads)  # coordinates checked, folder, log, settings, seed, device
+    ctx = begin(study, cell, out, settings, threads, hooks)  # coordinates checked, folder, log, settings, seed, device
     base = load(ctx)  # base model and tokenizer, the task's data and batches
     quantized = quantize(ctx, base)  # sensitivity probe, plan, backend, per-module error
     model = attach(ctx, base, quantized)  # LoRA, adapter bits, switchable adapters, activation hooks

@@ -23,8 +23,6 @@ class Trained:
 def train(ctx: Context, model, base: Base, quantized: Quantized) -> Trained:
     from qlbench.cell import gradstats
     from qlbench.cell.loop import LoopSettings, train as loop
-    from qlbench.cluster import plant
-    from qlbench.cluster.progress import Progress
     t, precision = ctx.settings.train, quantized.precision
     switches = precision is not None and ctx.base_bits < 16 and ctx.settings.precision.trains_switching
     settings = LoopSettings(steps=t.steps, lr=t.lr, warmup=t.warmup, weight_decay=t.weight_decay,
@@ -42,17 +40,17 @@ def train(ctx: Context, model, base: Base, quantized: Quantized) -> Trained:
 
         result = sequential.train(model, precision, ctx.task, base.sample, ctx.settings, settings, device=ctx.device,
                                   checkpoint=checkpoint, stop_requested=ctx.stop,
-                                  on_step=plant.with_kill(grad_var, ctx.plants, ctx.out), log=ctx.log.info,
-                                  progress=Progress(ctx.out))
+                                  on_step=ctx.hooks.on_step(grad_var, ctx.out), log=ctx.log.info,
+                                  progress=ctx.hooks.progress(ctx.out))
         precision.set({n: quantized.plan.get(n, 16) for n in precision.weights})  # the cell's own widths
         grad_var.merge_into(result.curve)
         return Trained(curve=result.curve, status=result.status, resumed_from=result.resumed_from,
                        grad_var=grad_var.row_columns())
     result = loop(model, base.sample, settings, device=ctx.device, loss=step_loss,
                   checkpoint=checkpoint, stop_requested=ctx.stop,
-                  on_step=plant.with_kill(grad_var, ctx.plants, ctx.out),
+                  on_step=ctx.hooks.on_step(grad_var, ctx.out),
                   before_step=precision.before_step if switches else None, log=ctx.log.info,
-                  progress=Progress(ctx.out))
+                  progress=ctx.hooks.progress(ctx.out))
     grad_var.merge_into(result.curve)
     return Trained(curve=result.curve, status=result.status, resumed_from=result.resumed_from,
                    grad_var=grad_var.row_columns())

@@ -13,7 +13,6 @@ from qlbench.cell.evaluate import Evaluated
 from qlbench.cell.load import Base
 from qlbench.cell.quantize import Quantized
 from qlbench.cell.train import Trained
-from qlbench.cluster import lock
 
 
 def write(ctx: Context, model, base: Base, quantized: Quantized, loss_before: float, trained: Trained,
@@ -36,7 +35,7 @@ def write(ctx: Context, model, base: Base, quantized: Quantized, loss_before: fl
         save_file(lora.adapter_state(model), str(tmp))
     # last: its presence marks the cell complete; it carries the training curve (one file per cell to read)
     results.write_parquet(results.row_frame(row, trained.curve), out / grid.ROW)
-    lock.keep(out, grid.ROW)  # a second name, should a Snakemake job delete it before it runs (cluster/lock.py)
+    ctx.hooks.keep(out, grid.ROW)  # a second name, should a Snakemake job delete it before it runs (cluster/lock.py)
     for leftover in (grid.CHECKPOINT, grid.CHECKPOINT_STAMP):
         (out / leftover).unlink(missing_ok=True)
     ctx.log.info(f"done in {row['wall_s']:.1f}s: eval_loss {evaluated.eval_loss:.4f}, "

@@ -54,6 +54,7 @@ def run(config_files, study, cell_path, model, bits, rank, mask, seed, n_train, 
     from qlbench.study.grid import Cell, parse
     from qlbench.cluster.status import Heartbeat
     from qlbench.cluster.lock import CellLock, planned_at
+    from qlbench.cluster.runner import cell_hooks
 
     if cell_path is not None:
         cell = parse(cell_path)
@@ -72,7 +73,9 @@ def run(config_files, study, cell_path, model, bits, rank, mask, seed, n_train, 
                 click.echo(f"{cell.path}: finished by another run")
                 return
             with Heartbeat(out_dir):  # how `qlbench status` tells a running cell from a killed one
-                row = run_cell(st, cell, out_dir, settings, threads)
+                # the cell imports nothing of the cluster: its locks' second names, progress, time limit and
+                # planted trouble are lent to it here
+                row = run_cell(st, cell, out_dir, settings, threads, cell_hooks(cell.path, settings.get("fail")))
     except QlbenchError:
         raise
     except BaseException as e:  # a cell that cannot run: one line here, the traceback in its log
@@ -253,29 +256,37 @@ def status(config_files, study, results, profile, show_all, watch, every):
 @click.option("--results", default=None, help="results folder (default: the config's, or results/)")
 @click.option("--partition", default=None, help="SLURM partition (default: the cluster's default)")
 @click.option("--account", default=None, help="SLURM account (default: none given)")
-@click.option("--mem-gb", default=4.0, show_default=True, type=float, help="memory per cell")
-@click.option("--time-min", default=60, show_default=True, type=int, help="time limit per cell, in minutes")
+@click.option("--profile", default=None,
+              help="the Snakemake profile whose policy the sweep follows: retries, each attempt's memory and time, "
+                   "pack sizes (default: profiles/slurm)")
+@click.option("--mem-gb", default=None, type=float,
+              help="memory per cell on the first attempt (default: the profile's); retries grow it as the profile does")
+@click.option("--time-min", default=None, type=int,
+              help="time limit per cell on the first attempt, in minutes (default: the profile's); retries grow it")
 @click.option("--parallel", default=None, type=int,
               help="jobs at once (default: all for slurm; for local, as many as the CPUs hold)")
 @click.option("--gpus", default=None, type=int, help="GPUs per cell (default: the study's `gpus`)")
-@click.option("--retries", default=1, show_default=True, type=int,
-              help="resubmit a failed cell this many times, each time with twice the memory and more time")
-@click.option("--cells-per-job", default=1, show_default=True, type=int,
-              help="cells per job, run one after another and forked from one warm process (a pack)")
-@click.option("--cells-at-once", default=1, show_default=True, type=int,
+@click.option("--retries", default=None, type=int,
+              help="resubmit a failed cell this many times, with the memory and time of its attempt (default: the "
+                   "profile's)")
+@click.option("--cells-per-job", default=None, type=int,
+              help="cells per job, run one after another and forked from one warm process (a pack; default: the "
+                   "profile's pack for slurm, 1 for local)")
+@click.option("--cells-at-once", default=None, type=int,
               help="cells of a pack that run side by side (sharing the job's GPUs: cells per GPU); the job asks for "
-                   "their memory and CPUs, one cell's GPUs, and the time of its rounds")
+                   "their memory and CPUs, one cell's GPUs, and the time of its rounds (default: the profile's)")
 @click.option("--logs", default=None, help="submitit's folder (default: RESULTS/STUDY/logs/sweep)")
-def sweep(config_files, study, executor, results, partition, account, mem_gb, time_min, parallel, gpus, retries,
-          cells_per_job, cells_at_once, logs):
+def sweep(config_files, study, executor, results, partition, account, profile, mem_gb, time_min, parallel, gpus,
+          retries, cells_per_job, cells_at_once, logs):
     """Run a study's grid with submitit (a SLURM job array, or local processes) into the same tree Snakemake
     writes: prepares missing bases first, skips finished cells, then aggregates into cells.parquet and
-    curves.parquet. A job that dies without a result is reported as failed; see `qlbench status`."""
+    curves.parquet. A job that dies without a result is reported as failed; see `qlbench status`. Retries, each
+    attempt's memory and time, and pack sizes are the Snakemake profile's (one policy for both drivers)."""
     from qlbench.cluster.sweep import sweep as run_sweep
 
     outcome = run_sweep(study, config_files=list(config_files), executor=executor, results=results,
                         partition=partition, account=account, mem_gb=mem_gb, time_min=time_min,
                         parallel=parallel, gpus=gpus, retries=retries, cells_per_job=cells_per_job,
-                        cells_at_once=cells_at_once, log_dir=logs, echo=click.echo)
+                        cells_at_once=cells_at_once, profile=profile, log_dir=logs, echo=click.echo)
     if outcome.failed:
         raise click.ClickException(f"{len(outcome.failed)} cells failed (see `qlbench status {outcome.study}`)")

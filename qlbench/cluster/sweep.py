@@ -9,7 +9,8 @@ Bases the study pretrains itself are prepared first; cells with a row already ar
 `qlbench run` process (so a cell behaves exactly as under Snakemake: same log, same checkpoint, same exit codes);
 with `cells_per_job` > 1 a job runs a pack of cells, each forked from the job's warm process: one after another,
 or `cells_at_once` side by side (sharing the job's GPUs: cells per GPU).
-A failed cell is retried with twice the memory and more time, and resumes from its checkpoint. A job that dies
+Retries, the memory and time each attempt gets and the pack sizes are the SLURM profile's (`qlbench.cluster.policy`:
+one policy for this driver and Snakemake's); a failed cell resumes from its checkpoint. A job that dies
 without a result (killed, out of memory, time limit) is noticed from the scheduler's queue — not from the result
 file submitit would wait for — and reported as failed with its reason; nothing waits forever.
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from qlbench.study import finished, grid as gridlib
-from qlbench.cluster import status as statuslib
+from qlbench.cluster import policy as policylib, status as statuslib
 from qlbench.study import config as studylib
 from qlbench.errors import QlbenchError
 
@@ -139,17 +140,6 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
-def job_size(cells: int, at_once: int, attempt: int, *, mem_gb: float, time_min: int, cpus: int,
-             gpus: int) -> dict:
-    """What a job of `cells` cells, `at_once` at a time, asks for: the memory and CPUs of the cells that run side by
-    side, the GPUs of one cell (they share them), and the time of its rounds; memory doubles and time grows with
-    each attempt, as for a single cell."""
-    at_once = min(at_once, cells)
-    rounds = -(-cells // at_once)
-    return {"mem_gb": mem_gb * at_once * 2 ** (attempt - 1), "time_min": time_min * rounds * attempt,
-            "cpus": cpus * at_once, "gpus": gpus}
-
-
 def sweep(
     study: str | None = None,
     *,
@@ -158,22 +148,31 @@ def sweep(
     results: str | None = None,
     partition: str | None = None,
     account: str | None = None,
-    mem_gb: float = 4.0,
-    time_min: int = 60,
+    mem_gb: float | None = None,
+    time_min: float | None = None,
     gpus: int | None = None,
     threads: int = 1,
     parallel: int | None = None,
-    retries: int = 1,
-    cells_per_job: int = 1,
-    cells_at_once: int = 1,
+    retries: int | None = None,
+    cells_per_job: int | None = None,
+    cells_at_once: int | None = None,
+    profile: str | None = None,
     log_dir: str | None = None,
     aggregate: bool = True,
     poll_s: float = 2.0,
     echo: Callable[[str], None] = print,
 ) -> SweepOutcome:
-    """Run every cell of STUDY that has no result yet; return what finished, what was skipped, what failed."""
+    """Run every cell of STUDY that has no result yet; return what finished, what was skipped, what failed.
+    `retries`, `mem_gb` and `time_min` (a first attempt's; later ones grow as the policy says), `cells_per_job` and
+    `cells_at_once` left None are the policy's, read from `profile` (`qlbench.cluster.policy`); on one machine
+    (`executor="local"`) a job is one cell unless asked, as under profiles/local."""
     if executor not in ("slurm", "local"):
         raise QlbenchError(f"executor {executor!r}: use 'slurm' or 'local'")
+    policy = policylib.read(profile).starting_at(None if mem_gb is None else mem_gb * 1000, time_min)
+    retries = policy.retries if retries is None else retries
+    if cells_per_job is None:
+        cells_per_job = policy.cells_per_job if executor == "slurm" else 1  # packs share a cluster job's start-up
+    cells_at_once = policy.cells_at_once if cells_at_once is None else cells_at_once
     if cells_per_job < 1 or cells_at_once < 1:
         raise QlbenchError(f"cells per job {cells_per_job}, cells at once {cells_at_once}: each must be 1 or more")
     files = [str(Path(f).resolve()) for f in config_files]
@@ -188,7 +187,7 @@ def sweep(
         parallel = max(1, (os.cpu_count() or 1) // max(1, threads * min(cells_at_once, cells_per_job)))
 
     def submitter(name: str, attempt: int, cpus: int, gpu: int, cells: int = 1, at_once: int = 1):
-        size = job_size(cells, at_once, attempt, mem_gb=mem_gb, time_min=time_min, cpus=cpus, gpus=gpu)
+        size = policy.job_size(cells, at_once, attempt, cpus=cpus, gpus=gpu)
         return _Submitter(executor, logs, name, partition, account, parallel=parallel, **size)
 
     _prepare_bases(st, config_args, cwd, submitter, poll_s, echo)

@@ -158,7 +158,8 @@ def swept(planted):
     config = write(work / "sweep.yaml", {"results": "results-sweep", "studies": {"micro": {"fail": [
         f"kill@{KILL_STEP}:{FIRST}", f"mem@{OOM_MB}:{OOM}"]}}})
     done = run([BIN / "qlbench", "sweep", "micro", *CONFIG_ARGS, "-c", config,
-                "--executor", "slurm", "--partition", "debug", "--account", "qlbench"], work, 600)
+                "--executor", "slurm", "--partition", "debug", "--account", "qlbench",
+                "--cells-per-job", "1"], work, 600)  # one job a cell (the profile's policy packs them)
     assert done.returncode == 0, done.stdout[-4000:]
     return work, done.stdout
 
