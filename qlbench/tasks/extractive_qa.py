@@ -37,7 +37,7 @@ class Features:
     batch: Batch  # input_ids, attention_mask, start_positions, end_positions: [n, length]
     text: list[str]  # each feature's full text, which offsets index into
     # [n, length, 2] int32: per token (start, end) characters in `text`, OUTSIDE outside the context; a tensor, not
-    # lists of tuples: the weights-only load of the cached data builds those in Python (~36 s for squad's eval set)
+    # lists of tuples, which the cache's weights-only load builds in Python (squad's eval set: 10 s, not 0.4 s)
     offsets: torch.Tensor
 
     def spans(self, k: int) -> list[list[int]]:
