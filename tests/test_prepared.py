@@ -17,6 +17,13 @@ def test_key_follows_what_the_data_depends_on(repo_config):
     assert prepared.key(repo_config, "micro-gpt2", {**settings, "dataset": "trivia"}, None) != key
 
 
+def test_a_new_format_remakes_the_files(repo_config, monkeypatch):
+    settings = studylib.load(repo_config, "micro").settings
+    key = prepared.key(repo_config, "micro-gpt2", settings, None)
+    monkeypatch.setattr(prepared, "FORMAT", prepared.FORMAT + 1)
+    assert prepared.key(repo_config, "micro-gpt2", settings, None) != key
+
+
 def test_cached_makes_once_and_reads_the_same_tensors(tmp_path):
     calls = []
 

@@ -24,7 +24,9 @@ from qlbench.errors import QlbenchError
 from qlbench.study.config import config_hash, resources_root
 from qlbench.study.settings import data_blind_keys
 
-FORMAT = 2  # in the key: 2 reads back as data only (its Batch pickled as a dict), which 1's files are not
+# in the key: 2 reads back as data only (its Batch pickled as a dict), which 1's files are not; 3 holds extractive
+# QA's offsets as a tensor (2's lists of tuples took ~10x as long to read back as data)
+FORMAT = 3
 
 
 def key(config: dict, model: str, settings: dict, n_train: int | None) -> str:
