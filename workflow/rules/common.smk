@@ -12,6 +12,7 @@ from qlbench.study import config as studylib
 from qlbench.study.identities import cell_identities
 from qlbench.errors import QlbenchError
 from qlbench.cluster import lock as lockmod
+from qlbench.results import NUMERICS
 
 RESULTS = studylib.results_root(config)
 RESOURCES = studylib.resources_root(config)
