@@ -153,7 +153,8 @@ def test_a_rows_numerics_decide_its_state_where_its_settings_are_current(tmp_pat
     assert state("ok", "h" * 16, "{}", NUMERICS + 1) == "stale"
     assert status.row_state("x", ("ok", "0" * 16, '{"steps": 20}', NUMERICS), identity).reason == \
         "made under other settings: steps 20 -> 30"
-    assert state("ok", None, "{}", None) == "done" and status.row_state("x", ("ok", "h" * 16, "{}", 0), None).state == "done"
+    assert state("ok", None, "{}", None) == "done"
+    assert status.row_state("x", ("ok", "h" * 16, "{}", 0), None).state == "done"
     folder = tmp_path / "cell"
     folder.mkdir()
     pl.DataFrame({"status": ["ok"], "config_hash": ["h" * 16], "settings_json": ["{}"], "numerics": [NUMERICS]}

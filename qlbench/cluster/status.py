@@ -105,7 +105,8 @@ def row_state(path: str, row: tuple, identity: tuple[dict, str] | None) -> CellS
     state, chash, settings_json, numerics = (*row, None)[:4]
     if identity is not None and chash is not None:  # a row without a hash (not a cell's) has nothing to compare
         if chash != identity[1]:
-            return CellStatus(path, "stale", "made under other settings: " + changed_settings(settings_json, identity[0]))
+            changed = changed_settings(settings_json, identity[0])
+            return CellStatus(path, "stale", f"made under other settings: {changed}")
         if why := numerics_stale(numerics):
             return CellStatus(path, "stale", why)
     return CellStatus(path, "done" if state == "ok" else state)
