@@ -32,9 +32,9 @@ def test_default_study_orders_bit_widths(tmp_path):
 
 
 def test_the_pinned_comparison_sees_the_numbers_that_moved_before_the_pin():
-    """The rows of 2026-12-01 against the pinned ones: the foreach change moved every cell (the 16-bit cells' loss
-    before training by 5e-6, curves in their last digits), and the comparison names each column it moved; the pinned
-    rows against themselves: nothing."""
+    """The rows of 2026-12-01 against the pinned ones: every cell moved (the 16-bit cells' loss before training by
+    5e-6, the curves in their last digits) and the comparison names each column that moved; the pinned rows against
+    themselves: nothing."""
     old = REPO / "tests/data/reference/demo/2026-12-01"
     assert reference_differences(PINNED, PINNED) == []
     moved = {":".join(line.split(":")[:2]) for line in reference_differences(PINNED, old)}  # "cells: eval_loss"

@@ -119,9 +119,9 @@ def reference_tree(results, label, numerics=None):
 
 
 def test_rows_of_older_numerics_read_stale_and_rows_of_the_codes_done(tmp_path):
-    """The demo's rows of 2026-12-01 (before `numerics`, version 0; foreach moved the numbers since) read stale
-    though their settings are the current ones; the same cells made by the code's numerics are done, and rows made
-    after the change but before its bump (2026-12-06's, no column) read stale too: they are version 0."""
+    """The demo's rows of 2026-12-01 (before `numerics`: version 0, numbers that differ from the pinned ones) read
+    stale though their settings are the current ones; the pinned rows with the code's numerics are done, and the
+    same rows as 2026-12-06 wrote them (no column: version 0) read stale too."""
     from qlbench.results import NUMERICS
 
     demo = study.load(study.read_config([REPO / "config.yaml"]), "demo")
