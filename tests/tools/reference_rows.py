@@ -3,12 +3,14 @@
     python tests/tools/reference_rows.py RESULTS/demo/cells tests/data/reference/demo/2026-12-06
 
 Writes `cells.parquet` (a row per cell: every column of its row but timing and provenance, its `config_hash` and
-`numerics` kept to build a results tree from) and `curves.parquet` (a row per training step, timing left out): a few
-kB where the rows are 560 kB. tests/tools/same_numbers.py compares a run's aggregates to them.
+`numerics` kept to build a results tree from), `curves.parquet` (a row per training step, timing left out) and,
+where the cells kept their adapters, `adapters.txt` (each adapter's sha256 and cell): a few kB where the rows are
+560 kB. tests/tools/same_numbers.py compares a run's aggregates and adapters to them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -27,6 +29,12 @@ def reference(cells_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     return cells, curves
 
 
+def adapter_digests(cells_dir: Path) -> str:
+    """`<sha256>  <cell path>` of every cell's adapter.safetensors, a line each, in path order."""
+    paths = sorted(cells_dir.rglob("adapter.safetensors"))
+    return "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.parent.relative_to(cells_dir)}\n" for p in paths)
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit(__doc__)
@@ -35,4 +43,6 @@ if __name__ == "__main__":
     cells, curves = reference(Path(sys.argv[1]))
     cells.write_parquet(out / "cells.parquet")
     curves.write_parquet(out / "curves.parquet")
+    if digests := adapter_digests(Path(sys.argv[1])):
+        (out / "adapters.txt").write_text(digests)
     print(f"{out}: {cells.height} cells, {curves.height} curve rows")

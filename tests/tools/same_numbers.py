@@ -9,6 +9,7 @@ names the first differences when anything differs; prints one line per study whe
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -26,11 +27,19 @@ def numbers(table: pl.DataFrame) -> pl.DataFrame:
 
 
 def reference_differences(reference: Path, results: Path) -> list[str]:
-    """How a study's aggregates (`results`/cells.parquet, curves.parquet) differ from a pinned reference's
-    (tests/tools/reference_rows.py made it): [] when every number is the same, bit for bit."""
-    return [f"{table}: {d}" for table in ("cells", "curves")
-            for d in differences(numbers(pl.read_parquet(reference / f"{table}.parquet")),
-                                 numbers(pl.read_parquet(results / f"{table}.parquet")), set())]
+    """How a study's aggregates (`results`/cells.parquet, curves.parquet) and its cells' adapters differ from a
+    pinned reference's (tests/tools/reference_rows.py made it): [] when every number and weight is the same, bit for
+    bit (the adapters where the reference has their digests, adapters.txt)."""
+    out = [f"{table}: {d}" for table in ("cells", "curves")
+           for d in differences(numbers(pl.read_parquet(reference / f"{table}.parquet")),
+                                numbers(pl.read_parquet(results / f"{table}.parquet")), set())]
+    pinned = reference / "adapters.txt"
+    for line in pinned.read_text().splitlines() if pinned.exists() else []:
+        digest, cell = line.split(maxsplit=1)
+        adapter = results / "cells" / cell / "adapter.safetensors"
+        if not adapter.exists() or hashlib.sha256(adapter.read_bytes()).hexdigest() != digest:
+            out.append(f"adapter differs: {cell}")
+    return out
 
 
 def differences(before: pl.DataFrame, after: pl.DataFrame, skip: set[str]) -> list[str]:
