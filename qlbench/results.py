@@ -54,10 +54,20 @@ OPTIONAL_METRICS = {
     "merged_s": pl.Float64,  # seconds the two merged evaluations took, the reload included
     "compile_s": pl.Float64,  # under `compile`: the first step's time beyond a usual step's (the compilation)
 }
+# The numerics version: what a row's numbers come from beyond its settings. A change to the code that moves numbers
+# on purpose (or was found to) bumps it, with a line below; the cells' identities stay as they are. A row records the
+# version that made it (`numerics`; a row written before the column: 0) and one of another version reads stale
+# (`numerics_stale`: `qlbench status`, the aggregate, a cell's lock; the workflow's cell rule has it as a param), so
+# the numbers of two versions never mix in one table. What it pins: tests/test_demo.py, the demo's rows bit for bit.
+#   0  rows before the column: numbers no test held to a pin. Two runs of the demo (2026-12-01, 2026-12-06) differ in
+#      every cell, by their machines: the code of either makes 2026-12-06's on this one (docs/studies/demo.md).
+#   1  2026-12-07: the demo's rows pinned bit for bit (tests/data/reference/demo/2026-12-06, tests/test_demo.py).
+NUMERICS = 1
 PROVENANCE = {
     "config_hash": pl.String, "qlbench_version": pl.String, "torch_version": pl.String,
     "transformers_version": pl.String, "peft_version": pl.String, "python_version": pl.String,
     "host": pl.String, "device": pl.String, "threads": pl.Int64, "finished_at": pl.String,
+    "numerics": pl.Int64,  # NUMERICS of the code that made the row
 }
 ROW_SCHEMA = pl.Schema({**COORDS, **SETTINGS, **METRICS, **PROVENANCE})
 STEP = {
@@ -157,6 +167,14 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def numerics_stale(version) -> str | None:
+    """Why a row of numerics `version` (None: a row without the column, version 0) is stale; None where it is current.
+    Its numbers may equal the current code's (rows made after a change but before its bump): rerunning it costs a
+    cell and makes the same row again, with the version on it."""
+    version = 0 if version is None else int(version)
+    return None if version == NUMERICS else f"made by numerics {version}, the code's are {NUMERICS}"
+
+
 def provenance(config_hash: str, device: str, threads: int) -> dict:
     return {
         "config_hash": config_hash,
@@ -169,4 +187,5 @@ def provenance(config_hash: str, device: str, threads: int) -> dict:
         "device": device,
         "threads": threads,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "numerics": NUMERICS,
     }

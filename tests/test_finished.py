@@ -10,6 +10,7 @@ import time
 import polars as pl
 import pytest
 
+from qlbench.results import NUMERICS
 from qlbench.study import config as studylib, finished, grid
 from qlbench.study.identities import cell_identities
 
@@ -76,18 +77,23 @@ def test_batch_identities_equal_cell_identity_for_every_study(repo_config):
         assert cell_identities(study, cells) == [studylib.cell_identity(study, c) for c in cells], name
 
 
-def _cell_files(root, study, cells, stale=()):
+def _cell_files(root, study, cells, stale=(), numerics=None):
     """Rows and curves of `cells` as a cell writes them; the cells in `stale` with another config_hash and a curve
-    with a column of their own (an older version's curve)."""
+    with a column of their own (an older version's curve). `numerics`: {cell path: its row's numerics version}
+    (None: a row without the column); the others' is the code's."""
     identities = dict(zip([c.path for c in cells], cell_identities(study, cells)))
     for i, cell in enumerate(cells):
         folder = grid.cell_dir(str(root), study.name, cell)
         os.makedirs(folder)
         identity, digest = identities[cell.path]
-        pl.DataFrame({"mask": [cell.mask], "seed": [cell.seed], "status": ["ok"], "eval_loss": [2.0 + i],
-                      "config_hash": ["0" * 16 if cell.path in stale else digest],
-                      "settings_json": [json.dumps({**identity, "steps": 1}, default=str)]}
-                     ).write_parquet(f"{folder}/{grid.ROW}")
+        row = pl.DataFrame({"mask": [cell.mask], "seed": [cell.seed], "status": ["ok"], "eval_loss": [2.0 + i],
+                            "config_hash": ["0" * 16 if cell.path in stale else digest],
+                            "settings_json": [json.dumps({**identity, "steps": 1}, default=str)],
+                            "numerics": [NUMERICS]})
+        if cell.path in (numerics or {}):
+            version = numerics[cell.path]
+            row = row.drop("numerics") if version is None else row.with_columns(numerics=pl.lit(version))
+        row.write_parquet(f"{folder}/{grid.ROW}")
         curve = pl.DataFrame({"step": [1, 2, 3], "loss": [3.0 + i, 2.5 + i, 2.0 + i]})
         if cell.path in stale:
             curve = curve.with_columns(old_column=pl.lit("x"))
@@ -114,6 +120,21 @@ def test_aggregate_leaves_out_a_stale_cell_and_its_curve(tmp_path, repo_config):
     assert missing == [stale] and not stale_found and tables["curves"].height == 3 * (len(cells) - 1)
 
 
+def test_aggregate_leaves_out_rows_of_other_numerics_and_names_them(tmp_path, repo_config):
+    """A row of the current settings made by other numerics (an older version, or none: before the column) is
+    stale as a row of other settings is: left out of every table and named with both versions."""
+    from qlbench.analysis.aggregate import aggregate
+
+    study = studylib.load(repo_config, "micro")
+    cells = grid.cells(study)
+    older = {cells[0].path: None, cells[2].path: NUMERICS - 1}
+    _cell_files(tmp_path, study, cells, numerics=older)
+    tables, missing, stale = aggregate(study, str(tmp_path))
+    assert missing == [] and stale == {cells[0].path: f"made by numerics 0, the code's are {NUMERICS}",
+                                       cells[2].path: f"made by numerics {NUMERICS - 1}, the code's are {NUMERICS}"}
+    assert tables["cells"]["eval_loss"].to_list() == [3.0] and tables["curves"].height == 3
+
+
 @pytest.mark.parametrize("older", [(), (1,), (0, 2), (0, 1, 2)])
 def test_curves_come_from_the_rows_and_from_older_cells_curve_files(tmp_path, repo_config, older):
     """A cell's row carries its training curve; a cell written before rows did keeps it in curve.parquet. curves.parquet
@@ -128,7 +149,7 @@ def test_curves_come_from_the_rows_and_from_older_cells_curve_files(tmp_path, re
     for i, (cell, (identity, digest)) in enumerate(zip(cells, cell_identities(study, cells))):
         coords = {"study": study.name, **cell.coords(), "targets": "c_attn"}
         row = {**{name: None for name in results.ROW_SCHEMA}, **coords, "status": "ok", "config_hash": digest,
-               "settings_json": json.dumps(identity, sort_keys=True, default=str)}
+               "settings_json": json.dumps(identity, sort_keys=True, default=str), "numerics": results.NUMERICS}
         steps = [{"step": s, "loss": 3.0 + i - s / 10, "lr": 1e-3, "grad_norm": 1.0, "step_time_s": 0.1,
                   "grad_var": float("nan")} for s in range(i + 1)]  # curves of 1 to 3 steps
         folder = grid.cell_dir(str(tmp_path), study.name, cell)

@@ -100,3 +100,68 @@ def test_time_limit_margin():
     assert stop_time(now=0, end=100) == 70  # at least 30 s early
     assert stop_time(now=0, end=3600) == 3600 - 180  # 5% of the job's time
     assert stop_time(now=0, end=100_000) == 100_000 - 300  # at most 5 minutes
+
+
+REFERENCE = REPO / "tests/data/reference/demo"  # the demo's rows as two runs made them (tests/tools/reference_rows.py)
+
+
+def reference_tree(results, label, numerics=None):
+    """A results tree of the demo's 20 cells holding the rows of the reference run `label` (their numbers, status,
+    settings and hash: what status reads); `numerics`: the version to write on them (None: the rows' own)."""
+    rows = pl.read_parquet(REFERENCE / label / "cells.parquet")
+    if numerics is not None:
+        rows = rows.with_columns(numerics=pl.lit(numerics, pl.Int64))
+    for i, r in enumerate(rows.iter_rows(named=True)):
+        cell = grid.Cell(r["model"], r["bits"], r["rank"], r["mask"], r["seed"], r["n_train"])
+        folder = results / "demo/cells" / cell.path
+        folder.mkdir(parents=True)
+        rows.slice(i, 1).write_parquet(folder / "row.parquet")
+    return rows
+
+
+def test_rows_of_older_numerics_read_stale_and_rows_of_the_codes_done(tmp_path):
+    """The demo's rows of 2026-12-01 (before `numerics`: version 0, numbers that differ from the pinned ones) read
+    stale though their settings are the current ones; the pinned rows with the code's numerics are done, and the
+    same rows as 2026-12-06 wrote them (no column: version 0) read stale too."""
+    from qlbench.results import NUMERICS
+
+    demo = study.load(study.read_config([REPO / "config.yaml"]), "demo")
+    old = reference_tree(tmp_path / "old", "2026-12-01")
+    assert "numerics" not in old.columns and NUMERICS >= 1
+    states = status.study_status(demo, str(tmp_path / "old"))
+    assert len(states) == 20 and {s.state for s in states} == {"stale"}
+    assert {s.reason for s in states} == {f"made by numerics 0, the code's are {NUMERICS}"}
+    reference_tree(tmp_path / "new", "2026-12-06", numerics=NUMERICS)
+    assert {s.state for s in status.study_status(demo, str(tmp_path / "new"))} == {"done"}
+    reference_tree(tmp_path / "unversioned", "2026-12-06")
+    assert {s.state for s in status.study_status(demo, str(tmp_path / "unversioned"))} == {"stale"}
+
+    out = subprocess.run([BIN / "qlbench", "status", "demo", "-c", REPO / "config.yaml", "--results",
+                          tmp_path / "old"], text=True, capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "20 cells: 0 done, 0 diverged, 20 stale" in out.stdout and "made by numerics 0" in out.stdout, out.stdout
+
+
+def test_a_rows_numerics_decide_its_state_where_its_settings_are_current(tmp_path):
+    """row_state (status, the cell lock): other settings first, then other numerics; a row without a hash is not a
+    cell's and is compared with nothing."""
+    from qlbench.results import NUMERICS
+
+    identity = ({"steps": 30}, "h" * 16)
+    state = lambda *row: status.row_state("x", row, identity).state  # noqa: E731
+    assert state("ok", "h" * 16, "{}", NUMERICS) == "done" and state("diverged", "h" * 16, "{}", NUMERICS) == "diverged"
+    assert state("ok", "h" * 16, "{}", NUMERICS - 1) == "stale" and state("ok", "h" * 16, "{}", None) == "stale"
+    assert state("ok", "h" * 16, "{}", NUMERICS + 1) == "stale"
+    assert status.row_state("x", ("ok", "0" * 16, '{"steps": 20}', NUMERICS), identity).reason == \
+        "made under other settings: steps 20 -> 30"
+    assert state("ok", None, "{}", None) == "done"
+    assert status.row_state("x", ("ok", "h" * 16, "{}", 0), None).state == "done"
+    folder = tmp_path / "cell"
+    folder.mkdir()
+    pl.DataFrame({"status": ["ok"], "config_hash": ["h" * 16], "settings_json": ["{}"], "numerics": [NUMERICS]}
+                 ).write_parquet(folder / "row.parquet")
+    assert status.read_row_status(folder / "row.parquet") == ("ok", "h" * 16, "{}", NUMERICS)
+    assert status.cell_status(folder, "cell", identity=identity).state == "done"
+    pl.DataFrame({"status": ["ok"], "config_hash": ["h" * 16], "settings_json": ["{}"]}).write_parquet(
+        folder / "row.parquet")
+    assert status.cell_status(folder, "cell", identity=identity).state == "stale"

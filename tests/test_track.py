@@ -29,7 +29,7 @@ def _write_row(root: Path, st, cell, eval_loss: float, finished_at: str = "2026-
         "study": st.name, **cell.coords(), "targets": "c_attn", "status": "ok", "eval_loss": eval_loss,
         "eval_loss_before": eval_loss + 0.5, "wall_s": 3.0, "steps_done": STEPS, "config_hash": chash,
         "settings_json": json.dumps(settings, sort_keys=True, default=str), "backend": st.settings["backend"],
-        "steps": STEPS, "finished_at": finished_at, "host": "test"}
+        "steps": STEPS, "finished_at": finished_at, "host": "test", "numerics": results.NUMERICS}
     curve = [{"step": s, "loss": 3.0 - 0.1 * s, "lr": 1e-3, "grad_norm": 1.0 + s, "step_time_s": 0.1,
               "grad_var": float("nan")} for s in range(1, STEPS + 1)]
     frame = pl.DataFrame([row], schema=results.ROW_SCHEMA).with_columns(

@@ -3,9 +3,9 @@ curve each row carries) and `probes.parquet` (the one-pass sensitivity estimates
 one).
 
 Reads parquet only, and only the cells of the study's grid, so folders of an older grid never leak in; a row made
-under other settings than the config's (its `config_hash` differs) is left out and named, never mixed in. One stat
-per file and one vectorised read of whatever changed since the last read (study/finished.py): 10,000 cells
-aggregate in seconds.
+under other settings than the config's (its `config_hash` differs), or by other numerics (`results.NUMERICS`), is
+left out and named, never mixed in. One stat per file and one vectorised read of whatever changed since the last
+read (study/finished.py): 10,000 cells aggregate in seconds.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import polars as pl
 
 from qlbench.errors import QlbenchError
-from qlbench.results import COORDS, CURVE, CURVE_SCHEMA, PROBE_SCHEMA, curve_frame
+from qlbench.results import COORDS, CURVE, CURVE_SCHEMA, NUMERICS, PROBE_SCHEMA, curve_frame, numerics_stale
 from qlbench.study import finished, grid
 from qlbench.study.config import Study, changed_settings
 from qlbench.study.identities import cell_identities
@@ -38,8 +38,13 @@ def aggregate(study: Study, results: str, corrupt: dict[str, str] | None = None
         current_hash = pl.Series([h for _, h in identities], dtype=pl.String)
         is_stale = table["config_hash"].ne_missing(current_hash) if "config_hash" in table.columns else \
             pl.Series([True] * len(done))
+        numerics = table["numerics"] if "numerics" in table.columns else pl.Series([None] * len(done), dtype=pl.Int64)
+        other_numerics = numerics.fill_null(0).ne(NUMERICS)  # a row without the column: numerics 0
         for i in is_stale.arg_true().to_list():
             stale[done[i][0].path] = changed_settings(table["settings_json"][i], identities[i][0])
+        for i in (other_numerics & ~is_stale).arg_true().to_list():
+            stale[done[i][0].path] = numerics_stale(numerics[i])
+        is_stale = is_stale | other_numerics
         if stale:
             table = table.filter(~is_stale)
     current = [cell for cell, _ in done if cell.path not in stale]

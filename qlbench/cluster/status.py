@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from qlbench.cluster import progress
+from qlbench.results import numerics_stale
 from qlbench.study import grid
 from qlbench.study.finished import MOVED_ASIDE
 from qlbench.study.config import Study, changed_settings
@@ -28,6 +29,7 @@ from qlbench.study.identities import cell_identities
 STATES = ("done", "diverged", "stale", "failed", "running", "missing", "corrupt")
 # corrupt: a row that cannot be read, or is not a row (truncated by a full disk, an interrupted copy): both drivers
 # rerun the cell, no aggregate reads it. Counted in the summary line only when there is one.
+ROW_STATE = ("status", "config_hash", "settings_json", "numerics")  # the columns a row's state is read from
 RUNNING = ".running"
 HEARTBEAT_S = 30  # how often a running cell touches its heartbeat file
 STALE_S = 150  # a heartbeat older than this means the process is gone
@@ -38,7 +40,7 @@ _START = "cell "  # the cell logger's first line of every attempt: "HH:MM:SS cel
 class CellStatus:
     path: str  # the cell's folder under cells/
     state: str  # one of STATES
-    reason: str = ""  # failed: why; running: where; stale: which settings changed
+    reason: str = ""  # failed: why; running: where; stale: which settings changed, or the numerics
     progress: dict | None = None  # running: its loop's step of N (cluster/progress.py)
 
 
@@ -83,7 +85,8 @@ def _slurm_job() -> str | None:
 
 def cell_status(cell_dir: Path, path: str, now: float | None = None, identity: tuple[dict, str] | None = None
                 ) -> CellStatus:
-    """`identity`: the cell's current (settings, hash); a row made under other settings is then `stale`."""
+    """`identity`: the cell's current (settings, hash); a row made under other settings, or by other numerics
+    (`results.NUMERICS`), is then `stale`."""
     row = cell_dir / grid.ROW
     if row.exists():
         try:
@@ -94,11 +97,18 @@ def cell_status(cell_dir: Path, path: str, now: float | None = None, identity: t
     return unfinished_status(cell_dir, path, time.time() if now is None else now)
 
 
-def row_state(path: str, row: tuple[str, str | None, str], identity: tuple[dict, str] | None) -> CellStatus:
-    """A finished cell's state from its row's (status, config_hash, settings_json)."""
-    state, chash, settings_json = row
-    if identity is not None and chash is not None and chash != identity[1]:
-        return CellStatus(path, "stale", "made under other settings: " + changed_settings(settings_json, identity[0]))
+def row_state(path: str, row: tuple, identity: tuple[dict, str] | None) -> CellStatus:
+    """A finished cell's state from its row's (status, config_hash, settings_json, numerics); with `identity`, a row
+    of other settings or of other numerics (None: a row without the column, version 0) is stale. A row of the
+    current settings made before the numerics' last bump is stale even where its numbers equal the code's (rows
+    made between a change and its bump): rerunning it costs a cell and gives the same numbers, now versioned."""
+    state, chash, settings_json, numerics = (*row, None)[:4]
+    if identity is not None and chash is not None:  # a row without a hash (not a cell's) has nothing to compare
+        if chash != identity[1]:
+            changed = changed_settings(settings_json, identity[0])
+            return CellStatus(path, "stale", f"made under other settings: {changed}")
+        if why := numerics_stale(numerics):
+            return CellStatus(path, "stale", why)
     return CellStatus(path, "done" if state == "ok" else state)
 
 
@@ -133,15 +143,18 @@ def unfinished_status(cell_dir: Path, path: str, now: float) -> CellStatus:
     return CellStatus(path, "failed", reason)
 
 
-def read_row_status(row: Path) -> tuple[str, str | None, str]:
-    """(status, config_hash, settings_json) of a finished cell's row; no hash where the row has none."""
+def read_row_status(row: Path) -> tuple[str, str | None, str, int | None]:
+    """(status, config_hash, settings_json, numerics) of a finished cell's row; no hash or numerics where the row
+    has none."""
     import pyarrow.parquet as pq
 
     file = pq.ParquetFile(row)
-    columns = [c for c in ("status", "config_hash", "settings_json") if c in file.schema_arrow.names]
+    columns = [c for c in ROW_STATE if c in file.schema_arrow.names]
     table = file.read(columns=columns)  # faster than read_table
-    values = {c: str(table.column(c)[0]) for c in columns}
-    return values["status"], values.get("config_hash"), values.get("settings_json", "{}")
+    values = {c: table.column(c)[0] for c in columns}
+    numerics = values["numerics"].as_py() if "numerics" in values else None
+    return (str(values["status"]), str(values["config_hash"]) if "config_hash" in values else None,
+            str(values.get("settings_json", "{}")), numerics)
 
 
 def _marker(marker: Path, now: float) -> dict | None:
@@ -195,7 +208,7 @@ def study_status(study: Study, results: str) -> list[CellStatus]:
     paths = finished.cell_files(results, study.name, cells, grid.ROW)
     stamps = [finished.stamp(p) for p in paths]
     done = [i for i, s in enumerate(stamps) if s]
-    columns = ["status", "config_hash", "settings_json"]
+    columns = list(ROW_STATE)
     corrupt: dict[str, str] = {}
     rows = finished.stack([paths[i] for i in done], [stamps[i] for i in done],
                           finished.cache_path(results, study.name, "cells"), columns, corrupt=corrupt,
@@ -205,8 +218,8 @@ def study_status(study: Study, results: str) -> list[CellStatus]:
     done = [i for i in done if i not in bad]
     values = [rows[c].to_list() if c in rows.columns else [None] * len(done) for c in columns]
     identities = cell_identities(study, [cells[i] for i in done])
-    by_cell = {i: row_state(cells[i].path, (state, chash, settings or "{}"), identity)
-               for i, state, chash, settings, identity in zip(done, *values, identities)}
+    by_cell = {i: row_state(cells[i].path, (state, chash, settings or "{}", numerics), identity)
+               for i, state, chash, settings, numerics, identity in zip(done, *values, identities)}
     by_cell.update(bad)
     return [by_cell[i] if i in by_cell else unfinished_status(Path(paths[i]).parent, c.path, now)
             for i, c in enumerate(cells)]

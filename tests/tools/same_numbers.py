@@ -9,6 +9,7 @@ names the first differences when anything differs; prints one line per study whe
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -17,6 +18,28 @@ import polars as pl
 from qlbench.results import PROVENANCE, TIMING_COLUMNS
 
 KEYS = ["model", "n_train", "bits", "rank", "mask", "seed"]
+SKIP = set(PROVENANCE) | set(TIMING_COLUMNS)  # differ run to run (a curve's step_time_s among the timings)
+
+
+def numbers(table: pl.DataFrame) -> pl.DataFrame:
+    """A cells or curves table less its provenance and timing columns: what two runs of the same code share."""
+    return table.drop([c for c in table.columns if c in SKIP])
+
+
+def reference_differences(reference: Path, results: Path) -> list[str]:
+    """How a study's aggregates (`results`/cells.parquet, curves.parquet) and its cells' adapters differ from a
+    pinned reference's (tests/tools/reference_rows.py made it): [] when every number and weight is the same, bit for
+    bit (the adapters where the reference has their digests, adapters.txt)."""
+    out = [f"{table}: {d}" for table in ("cells", "curves")
+           for d in differences(numbers(pl.read_parquet(reference / f"{table}.parquet")),
+                                numbers(pl.read_parquet(results / f"{table}.parquet")), set())]
+    pinned = reference / "adapters.txt"
+    for line in pinned.read_text().splitlines() if pinned.exists() else []:
+        digest, cell = line.split(maxsplit=1)
+        adapter = results / "cells" / cell / "adapter.safetensors"
+        if not adapter.exists() or hashlib.sha256(adapter.read_bytes()).hexdigest() != digest:
+            out.append(f"adapter differs: {cell}")
+    return out
 
 
 def differences(before: pl.DataFrame, after: pl.DataFrame, skip: set[str]) -> list[str]:
@@ -41,11 +64,10 @@ def main(before: Path, after: Path, studies: list[str]) -> int:
     failed = False
     for study in studies:
         problems = []
-        skip = set(PROVENANCE) | set(TIMING_COLUMNS)
-        for table, extra_skip in (("cells", set()), ("curves", {"step_time_s"})):
+        for table in ("cells", "curves"):
             problems += [f"{table}: {d}" for d in differences(pl.read_parquet(before / study / f"{table}.parquet"),
                                                               pl.read_parquet(after / study / f"{table}.parquet"),
-                                                              skip | extra_skip)]
+                                                              SKIP)]
         adapters = sorted((before / study / "cells").rglob("adapter.safetensors"))
         for path in adapters:
             twin = after / path.relative_to(before)

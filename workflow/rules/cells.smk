@@ -16,6 +16,8 @@ rule cell:
         # the hash of what determines the cell's numbers: with `rerun-triggers: params` (profiles), a changed
         # setting reruns exactly the cells it changes, and editing anything else in config.yaml reruns none
         identity=cell_hash,
+        # the code's numerics version (qlbench/results.py): a bump reruns every cell made before it, as a setting does
+        numerics=NUMERICS,
     shell:
         # the config files are not a param: passing another --configfile (planted trouble) must not rerun cells
         # --warm: forked from a process that has imported torch & co. already (one per machine or SLURM job)

@@ -13,6 +13,7 @@ from qlbench.errors import QlbenchError
 from qlbench.cluster import lock as lockmod
 from qlbench import registry
 from qlbench.analysis import applies
+from qlbench.results import NUMERICS
 
 RESULTS = studylib.results_root(config)
 RESOURCES = studylib.resources_root(config)
