@@ -5,7 +5,7 @@ holds `BACKEND = Backend(...)` with literal arguments and `apply(model, plan, qu
 file in `qlbench/tasks/` that holds `TASK = Task(...)`; an analysis is one file in `qlbench/analysis/declared/` (or
 in a folder on `QLBENCH_ANALYSES`) that holds `ANALYSIS = Analysis(...)` and `run(job) -> str`. The declarations
 are read from the files' source (the arguments are literals), so the config's checks, `qlbench settings`, the
-aggregates and the workflow's DAG learn what every backend, task and analysis can do without importing torch — and this module, below `study/` (the floors of `tests/test_structure.py`),
+aggregates and the workflow's DAG learn what every backend, task and analysis can do without importing torch — and this module, below `study/` (the floors of `tests/unit/test_structure.py`),
 never imports the rooms it describes. A cell imports the one it runs (`backend_module`, `task_module`).
 """
 

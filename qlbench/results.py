@@ -58,10 +58,10 @@ OPTIONAL_METRICS = {
 # on purpose (or was found to) bumps it, with a line below; the cells' identities stay as they are. A row records the
 # version that made it (`numerics`; a row written before the column: 0) and one of another version reads stale
 # (`numerics_stale`: `qlbench status`, the aggregate, a cell's lock; the workflow's cell rule has it as a param), so
-# the numbers of two versions never mix in one table. What it pins: tests/test_demo.py, the demo's rows bit for bit.
+# the numbers of two versions never mix in one table. What it pins: tests/workflow/test_demo.py, the demo's rows bit for bit.
 #   0  rows before the column: numbers no test held to a pin. Two runs of the demo (2026-12-01, 2026-12-06) differ in
 #      every cell, by their machines: the code of either makes 2026-12-06's on this one (docs/studies/demo.md).
-#   1  2026-12-07: the demo's rows pinned bit for bit (tests/data/reference/demo/2026-12-06, tests/test_demo.py).
+#   1  2026-12-07: the demo's rows pinned bit for bit (tests/data/reference/demo/2026-12-06, tests/workflow/test_demo.py).
 NUMERICS = 1
 PROVENANCE = {
     "config_hash": pl.String, "qlbench_version": pl.String, "torch_version": pl.String,

@@ -334,7 +334,7 @@ def _bootstrap_means(pts: pl.DataFrame, seed_losses: pl.DataFrame | None, boots:
     fit's rule with the point fit's floor: nᵢ/max(sᵢ², floor), sᵢ² over the drawn seeds. The floor is the point
     fit's (the median over points of the seed variance), not the draw's: a draw that repeats one seed of two has
     variance 0 everywhere, and a floor re-estimated from it would be 0 and every weight 1 — another estimator.
-    Re-estimating the weights keeps their noise in the interval: on the planted bound of tests/test_analysis.py
+    Re-estimating the weights keeps their noise in the interval: on the planted bound of tests/unit/analysis/test_analysis.py
     (4 seeds), the intervals covered c1 and c2 together in 45 of 60 replicates with the weights held fixed, 53 of
     60 re-estimated this way. (None, None) when fewer than 2 seeds."""
     if seed_losses is None or "seed" not in seed_losses.columns:

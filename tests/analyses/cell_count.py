@@ -1,4 +1,4 @@
-"""An analysis of one's own, in a file of its own: tests/test_declared_analyses.py puts this folder on
+"""An analysis of one's own, in a file of its own: tests/unit/analysis/test_declared_analyses.py puts this folder on
 QLBENCH_ANALYSES, and nothing else names it — the workflow's rule, final_targets, the report and the CLI find it."""
 
 from qlbench.registry import Analysis

@@ -1,4 +1,4 @@
-// Appended to a copy of Snakemake's report.html by tests/test_report_browser.py: walks the report as a reader
+// Appended to a copy of Snakemake's report.html by tests/workflow/test_report_browser.py: walks the report as a reader
 // does (Results -> each category -> each subcategory -> each file) and leaves what it saw in <pre id="qlbench-walk">:
 // for every file listed, its category, subcategory and what the viewer showed when the file was opened.
 (function () {

@@ -3,7 +3,6 @@ estimated from the finished cells' step times — by hand, and with a real cell 
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time

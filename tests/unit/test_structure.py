@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "qlbench"
+PACKAGE = Path(__file__).resolve().parents[2] / "qlbench"
 FLOOR = {"cli": 7, "__init__": 7, "attack": 6, "cluster": 6, "cell": 5, "export": 5, "analysis": 4, "quant": 3,
          "tasks": 3, "data": 2, "study": 1, "registry": 0, "results": 0, "errors": 0}
 NO_TORCH = {"study", "analysis", "cluster", "cli", "registry", "results", "errors"}

@@ -127,7 +127,7 @@ def test_qlbench_plan_prints_the_cells_that_would_decide_each_undecided_claim(tm
         pl.lit("bounds").alias("study"), pl.lit(90.0).alias("wall_s"))
     (tmp_path / "bounds").mkdir()
     cells.write_parquet(tmp_path / "bounds/cells.parquet")
-    config = Path(__file__).resolve().parents[1] / "config.yaml"
+    config = Path(__file__).resolve().parents[3] / "config.yaml"
     result = CliRunner().invoke(main, ["plan", "-c", str(config), "bounds", "--results", str(tmp_path),
                                        "--out", str(tmp_path / "plan")])
     assert result.exit_code == 0, result.output
@@ -148,7 +148,7 @@ def test_qlbench_plan_without_cells_plants_a_stated_nominal_law(tmp_path):
 
     from qlbench.cli import main
 
-    config = Path(__file__).resolve().parents[1] / "config.yaml"
+    config = Path(__file__).resolve().parents[3] / "config.yaml"
     result = CliRunner().invoke(main, ["plan", "-c", str(config), "bounds", "--results", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "nominal law" in result.output and "unknown until cells" in result.output

@@ -77,7 +77,7 @@ def test_qlbench_export_writes_the_recipe_beside_the_hqq_config_for_a_llama_mode
 
     from qlbench.cli import main
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[3]
     bit_map = {"b0.self_attn.q_proj": 4, "b29.mlp": 8, "b3": 2}
     rec = pl.DataFrame([{"model": "smollm2", "n_train": None, "rank": 8, "level": "module",
                          "bit_map": json.dumps(bit_map)}], schema_overrides={"n_train": pl.Int64})

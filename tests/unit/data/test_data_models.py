@@ -12,7 +12,9 @@ import pytest
 from qlbench.data import datasets_io, examples as data, hub, models
 from qlbench.errors import QlbenchError
 
-DATA = Path(__file__).with_name("data")
+from conftest import REPO
+
+DATA = REPO / "tests" / "data"
 
 
 def test_dialogue_jsonl_becomes_consecutive_turn_pairs():

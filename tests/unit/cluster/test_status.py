@@ -14,7 +14,7 @@ import pytest
 from qlbench.cluster import status
 from qlbench.study import config as study, grid
 
-from conftest import BIN, CONFIGS, CONFIG_ARGS
+from conftest import BIN, CONFIG_ARGS, CONFIGS, REPO
 
 
 @pytest.fixture(scope="module")
