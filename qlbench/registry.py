@@ -122,15 +122,7 @@ def analysis_module(name: str):
     found = analyses()
     if name not in found:
         raise KeyError(f"unknown analysis {name!r}; analyses: {', '.join(found)}")
-    source = Path(found[name].source)
-    if source.parent == PACKAGE / "analysis" / "declared":
-        return importlib.import_module(f"qlbench.analysis.declared.{name}")
-    module_name = f"qlbench_analysis_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, source)
-        sys.modules[module_name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
+    return _module(Path(found[name].source), "analysis.declared", "analysis")
 
 
 def backends() -> dict[str, Backend]:
@@ -178,10 +170,15 @@ def span(ws) -> str:
 
 def backend_module(name: str):
     """The backend's file, imported (its `apply`, torch and all)."""
-    source = Path(backend(name).source)
-    if source.parent == PACKAGE / "quant":
-        return importlib.import_module(f"qlbench.quant.{name}")
-    module_name = f"qlbench_backend_{name}"
+    return _module(Path(backend(name).source), "quant", "backend")
+
+
+def _module(source: Path, package: str, kind: str):
+    """A declaring file, imported: qlbench's own as `qlbench.<package>.<name>`, one from an extra folder by its path
+    (once; as `qlbench_<kind>_<name>`)."""
+    if source.parent == PACKAGE.joinpath(*package.split(".")):
+        return importlib.import_module(f"qlbench.{package}.{source.stem}")
+    module_name = f"qlbench_{kind}_{source.stem}"
     if module_name not in sys.modules:
         spec = importlib.util.spec_from_file_location(module_name, source)
         sys.modules[module_name] = module = importlib.util.module_from_spec(spec)
