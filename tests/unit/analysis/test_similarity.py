@@ -114,8 +114,10 @@ def test_similarity_command_imports_no_torch(fake_study, tmp_path):
     import yaml
 
     config.write_text(yaml.safe_dump(st.config))
+    # the workflow's input to every analysis; similarity reads the cells' own files beside it
+    pl.DataFrame({"study": ["simtest"]}).write_parquet(root / "simtest" / "cells.parquet")
     code = ("import sys; from qlbench.cli import main\n"
-            "try:\n    main(['similarity', '-c', sys.argv[1], 'simtest', '--results', sys.argv[2]])\n"
+            "try:\n    main(['analyze', 'similarity', 'simtest', '-c', sys.argv[1], '--results', sys.argv[2]])\n"
             "except SystemExit as e:\n    assert not e.code, e.code\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
     subprocess.run([sys.executable, "-c", code, str(config), str(root)], check=True)
