@@ -66,7 +66,8 @@ def write_cells(root: Path, st: studylib.Study) -> None:
 
     row = pl.DataFrame({k: pl.Series(k, [0] * n).cast(t) for k, t in {**results.METRICS, **results.PROVENANCE}.items()}).with_columns(
         pl.lit("ok").alias("status"), pl.Series("config_hash", [h for _, h in identities]),
-        (2.2 + pl.int_range(n) / n).alias("eval_loss"), pl.lit(STEPS).cast(pl.Int64).alias("steps_done"))
+        (2.2 + pl.int_range(n) / n).alias("eval_loss"), pl.lit(STEPS).cast(pl.Int64).alias("steps_done"),
+        pl.lit(results.NUMERICS).cast(pl.Int64).alias("numerics"))  # made by this code: current, not stale
     fixed = {k: st.settings[k] for k in ("dataset", "format", "backend", "high_bits", "adapter_bits", "act_bits",
                                          "kv_bits", "steps", "lr", "batch_size", "seq_len")}
     rows = pl.concat([coords.drop("targets"), row], how="horizontal").with_columns(
