@@ -218,6 +218,7 @@ def load(config: dict, study: str | None = None) -> Study:
     if isinstance(settings["targets"], dict):  # {each: [qv, kv, ...]}: an axis; each cell names its preset
         targets_axis, settings["targets"] = list(settings["targets"]["each"]), None
     check_settings(settings, raw["bits"], where)
+    check_sft(settings, config["datasets"][raw["dataset"]], raw["dataset"], where)
     study_masks = {}
     for model in raw["models"]:
         spec = config["models"][model]
@@ -284,6 +285,23 @@ def check_settings(settings: dict, bits: list[int], where: str) -> None:
         from qlbench.study import fail
 
         fail.parse(settings["fail"])  # testing only; a typo must not pass silently
+
+
+def check_sft(settings: dict, dataset: dict, name: str, where: str) -> None:
+    """TRL's formats train under task sft (causal_lm's stream of blocks reads prompt/response examples); sft's own
+    settings mean nothing to another task."""
+    fmt = dataset["format"]
+    if fmt in local_inputs.SFT_FORMATS and settings["task"] != "sft":
+        raise QlbenchError(f"{where}: dataset {name!r} has format {fmt}, which task sft trains on (set task: sft); "
+                           f"task is {settings['task']!r}")
+    if settings["task"] == "sft" and fmt in ("extractive", "classification"):
+        raise QlbenchError(f"{where}: task sft trains on prompt-completion, chat or text data, not format {fmt}")
+    given = [k for k, s in settings_tree.SPECS.items() if s.group == "sft" and k in settings]
+    if given and settings["task"] != "sft":
+        raise QlbenchError(f"{where}: {', '.join(given)}: settings of task sft; task is {settings['task']!r}")
+    if settings.get("assistant_only_loss") and fmt not in ("conversational", "prompt_completion"):
+        raise QlbenchError(f"{where}.assistant_only_loss: needs conversational data (format conversational, or "
+                           f"prompt_completion with message lists), not format {fmt}")
 
 
 def check_precision(settings: dict, bits: list[int], where: str) -> None:
@@ -398,6 +416,11 @@ def cell_identity(study: Study, cell, settings: dict | None = None) -> tuple[dic
     spec = study.model(cell.model)
     identity = settings_tree.identity(settings)  # planted trouble (`testing`) changes no number
     identity["targets"] = settings["targets"] or targets.DEFAULT_TARGETS[spec["arch"]]
+    if settings.get("task") == "sft":  # the chat template's text is part of what an sft cell computes
+        from qlbench.study import chat_template
+
+        identity["chat_template"] = chat_template.identity(spec, resources_root(study.config), cell.model,
+                                                           settings.get("template", "auto"))
     chash = config_hash({"model": spec, "dataset": study.config["datasets"][settings["dataset"]],
                          "settings": identity, "cell": cell.coords()})
     return identity, chash

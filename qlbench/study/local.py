@@ -14,7 +14,13 @@ TURNS = ("dialog", "dialogue", "utterances", "turns", "conversation")
 FIELDS = {
     "instruction": [("instruction",), ("output", "response")],
     "qa": [("context",), ("question",), ("answers", "answer")],
+    # TRL's formats (qlbench.data.sft reads them, task sft trains on them)
+    "text": [("text",)],
+    "prompt_completion": [("prompt",), ("completion",)],
+    "conversational": [("messages",)],
 }
+SFT_FORMATS = ("text", "prompt_completion", "conversational")
+SAVED = ("dataset_info.json", "state.json", "dataset_dict.json")  # a `datasets.save_to_disk` folder's own files
 WEIGHTS = ("*.safetensors", "pytorch_model*.bin")
 TOKENIZER = ("tokenizer.json", "vocab.json", "tokenizer.model")
 LAYERS = ("n_layer", "num_hidden_layers")  # what GPT-2 and Llama configs call their block count
@@ -51,6 +57,8 @@ def check_dataset(spec: dict, what: str) -> None:
     path = Path(spec["name"])
     if not path.exists():
         raise QlbenchError(f"{what}: no such file or folder {spec['name']!r} (relative paths start from {Path.cwd()})")
+    if path.is_dir() and any((path / f).exists() for f in SAVED):
+        return  # arrow files: read by `datasets` (task sft's check at the workflow's start), not here
     files = sorted(f for f in path.iterdir() if f.suffix in (".json", ".jsonl", ".parquet")) if path.is_dir() \
         else [path]
     needs = _needs(spec)

@@ -276,6 +276,27 @@ class Data:
 
 
 @dataclass(frozen=True)
+class Sft:
+    """Task sft (qlbench.tasks.sft): how examples become tokens and labels, as TRL's SFTTrainer makes them. An
+    example's max_length is the cell's seq_len."""
+    template: str = setting("auto", "the chat template conversations and message-list prompts are rendered with: "
+                                    "auto (the tokenizer's own, else qlbench's ChatML), model (the tokenizer's own; a "
+                                    "tokenizer without one is refused), chatml", {"enum": ["auto", "model", "chatml"]},
+                            optional=True)
+    completion_only_loss: bool | None = setting(
+        None, "prompt-completion data: the loss on the completion only (unset: on, TRL's default)",
+        {"type": ["boolean", "null"]}, optional=True)
+    assistant_only_loss: bool = setting(False, "conversational data: the loss on the assistant turns only (their "
+                                               "{% generation %} spans: qlbench's ChatML has them)",
+                                        {"type": "boolean"}, optional=True)
+    truncation: bool = setting(False, "cut an example longer than seq_len to its first seq_len tokens (off: such an "
+                                      "example is refused in one line naming its file and line)",
+                               {"type": "boolean"}, optional=True)
+    packing: bool = setting(True, "examples packed into rows of seq_len, each attending to itself only (off: one "
+                                  "example a row, padded)", {"type": "boolean"}, optional=True)
+
+
+@dataclass(frozen=True)
 class Runtime:
     """Where and in what arithmetic a cell runs."""
     compute_dtype: str = setting("float32", "the dtype of the forward pass (autocast; float32: none)",
@@ -317,6 +338,7 @@ class Settings:
     lora: Lora = field(default_factory=Lora)
     train: Train = field(default_factory=Train)
     eval: Eval = field(default_factory=Eval)
+    sft: Sft = field(default_factory=Sft)
     runtime: Runtime = field(default_factory=Runtime)
     testing: Testing = field(default_factory=Testing)
 
@@ -362,7 +384,7 @@ def _specs() -> dict[str, Spec]:
 
 
 GROUPS = {"data": Data, "quant": Quant, "precision": Precision, "lora": Lora, "train": Train, "eval": Eval,
-           "runtime": Runtime, "testing": Testing}
+          "sft": Sft, "runtime": Runtime, "testing": Testing}
 SPECS: dict[str, Spec] = _specs()
 
 
