@@ -89,6 +89,42 @@ def prepare(tokenizer, train_examples: list, eval_examples: list, settings) -> D
     return Data(train_rows, eval_rows, probes, template, [len(train), len(held_out), packing.label_tokens(train_rows)])
 
 
+def check(study) -> None:
+    """Every record of the study's dataset read and tokenized as its cells will, before any job: a bad record is one
+    line naming its file, line and field. Models whose tokenizer is not on disk yet (a base `qlbench prepare` makes)
+    get the record checks only; their cells tokenize the same way and stop on the same line."""
+    from qlbench.data import examples
+
+    settings = study.tree
+    name = settings.data.dataset
+    train, held_out = examples.load_examples(study.config["datasets"][name], name)
+    for model in study.models:
+        tokenizer = _tokenizer(study.model(model), model, study.resources)
+        if tokenizer is not None:
+            setup(tokenizer, settings, f"dataset {name!r} (model {model!r})")
+            tokenized(tokenizer, list(train) + list(held_out), settings, name)
+
+
+def _tokenizer(spec: dict, model: str, resources: str):
+    """The model's tokenizer if it is on disk (a local folder, the hub cache, a prepared base), else None."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from qlbench.data import hub, models
+
+    if spec["source"] in models.PREPARED:
+        where = models.base_dir(resources, model)
+        ref = str(where) if (where / "config.json").exists() else None
+    elif spec["source"] == "path":
+        ref = spec["name"] if Path(spec["name"]).exists() else None
+    else:
+        ref = hub.cached(spec["name"])
+    if ref is None:
+        return None
+    return AutoTokenizer.from_pretrained(ref, local_files_only=True, trust_remote_code=models.remote_code(spec))
+
+
 def batch_sampler(data: Batch, batch_size: int, seed: int):
     """step -> a batch of random rows; a pure function of (seed, step), as causal_lm's."""
 

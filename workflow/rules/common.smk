@@ -27,6 +27,11 @@ try:
     STUDY = studylib.load(config, config.get("study"))
 except QlbenchError as e:
     sys.exit(f"qlbench: {e}")  # one line, before any job; a WorkflowError would add a traceback
+if STUDY.tree.data.task == "sft" and not workflow.remote_exec:  # every record tokenized once, before any job
+    try:
+        registry.task_module("sft").check(STUDY)
+    except QlbenchError as e:
+        sys.exit(f"qlbench: studies.{STUDY.name}: {e}")
 try:
     ANALYSES = registry.analyses()  # read from their files' source: no polars, no import of the analyses
     for _analysis in ANALYSES.values():
