@@ -44,7 +44,7 @@ def choose(own: str | None, mode: str, what: str) -> tuple[str, str]:
     """(name, text) of the template a cell renders with: `model` for the tokenizer's own, `chatml` for qlbench's."""
     if mode not in MODES:
         raise QlbenchError(f"template {mode!r}: use one of {', '.join(MODES)}")
-    if mode == "chatml" or (mode == "auto" and not own):
+    if mode == "chatml" or (mode == "auto" and (not own or own == CHATML)):  # CHATML: set by an earlier `apply`
         return "chatml", CHATML
     if not own:
         raise QlbenchError(f"{what}: template model: the tokenizer has no chat_template (use template: auto or "
@@ -112,7 +112,12 @@ def _gguf_template(spec: dict) -> str | None:
         return None
 
 
+def chosen(spec: dict, resources: str, model: str, mode: str) -> tuple[str, str]:
+    """(name, text) of the template an sft cell of this model will render with, from the model's files."""
+    return choose(own_template(spec, resources, model), mode, f"model {model!r}")
+
+
 def identity(spec: dict, resources: str, model: str, mode: str) -> str:
-    """`name:hash` of the template an sft cell of this model will render with (the cell checks it is the same)."""
-    name, text = choose(own_template(spec, resources, model), mode, f"model {model!r}")
+    """`name:hash` of the template an sft cell of this model will render with (its data's describe line says it)."""
+    name, text = chosen(spec, resources, model, mode)
     return f"{name}:{text_hash(text)}"

@@ -219,6 +219,19 @@ def load(config: dict, study: str | None = None) -> Study:
         targets_axis, settings["targets"] = list(settings["targets"]["each"]), None
     check_settings(settings, raw["bits"], where)
     check_sft(settings, config["datasets"][raw["dataset"]], raw["dataset"], where)
+    if settings["task"] == "sft":  # `template: model` on a model without one: one line here, not in every cell
+        from qlbench.study import chat_template
+
+        for model in raw["models"]:
+            try:
+                _, text = chat_template.chosen(config["models"][model], resources_root(config), model,
+                                               settings.get("template", "auto"))
+            except QlbenchError as e:
+                raise QlbenchError(f"{where}: {e}") from None
+            if settings.get("assistant_only_loss") and not chat_template.has_generation_markers(text):
+                raise QlbenchError(f"{where}.assistant_only_loss: model {model!r}'s chat template has no "
+                                   "{% generation %} markers to find the assistant turns by (template: chatml has "
+                                   "them)")
     study_masks = {}
     for model in raw["models"]:
         spec = config["models"][model]
