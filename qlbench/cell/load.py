@@ -51,7 +51,8 @@ def load(ctx: Context) -> Base:
     ctx.log.info(f"base weights in {str(dtype).removeprefix('torch.')} ({settings.runtime.base_dtype})")
 
     def make_data():
-        train_ex, eval_ex = examples.load_examples(ctx.study.config["datasets"][dataset], dataset)
+        read = getattr(ctx.task, "load_examples", examples.load_examples)  # a task may read formats of its own
+        train_ex, eval_ex = read(ctx.study.config["datasets"][dataset], dataset)
         if cell.n_train is not None:
             train_ex = train_ex[: cell.n_train]
         return len(train_ex), ctx.task.prepare(tokenizer, train_ex, eval_ex, settings)

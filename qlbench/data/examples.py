@@ -41,11 +41,7 @@ def chatterbot_pairs(topics: list[str] | None = None) -> list[Example]:
 
 
 def load_examples(spec: dict, name: str) -> tuple[list[Example], list[Example]]:
-    """A dataset from config.yaml -> (train, eval) examples (for TRL's formats, `qlbench.data.sft`'s records)."""
-    from qlbench.data import sft
-
-    if spec["format"] in sft.FORMATS:
-        return sft.load(spec, name)
+    """A dataset from config.yaml -> (train, eval) examples."""
     if spec["format"] == "classification":  # labelled texts: qlbench.data.labelled
         from qlbench.data import labelled
 

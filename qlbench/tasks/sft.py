@@ -45,6 +45,13 @@ class Data:
                 f"{self.counts[1]} eval examples in {self.eval.shape[0]} rows; chat template {self.template}")
 
 
+def load_examples(spec: dict, name: str) -> tuple[list, list]:
+    """(train, eval) records of the dataset entry: TRL's formats, or an older one's examples as prompt-completion."""
+    from qlbench.data import sft
+
+    return sft.load(spec, name)
+
+
 def setup(tokenizer, settings, what: str = "sft") -> str:
     """Put the cell's chat template on the tokenizer; its `name:hash`. assistant_only_loss needs generation markers."""
     from qlbench.study import chat_template
@@ -93,11 +100,9 @@ def check(study) -> None:
     """Every record of the study's dataset read and tokenized as its cells will, before any job: a bad record is one
     line naming its file, line and field. Models whose tokenizer is not on disk yet (a base `qlbench prepare` makes)
     get the record checks only; their cells tokenize the same way and stop on the same line."""
-    from qlbench.data import examples
-
     settings = study.tree
     name = settings.data.dataset
-    train, held_out = examples.load_examples(study.config["datasets"][name], name)
+    train, held_out = load_examples(study.config["datasets"][name], name)
     for model in study.models:
         tokenizer = _tokenizer(study.model(model), model, study.resources)
         if tokenizer is not None:
