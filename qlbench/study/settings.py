@@ -201,7 +201,7 @@ class Train:
                              {"enum": ["adamw", "paged_adamw", "paged_adamw_8bit"]}, data=False)
     grad_clip: float = setting(1.0, "gradient-norm clip (0: none)", {"type": "number", "minimum": 0}, data=False)
     batch_size: int = setting(16, "examples per step (and per evaluation batch)", {"type": "integer", "minimum": 1})
-    seq_len: int = setting(128, "tokens per example", {"type": "integer", "minimum": 8})
+    seq_len: int = setting(128, "tokens per example (task sft: max_length, the most tokens of an example and of a packed row)", {"type": "integer", "minimum": 8})
     checkpoint_every: int = setting(0, "steps between checkpoints a killed cell resumes from (0: none)",
                                     {"type": "integer", "minimum": 0}, data=False)
 
