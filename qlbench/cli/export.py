@@ -29,7 +29,9 @@ from qlbench.errors import QlbenchError
 @click.option("--cell", "cell_id", default=None,
               help="gguf / compressed-tensors: one finished cell's merged model (its folder under cells/, e.g. "
                    "tiny-gpt2/b4/r4/all/s0) instead of the recommendation")
-def export(config_files, study, results, rec_path, model, rank, n_train, level, out, fmt, cell_id):
+@click.option("--deploy", "deploy_name", default=None,
+              help="--cell: which of the cell's `deploy` formats (where its study sweeps several), e.g. gguf:Q4_0")
+def export(config_files, study, results, rec_path, model, rank, n_train, level, out, fmt, cell_id, deploy_name):
     """A sensitivity recommendation (a width per block or module) as configs other tools load. --format hqq (the
     default): an HQQ per-layer
     config (hqq_*.json: every quantizable linear -> hqq's {nbits, group_size, axis}, null where 16-bit; load it with
@@ -60,7 +62,7 @@ def export(config_files, study, results, rec_path, model, rank, n_train, level, 
     if fmt == "gguf":
         from qlbench.export import gguf
 
-        for line in gguf.export(st, root, folder, row=row, cell=cell_id):
+        for line in gguf.export(st, root, folder, row=row, cell=cell_id, deploy=deploy_name):
             click.echo(line)
         return
     if fmt == "compressed-tensors":  # the compressed-tensors writer's module (its own helper): the same arguments
@@ -68,7 +70,7 @@ def export(config_files, study, results, rec_path, model, rank, n_train, level, 
             from qlbench.export import compressed_tensors
         except ImportError:
             raise QlbenchError("--format compressed-tensors: not available in this build") from None
-        for line in compressed_tensors.export(st, root, folder, row=row, cell=cell_id):
+        for line in compressed_tensors.export(st, root, folder, row=row, cell=cell_id, deploy=deploy_name):
             click.echo(line)
         return
     lay = st.layout(row["model"])

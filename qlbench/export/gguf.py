@@ -163,27 +163,37 @@ def tensor_name(model_type: str, n_layer: int, module: str) -> str:
     return names.get_name(module + ".weight", try_suffixes=(".weight",))
 
 
-def cell_types(settings, plan: dict[str, int], lay) -> tuple[dict[str, str], str | None]:
-    """A cell's GGUF types per module and the row column measured in them: its `deploy` when that names gguf
-    (`deployed_eval_loss`), else its own plan in its backend's types when that backend is gguf
-    (`merged_requant_eval_loss`), else its plan's widths in gguf's types, with no measured column (None)."""
+def cell_types(settings, plan: dict[str, int], lay, wanted: str | None = None) -> tuple[dict[str, str], str | None]:
+    """A cell's GGUF types per module and the row column measured in them: its `deploy` format that names gguf
+    (`wanted`, its label, where it has several; `deployed_eval_loss[@NAME]`), else its own plan in its backend's
+    types when that backend is gguf (`merged_requant_eval_loss`), else its plan's widths in gguf's types, with no
+    measured column (None)."""
     from qlbench.quant.gguf import type_for
     from qlbench.study import deploy
 
-    target = deploy.parse(settings.quant.deploy)
+    value = settings.quant.deploy
+    found = [d for d in deploy.parse_all(value) if d.backend == "gguf" and wanted in (None, d.label)]
+    if wanted is not None and not found:
+        raise QlbenchError(f"--deploy {wanted!r}: not one of the cell's gguf deploy formats "
+                           f"({', '.join(d.label for d in deploy.parse_all(value)) or 'none'})")
+    if len(found) > 1:
+        raise QlbenchError(f"the cell deploys in {len(found)} gguf formats: choose one with --deploy "
+                           f"({', '.join(d.label for d in found)})")
     sym = settings.quant.symmetric
-    if target is not None and target.backend == "gguf":
+    if found:
+        target = found[0]
         return ({m: kind or type_for(b, sym) for m, (b, kind) in target.choices(plan, lay).items()},
-                "deployed_eval_loss")
+                "deployed_eval_loss" + deploy.suffix(value, target))
     types = {m: type_for(b, sym) for m, b in plan.items()}
     return types, "merged_requant_eval_loss" if settings.quant.backend == "gguf" else None
 
 
-def export(study, root: Path, folder: Path, row: dict | None = None, cell: str | None = None) -> list[str]:
+def export(study, root: Path, folder: Path, row: dict | None = None, cell: str | None = None,
+           deploy: str | None = None) -> list[str]:
     """`qlbench export --format gguf`: a recommendation row's widths on the base, or (`cell`) one finished cell's
     merged model in its GGUF types, written to `folder`; the file is loaded back by transformers and each tensor's
-    stored type checked against the plan (and, for a cell, its eval loss put beside the measured one). Returns the
-    lines to print."""
+    stored type checked against the plan (and, for a cell, its eval loss put beside the measured one); `deploy`: which
+    of the cell's deploy formats, where it has several. Returns the lines to print."""
     from collections import Counter
 
     from qlbench.quant.gguf import type_for
@@ -193,8 +203,9 @@ def export(study, root: Path, folder: Path, row: dict | None = None, cell: str |
 
         cm = cell_model.rebuild(study, root, cell)
         lay, spec = cm.ctx.layout, cm.ctx.spec
-        types, column = cell_types(cm.ctx.settings, cm.plan, lay)
+        types, column = cell_types(cm.ctx.settings, cm.plan, lay, deploy)
         model, tokenizer, stem = cm.merged, cm.base.tokenizer, cm.ctx.cell.path.replace("/", "_")
+        stem += f"_{deploy.rpartition(':')[2]}" if deploy else ""  # one file per deploy format of a sweep
     else:
         from qlbench.data import models
         from qlbench.export.recommendation import file_name, widths

@@ -4,8 +4,11 @@ A value names a backend that declares deploy presets (`Backend(deploys=(...))`) 
 `gguf:Q4_0`, `compressed_tensors:w4a16`. The bare name (`deploy: gguf`) gives each module the backend's own type for
 the width the cell's plan has it at (modules the plan leaves at 16 bits stay as they are). A mapping adds per-layer
 choices over it: `{format: gguf:Q4_0, layers: {b0: Q8_0, b3.mlp: Q5_1}}` — masks (qlbench.study.masks) to presets of
-the same backend, applied in order over the format's; `16` leaves a layer alone. Unset (the default), nothing
-changes: no cell's identity or row moves. No torch: the config's checks run it before any job.
+the same backend, applied in order over the format's; `16` leaves a layer alone. A list of names
+(`[gguf:Q8_0, gguf:Q5_0, gguf:Q4_0]`) sweeps formats: each cell requantizes its one merged model in every one of
+them (no training repeated; the formats compared on the same adapter), its row's columns suffixed `@NAME`
+(`deployed_eval_loss@gguf:Q4_0`). Unset (the default), nothing changes: no cell's identity or row moves. No torch:
+the config's checks run it before any job.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from qlbench.errors import QlbenchError
 
 KEEP = "16"  # a per-layer choice that leaves the layer alone
 
+_NAME = {"type": "string", "pattern": "^[A-Za-z0-9_]+(:[A-Za-z0-9_]+)?$"}
 SCHEMA = {"oneOf": [
     {"type": "null"},
-    {"type": "string", "pattern": "^[A-Za-z0-9_]+(:[A-Za-z0-9_]+)?$"},
+    _NAME,
+    {"type": "array", "minItems": 1, "uniqueItems": True, "items": _NAME},
     {"type": "object", "additionalProperties": False, "required": ["format"],
      "properties": {"format": {"type": "string", "pattern": "^[A-Za-z0-9_]+(:[A-Za-z0-9_]+)?$"},
                     "layers": {"type": "object", "additionalProperties": {"type": ["string", "integer"]}}}}]}
@@ -66,15 +71,29 @@ def parse(value) -> Deploy | None:
     return Deploy(name, preset or None, {str(k): str(v) for k, v in layers.items()}, label)
 
 
+def parse_all(value) -> list[Deploy]:
+    """Every format a `deploy` value names: [] unset, one, or a list's in order."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [parse(v) for v in value]
+    return [parse(value)]
+
+
+def suffix(value, d: Deploy) -> str:
+    """What a format's row columns end with: nothing for a single format, `@NAME` for one of a list."""
+    return f"@{d.label}" if isinstance(value, (list, tuple)) else ""
+
+
 def check(value, lay, where: str) -> None:
     """One-line errors before any job: an unknown format or preset, a layer mask that names nothing."""
     from qlbench.study import masks
 
     try:
-        d = parse(value)
+        found = parse_all(value)
     except QlbenchError as e:
         raise QlbenchError(f"{where}.{e}") from None
-    for mask in (d.layers if d else {}):
+    for mask in (m for d in found for m in d.layers):
         try:
             masks.resolve(mask, lay)
         except QlbenchError as e:
