@@ -178,3 +178,92 @@ def stored_weights(folder: Path) -> dict[str, "torch.Tensor"]:  # noqa: F821
             local = {k.removeprefix(name + "."): v for k, v in state.items() if k.startswith(name + ".")}
             out[name] = compressor.decompress(local, scheme)["weight"].float()
     return out
+
+
+def cell_widths(settings, plan: dict[str, int], lay, wanted: str | None = None) -> tuple[dict[str, int], str | None]:
+    """A cell's compressed-tensors widths per module and the row column measured in them: its `deploy` format that
+    names compressed_tensors (`wanted`, its label, where it has several; `deployed_eval_loss[@NAME]`), else its own
+    plan when its backend is compressed_tensors (`merged_requant_eval_loss`), else its plan's widths with no
+    measured column (None)."""
+    from qlbench.quant import compressed_tensors as backend
+    from qlbench.study import deploy
+
+    value = settings.quant.deploy
+    found = [d for d in deploy.parse_all(value) if d.backend == "compressed_tensors" and wanted in (None, d.label)]
+    if wanted is not None and not found:
+        raise QlbenchError(f"--deploy {wanted!r}: not one of the cell's compressed_tensors deploy formats "
+                           f"({', '.join(d.label for d in deploy.parse_all(value)) or 'none'})")
+    if len(found) > 1:
+        raise QlbenchError(f"the cell deploys in {len(found)} compressed_tensors formats: choose one with --deploy "
+                           f"({', '.join(d.label for d in found)})")
+    if found:
+        target = found[0]
+        return (backend.deploy_widths(target.choices(plan, lay)),
+                "deployed_eval_loss" + deploy.suffix(value, target))
+    return dict(plan), "merged_requant_eval_loss" if settings.quant.backend == "compressed_tensors" else None
+
+
+def folder_model(folder: Path, like):
+    """The folder as a float model: transformers' default load where it can (symmetric folders), else `like` (the
+    model written, in the folder's architecture: `linear_model`) with each quantized weight set to compressed-tensors'
+    own decompression of what is stored. Returns (model, how)."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    qc = json.loads((Path(folder) / "config.json").read_text())["quantization_config"]
+    if all(g["weights"]["symmetric"] for g in qc["config_groups"].values()):
+        return AutoModelForCausalLM.from_pretrained(folder).eval(), "transformers' default load"
+    with torch.no_grad():
+        for name, w in stored_weights(folder).items():
+            like.get_submodule(name).weight.copy_(w.to(like.get_submodule(name).weight.dtype))
+    return like.eval(), ("compressed-tensors' own decompression (transformers 5.24 cannot load asymmetric folders: "
+                         "compressed-tensors 0.20.1 leaves their zero points unpacked on the meta device)")
+
+
+def export(study, root: Path, folder: Path, row: dict | None = None, cell: str | None = None,
+           deploy: str | None = None) -> list[str]:
+    """`qlbench export --format compressed-tensors`: a recommendation row's widths on the base, or (`cell`) one
+    finished cell's merged model in its schemes, written as a folder under `folder`; each layer's stored scheme is
+    checked against the plan and, for a cell, the folder is loaded back and its eval loss put beside the measured
+    one. `deploy`: which of the cell's deploy formats, where it has several. Returns the lines to print."""
+    import copy
+    from collections import Counter
+
+    if cell is not None:
+        from qlbench.export import cell_model
+
+        cm = cell_model.rebuild(study, root, cell)
+        lay, quant = cm.ctx.layout, cm.ctx.settings.quant
+        plan, column = cell_widths(cm.ctx.settings, cm.plan, lay, deploy)
+        model, tokenizer, stem = cm.merged, cm.base.tokenizer, cm.ctx.cell.path.replace("/", "_")
+        stem += f"_{deploy.rpartition(':')[2]}" if deploy else ""
+    else:
+        from qlbench.data import models
+        from qlbench.export.recommendation import file_name, widths
+
+        lay, quant = study.layout(row["model"]), study.tree.quant
+        plan = {m: w for m, w in widths(row, lay, quant.high_bits).items() if w < 16}
+        model, tokenizer = models.load(study.model(row["model"]), row["model"], study.resources)
+        column, stem = None, file_name(row)
+    like = linear_model(copy.deepcopy(model), plan)[0] if cell is not None else None  # written consumes a Llama
+    path = write(model, plan, quant, folder / f"ct_{stem}", tokenizer)
+    names = {g: opt_names(g) if model.config.model_type == "gpt2" else (g,) for g in plan}
+    expected = {n: f"w{b}a16" for g, b in plan.items() for n in names[g]}
+    stored = layer_schemes(path)
+    if stored != expected:
+        wrong = {n: (s, stored.get(n)) for n, s in expected.items() if stored.get(n) != s}
+        raise QlbenchError(f"{path}: stored schemes differ from the plan: {wrong or 'extra layers'}")
+    counts = ", ".join(f"{s} x{n}" for s, n in sorted(Counter(f"w{b}a16" for b in plan.values()).items()))
+    arch = " (GPT-2 written as OPT: c_attn split into q/k/v_proj)" if model.config.model_type == "gpt2" else ""
+    lines = [f"{path}: {len(plan)} of {len(lay.all_names())} linears in compressed-tensors schemes ({counts}), the "
+             f"rest as they are{arch}; load with AutoModelForCausalLM.from_pretrained({str(path)!r}) or vllm serve"]
+    if cell is not None:
+        loaded, how = folder_model(path, like)
+        loss = cell_model.eval_loss(cm, loaded)
+        measured = f"the cell's {column}: {cm.row.get(column):.6f}" if column in cm.row else (
+            "no column of the cell measured these schemes (set deploy: compressed_tensors... or backend: "
+            "compressed_tensors)")
+        lines.append(f"eval loss of the folder ({how}): {loss:.6f} ({measured})")
+    return lines

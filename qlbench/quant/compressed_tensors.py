@@ -11,7 +11,8 @@ arithmetic, once). `qlbench export --format compressed-tensors` writes the folde
 with these same scales. GPT-2's `Conv1D` is first turned into an (out, in) `nn.Linear` (compressed-tensors quantizes
 only `nn.Linear`; its export becomes the Linear-based GPTBigCode architecture, GPT-2 with `nn.Linear`).
 
-Group sizes: unset — 8 bits per channel, 4 bits groups of 128 (vLLM's W8A16 and W4A16 presets); 0 — per channel at
+As a deploy format (`deploy: compressed_tensors:w4a16`, `:w8a16`, or bare: each layer at its plan width's scheme),
+any cell's merged model is requantized the same way (`deploy`). Group sizes: unset — 8 bits per channel, 4 bits groups of 128 (vLLM's W8A16 and W4A16 presets); 0 — per channel at
 every width; N — groups of N inputs at every width (N must divide each planned layer's inputs).
 """
 
@@ -30,8 +31,10 @@ BACKEND = Backend(
     widths={"int": (4, 8)},
     linear_layout=True,
     group_sizes="unset: 8 bits per channel, 4 bits groups of 128; 0: per channel; N: groups of N inputs",
+    deploys=("w8a16", "w4a16"),
 )
 
+PRESETS = {"w8a16": 8, "w4a16": 4}  # `deploy: compressed_tensors:PRESET` -> its width (group, symmetric: the study's)
 DEFAULT_GROUP = {4: 128, 8: 0}  # vLLM's W4A16 (group 128) and W8A16 (per channel) presets; 0: per channel
 
 
@@ -119,3 +122,23 @@ def apply(model, plan: dict[str, int], settings) -> list[dict]:
         row.update(format=f"w{bits}a16", weight_bytes=held_bytes(tuple(w.shape), args, scale, zero))
         stats.append(row)
     return stats
+
+
+def deploy_widths(choices: dict[str, tuple[int, str | None]]) -> dict[str, int]:
+    """`deploy: compressed_tensors[:PRESET]` choices (module -> (its width in the plan, the preset or None)) as a
+    plan: the preset's width, or the module's own where none is named (4 or 8 bits: the others have no scheme)."""
+    from qlbench.errors import QlbenchError
+
+    out = {n: PRESETS[p] if p else b for n, (b, p) in choices.items()}
+    bad = sorted({b for b in out.values() if b not in PRESETS.values()})
+    if bad:
+        raise QlbenchError(f"deploy compressed_tensors: no scheme for {', '.join(map(str, bad))} bits (name a preset: "
+                           f"{', '.join(PRESETS)})")
+    return out
+
+
+def deploy(model, choices: dict[str, tuple[int, str | None]], settings) -> list[dict]:
+    """The `deploy: compressed_tensors[:PRESET]` format: the merged model's layers in the schemes a folder holds,
+    each row's `type` its scheme (`w4a16`)."""
+    rows = apply(model, deploy_widths(choices), settings)
+    return [{**r, "type": r["format"]} for r in rows]
