@@ -1,5 +1,6 @@
-"""Commands that hand results to other tools: `export` (a recommendation as an HQQ config and an llm-compressor
-recipe) and `track` (finished cells as MLflow runs). No model, no torch."""
+"""Commands that hand results to other tools: `export` (a recommendation, or one cell's merged model, as an HQQ
+config, a .gguf file or a compressed-tensors folder) and `track` (finished cells as MLflow runs). `--help` imports
+no torch."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from qlbench.errors import QlbenchError
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="folder for the exports (default: results/STUDY/export)")
 @click.option("--format", "fmt", type=click.Choice(["hqq", "gguf", "compressed-tensors"]), default="hqq",
-              show_default=True, help="hqq: the HQQ config and llm-compressor recipe; gguf: a .gguf file; "
+              show_default=True, help="hqq: the HQQ config; gguf: a .gguf file; "
                                       "compressed-tensors: a model folder")
 @click.option("--cell", "cell_id", default=None,
               help="gguf / compressed-tensors: one finished cell's merged model (its folder under cells/, e.g. "
@@ -35,15 +36,14 @@ def export(config_files, study, results, rec_path, model, rank, n_train, level, 
     """A sensitivity recommendation (a width per block or module) as configs other tools load. --format hqq (the
     default): an HQQ per-layer
     config (hqq_*.json: every quantizable linear -> hqq's {nbits, group_size, axis}, null where 16-bit; load it with
-    `qlbench.export.load_hqq(model_or_folder, path)`) and, for Linear-layer models (not GPT-2's Conv1D), an
-    llm-compressor recipe (llmc_*.yaml: compressed-tensors weight schemes per layer, for llmcompressor's oneshot).
+    `qlbench.export.load_hqq(model_or_folder, path)`).
     --format gguf: a .gguf file (llama.cpp, Ollama; transformers loads it) of the recommendation's widths on the base,
     or with --cell one finished cell's merged model in its GGUF types (its `deploy: gguf...`, or its own backend's),
-    loaded back and its eval loss printed beside the cell's measured one."""
+    loaded back and its eval loss printed beside the cell's measured one. --format compressed-tensors: a model
+    folder (vLLM, SGLang; transformers loads it) the same way: W8A16 / W4A16 per layer, GPT-2 written as OPT."""
     import polars as pl
 
-    from qlbench.export import hqq, llmc, recommendation
-    from qlbench.results import atomic_path
+    from qlbench.export import hqq, recommendation
 
     st = load_study(config_files, study)
     root = Path(results or st.results) / st.name
@@ -80,14 +80,6 @@ def export(config_files, study, results, rec_path, model, rank, n_train, level, 
     how = ("the same in every block: hqq's quantize_model takes it" if cfg["hqq_quant_config"]
            else "widths differ between blocks: loaded layer by layer")
     click.echo(f"{target}: {low} of {len(cfg['layers'])} linears quantized by HQQ ({how})")
-    if lay.arch == "gpt2":
-        click.echo("no llm-compressor recipe: it quantizes nn.Linear layers, and GPT-2's are Conv1D")
-        return
-    recipe = folder / f"llmc_{recommendation.file_name(row)}.yaml"
-    with atomic_path(recipe) as tmp:
-        tmp.write_text(llmc.text(llmc.recipe(row, lay, st.tree.quant)))
-    click.echo(f"{recipe}: the llm-compressor recipe (oneshot(model=..., recipe=...) in an environment with "
-               "llmcompressor)")
 
 
 @main.command()
