@@ -97,11 +97,8 @@ def quantization_config(plan: dict[str, int], quant, inputs: dict[str, int]):
 
     groups = {}
     for name, bits in sorted(plan.items()):
-        key = f"w{bits}a16"
-        if key not in groups:
-            groups[key] = QuantizationScheme(targets=[], weights=backend.args_for(bits, quant, inputs[name]))
-        backend.args_for(bits, quant, inputs[name])  # every layer's inputs must take the group size
-        groups[key].targets.append(name)
+        args = backend.args_for(bits, quant, inputs[name])  # one line if the group size does not divide its inputs
+        groups.setdefault(f"w{bits}a16", QuantizationScheme(targets=[], weights=args)).targets.append(name)
     return QuantizationConfig(config_groups=groups, ignore=["lm_head"], quantization_status="frozen")
 
 

@@ -157,3 +157,25 @@ def test_widths_it_cannot_write_are_one_line(tmp_path):
     model = tiny_gpt2()
     with pytest.raises(QlbenchError, match="not 3"):
         export.write(model, {"transformer.h.0.mlp.c_fc": 3}, settings().quant, tmp_path / "ct")
+
+
+def test_an_asymmetric_folder_evaluates_through_compressed_tensors_own_decompression(tmp_path):
+    model = tiny_gpt2()
+    plan = mixed_plan(model)
+    q = in_memory(model, plan, symmetric=False)
+    like = export.linear_model(copy.deepcopy(model), plan)[0]
+    folder = export.write(copy.deepcopy(model), plan, settings(symmetric=False).quant, tmp_path / "ct")
+    loaded, how = export.folder_model(folder, like)
+    assert "own decompression" in how
+    with torch.no_grad():
+        assert (loaded(X).logits - q(X).logits).abs().max().item() < 1e-4
+
+
+def test_deploy_rows_name_each_layers_scheme():
+    model = tiny_gpt2()
+    choices = {"transformer.h.0.mlp.c_fc": (4, "w8a16"), "transformer.h.1.mlp.c_fc": (4, None)}
+    rows = ct.deploy(model, choices, settings())
+    assert {r["module"]: r["type"] for r in rows} == {"transformer.h.0.mlp.c_fc": "w8a16",
+                                                      "transformer.h.1.mlp.c_fc": "w4a16"}
+    with pytest.raises(QlbenchError, match="no scheme for 3 bits"):
+        ct.deploy(model, {"transformer.h.0.attn.c_attn": (3, None)}, settings())
