@@ -80,6 +80,8 @@ def evaluate(ctx: Context, model, base: Base, quantized: Quantized) -> dict:
     value = ctx.settings.quant.deploy
     targets = deploylib.parse_all(value)
     why = skipped(ctx, quantized)
+    if why == NOTHING and targets:  # a deploy format serves an unquantized cell too, unless more than weights differ
+        why = skipped(ctx, Quantized(plan={"": 16}, stats=[], weight_mem_mb=0.0, precision=quantized.precision)) or why
     if why and (not targets or why != NOTHING):
         ctx.log.info(f"no merged (as deployed) numbers: {why}")
         nan = {k: float("nan") for k in LOSSES}

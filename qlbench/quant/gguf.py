@@ -10,7 +10,7 @@ llama.cpp's mixed presets Q4_K_M, Q5_K_S, ...): gguf-py 0.19 only dequantizes th
 NotImplementedError), so they are not declared. A row whose length the type's block does not divide gets llama.cpp's
 fallback (its llama-quant.cpp: Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, Q2_K / Q3_K -> IQ4_NL, then F16 if that
 block does not divide the row either; llama.cpp refuses such rows for the legacy types, where this takes F16), and
-the type each layer really got is its statistics row's `format` (layers.parquet) and, deployed, `deploy_types`.
+the type each layer really got is layers.parquet's `module_type` and, deployed, the row's `deploy_types`.
 """
 
 from __future__ import annotations

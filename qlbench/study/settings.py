@@ -102,7 +102,8 @@ class Quant:
         {"type": "object", "additionalProperties": _BITS})
     deploy: Any = setting(None, "a serving format the merged model is also requantized in (deployed_eval_* "
                                 "columns): BACKEND:PRESET (gguf:Q4_0, compressed_tensors:w4a16), a bare BACKEND (each "
-                                "layer at its width's type), or {format: ..., layers: {mask: preset}} (unset: none)",
+                                "layer at its width's type), {format: ..., layers: {mask: preset}}, or a list of names "
+                                "(a sweep: columns suffixed @NAME) (unset: none)",
                           _DEPLOY, optional=True, data=False)
 
 

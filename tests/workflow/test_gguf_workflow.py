@@ -35,7 +35,7 @@ def test_a_gguf_study_runs_and_its_cell_exports_as_the_gguf_it_measured(workdir,
     assert row["backend"] == "gguf" and row["status"] == "ok" and row["n_quantized"] == 8
     assert row["deploy"] == "gguf:Q8_0" and set(json.loads(row["deploy_types"]).values()) == {"Q8_0"}
     layers = pl.read_parquet(workdir / f"results/micro_gguf/cells/{CELL}/layers.parquet")
-    assert set(layers["format"]) == {"Q4_0"}
+    assert set(layers["module_type"]) == {"Q4_0"}
     # Q8_0 is closer to the merged float model than the cell's own Q4_0
     assert abs(row["deployed_eval_loss"] - row["merged_eval_loss"]) < abs(row["merged_requant_eval_loss"]
                                                                           - row["merged_eval_loss"])

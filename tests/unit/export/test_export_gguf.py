@@ -105,3 +105,37 @@ def test_other_architectures_are_refused_in_one_line(tmp_path, tokenizer):
     model.config.model_type = "opt"
     with pytest.raises(QlbenchError, match="'opt' models are not written"):
         eg.write(model, tokenizer, {}, tmp_path / "m.gguf")
+
+
+def test_qlbench_export_format_gguf_writes_the_recommendations_types(tmp_path, micro_resources, monkeypatch):
+    """`qlbench export micro --format gguf` on a recommendation: each recommended layer stored in its width's type
+    (4 -> Q4_0, 5 -> Q5_0, 8 -> Q8_0), the rest F32; a width gguf-py has no quantizer for is one line."""
+    import json
+    import shutil
+
+    import polars as pl
+    from click.testing import CliRunner
+
+    from conftest import CONFIG_ARGS
+    from qlbench.cli import main
+
+    shutil.copytree(micro_resources, tmp_path / "resources")
+    monkeypatch.chdir(tmp_path)
+    bit_map = {"b0.attn.c_attn": 4, "b1.mlp.c_fc": 8, "b1.attn": 5}
+    rec = pl.DataFrame([{"model": "micro-gpt2", "n_train": None, "rank": 4, "level": "module",
+                         "bit_map": json.dumps(bit_map)}])
+    (tmp_path / "results/micro/sensitivity").mkdir(parents=True)
+    rec.write_parquet(tmp_path / "results/micro/sensitivity/recommendation.parquet")
+    res = CliRunner().invoke(main, ["export", *map(str, CONFIG_ARGS), "micro", "--format", "gguf"])
+    assert res.exit_code == 0, res.output
+    path = tmp_path / "results/micro/export/gguf_micro-gpt2_r4_module.gguf"
+    stored = eg.stored_types(path)
+    assert {k: v for k, v in stored.items() if v != "F32"} == {
+        "blk.0.attn_qkv.weight": "Q4_0", "blk.1.ffn_up.weight": "Q8_0", "blk.1.attn_qkv.weight": "Q5_0",
+        "blk.1.attn_output.weight": "Q5_0"}
+    loaded, _ = eg.load(path)
+    assert loaded.config.n_layer == 2
+    rec.with_columns(bit_map=pl.lit(json.dumps({"b0": 2}))).write_parquet(
+        tmp_path / "results/micro/sensitivity/recommendation.parquet")
+    res = CliRunner().invoke(main, ["export", *map(str, CONFIG_ARGS), "micro", "--format", "gguf"])
+    assert res.exit_code != 0 and "no type gguf-py can quantize at 2 bits" in res.output
