@@ -119,7 +119,8 @@ def apply(model, plan: dict[str, int], settings) -> list[dict]:
         linear.weight.copy_(dequantize(codes, scale, zero, args).to(w.dtype))
         set_module(model, name, linear)
         row = error_stats(name, bits, w.float(), linear.weight.float())
-        row.update(format=f"w{bits}a16", weight_bytes=held_bytes(tuple(w.shape), args, scale, zero))
+        scheme = f"w{bits}a16"  # also the layer's type (layers.parquet's module_type, a deploy row's)
+        row.update(format=scheme, type=scheme, weight_bytes=held_bytes(tuple(w.shape), args, scale, zero))
         stats.append(row)
     return stats
 
@@ -140,5 +141,4 @@ def deploy_widths(choices: dict[str, tuple[int, str | None]]) -> dict[str, int]:
 def deploy(model, choices: dict[str, tuple[int, str | None]], settings) -> list[dict]:
     """The `deploy: compressed_tensors[:PRESET]` format: the merged model's layers in the schemes a folder holds,
     each row's `type` its scheme (`w4a16`)."""
-    rows = apply(model, deploy_widths(choices), settings)
-    return [{**r, "type": r["format"]} for r in rows]
+    return apply(model, deploy_widths(choices), settings)

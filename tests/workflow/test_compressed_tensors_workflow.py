@@ -54,6 +54,8 @@ def test_compressed_tensors_studies_run_and_their_cells_export_as_measured(workd
     assert own["backend"] == "compressed_tensors" and own["status"] == "ok" and own["n_quantized"] == 8
     log = (workdir / f"results/micro_ct/cells/{CELL}/log.txt").read_text()
     assert "quantized 8 modules (compressed_tensors int)" in log
+    layers = pl.read_parquet(workdir / f"results/micro_ct/cells/{CELL}/layers.parquet")
+    assert set(layers["module_type"]) == {"w4a16"}
     stdout = export(path, "micro_ct", "--cell", CELL, cwd=workdir, env=env)
     assert "8 of 8 linears in compressed-tensors schemes (w4a16 x8)" in stdout
     loss = float(re.search(r"transformers' default load\): ([0-9.]+)", stdout).group(1))
