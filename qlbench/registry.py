@@ -42,6 +42,9 @@ class Backend:
     # format -> width -> why not: widths its library has that this backend cannot run here (as measured, e.g.
     # torchao's int4 on a CPU), so a table says so rather than leaving the row out
     unavailable: dict[str, dict[int, str]] = field(default_factory=dict)
+    # serving-format presets a study's `deploy: NAME:PRESET` may name (qlbench.study.deploy): a backend with any is a
+    # deploy format, and its file then has `deploy(model, choices, settings) -> list[dict]`
+    deploys: tuple[str, ...] = ()
     source: str = ""  # the file that declares it (filled in by the registry)
 
     def can(self, fmt: str, bits: int) -> bool:

@@ -123,7 +123,10 @@ def layers_frame(coords: dict, stats: list[dict]) -> pl.DataFrame:
              "noise_ratio": m["quant_mse"] / m["noise_var_uniform"] if m.get("noise_var_uniform") else nan,
              "init_error": m.get("init_error", nan), "init_error_default": m.get("init_error_default", nan)}
             for m in stats]
-    return pl.DataFrame(rows, schema=LAYERS_SCHEMA)
+    frame = pl.DataFrame(rows, schema=LAYERS_SCHEMA)
+    if any("type" in m for m in stats):  # a backend of named types (gguf): the type each layer really got
+        frame = frame.with_columns(module_type=pl.Series([m.get("type") for m in stats], dtype=pl.String))
+    return frame
 
 
 PROBE_SCHEMA = pl.Schema({

@@ -30,7 +30,13 @@ def sensitivity(study) -> bool:
     return any(masklang.single_block_or_module(m) for m in found) and ("none" in found or 16 in study.bits)
 
 
-CONDITIONS = {"always": lambda study: True, "references": references, "bounds": bounds, "sensitivity": sensitivity}
+def deploy(study) -> bool:
+    """A serving format (`deploy`) the merged models are requantized in."""
+    return study.settings.get("deploy") is not None
+
+
+CONDITIONS = {"always": lambda study: True, "references": references, "bounds": bounds, "sensitivity": sensitivity,
+              "deploy": deploy}
 
 
 def applies(condition: str, study) -> bool:

@@ -1,5 +1,6 @@
-"""Commands that hand results to other tools: `export` (a recommendation as an HQQ config and an llm-compressor
-recipe) and `track` (finished cells as MLflow runs). No model, no torch."""
+"""Commands that hand results to other tools: `export` (a recommendation, or one cell's merged model, as an HQQ
+config, a .gguf file or a compressed-tensors folder) and `track` (finished cells as MLflow runs). `--help` imports
+no torch."""
 
 from __future__ import annotations
 
@@ -23,40 +24,62 @@ from qlbench.errors import QlbenchError
 @click.option("--level", type=click.Choice(["block", "module"]), default=None, help="which recommendation: its level")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="folder for the exports (default: results/STUDY/export)")
-def export(config_files, study, results, rec_path, model, rank, n_train, level, out):
-    """A sensitivity recommendation (a width per block or module) as configs other tools load: an HQQ per-layer
+@click.option("--format", "fmt", type=click.Choice(["hqq", "gguf", "compressed-tensors"]), default="hqq",
+              show_default=True, help="hqq: the HQQ config; gguf: a .gguf file; "
+                                      "compressed-tensors: a model folder")
+@click.option("--cell", "cell_id", default=None,
+              help="gguf / compressed-tensors: one finished cell's merged model (its folder under cells/, e.g. "
+                   "tiny-gpt2/b4/r4/all/s0) instead of the recommendation")
+@click.option("--deploy", "deploy_name", default=None,
+              help="--cell: which of the cell's `deploy` formats (where its study sweeps several), e.g. gguf:Q4_0")
+def export(config_files, study, results, rec_path, model, rank, n_train, level, out, fmt, cell_id, deploy_name):
+    """A sensitivity recommendation (a width per block or module) as configs other tools load. --format hqq (the
+    default): an HQQ per-layer
     config (hqq_*.json: every quantizable linear -> hqq's {nbits, group_size, axis}, null where 16-bit; load it with
-    `qlbench.export.load_hqq(model_or_folder, path)`) and, for Linear-layer models (not GPT-2's Conv1D), an
-    llm-compressor recipe (llmc_*.yaml: compressed-tensors weight schemes per layer, for llmcompressor's oneshot)."""
+    `qlbench.export.load_hqq(model_or_folder, path)`).
+    --format gguf: a .gguf file (llama.cpp, Ollama; transformers loads it) of the recommendation's widths on the base,
+    or with --cell one finished cell's merged model in its GGUF types (its `deploy: gguf...`, or its own backend's),
+    loaded back and its eval loss printed beside the cell's measured one. --format compressed-tensors: a model
+    folder (vLLM, SGLang; transformers loads it) the same way: W8A16 / W4A16 per layer, GPT-2 written as OPT."""
     import polars as pl
 
-    from qlbench.export import hqq, llmc, recommendation
-    from qlbench.results import atomic_path
+    from qlbench.export import hqq, recommendation
 
     st = load_study(config_files, study)
     root = Path(results or st.results) / st.name
-    path = Path(rec_path) if rec_path else root / "sensitivity" / "recommendation.parquet"
-    if not path.exists():
-        raise QlbenchError(f"no recommendation at {path}: run the study's sensitivity (snakemake, or qlbench "
-                           "sensitivity) first, or give --recommendation")
-    row = recommendation.pick(pl.read_parquet(path), model=model, rank=rank, n_train=n_train, level=level)
-    if row.get("model") not in st.config["models"]:
-        raise QlbenchError(f"model {row.get('model')!r} of the recommendation is not in the config")
-    lay, folder = st.layout(row["model"]), Path(out) if out else root / "export"
+    if cell_id and fmt == "hqq":
+        raise QlbenchError("--cell: with --format gguf or compressed-tensors (the HQQ export is a recommendation's)")
+    row = None
+    if not cell_id:
+        path = Path(rec_path) if rec_path else root / "sensitivity" / "recommendation.parquet"
+        if not path.exists():
+            raise QlbenchError(f"no recommendation at {path}: run the study's sensitivity (snakemake, or qlbench "
+                               "sensitivity) first, give --recommendation, or export one cell (--cell)")
+        row = recommendation.pick(pl.read_parquet(path), model=model, rank=rank, n_train=n_train, level=level)
+        if row.get("model") not in st.config["models"]:
+            raise QlbenchError(f"model {row.get('model')!r} of the recommendation is not in the config")
+    folder = Path(out) if out else root / "export"
+    if fmt == "gguf":
+        from qlbench.export import gguf
+
+        for line in gguf.export(st, root, folder, row=row, cell=cell_id, deploy=deploy_name):
+            click.echo(line)
+        return
+    if fmt == "compressed-tensors":  # the compressed-tensors writer's module (its own helper): the same arguments
+        try:
+            from qlbench.export import compressed_tensors
+        except ImportError:
+            raise QlbenchError("--format compressed-tensors: not available in this build") from None
+        for line in compressed_tensors.export(st, root, folder, row=row, cell=cell_id, deploy=deploy_name):
+            click.echo(line)
+        return
+    lay = st.layout(row["model"])
     cfg = hqq.config(row, lay, st.tree.quant, st.name)
     target = hqq.write(cfg, folder / f"hqq_{recommendation.file_name(row)}.json")
     low = sum(c is not None for c in cfg["layers"].values())
     how = ("the same in every block: hqq's quantize_model takes it" if cfg["hqq_quant_config"]
            else "widths differ between blocks: loaded layer by layer")
     click.echo(f"{target}: {low} of {len(cfg['layers'])} linears quantized by HQQ ({how})")
-    if lay.arch == "gpt2":
-        click.echo("no llm-compressor recipe: it quantizes nn.Linear layers, and GPT-2's are Conv1D")
-        return
-    recipe = folder / f"llmc_{recommendation.file_name(row)}.yaml"
-    with atomic_path(recipe) as tmp:
-        tmp.write_text(llmc.text(llmc.recipe(row, lay, st.tree.quant)))
-    click.echo(f"{recipe}: the llm-compressor recipe (oneshot(model=..., recipe=...) in an environment with "
-               "llmcompressor)")
 
 
 @main.command()

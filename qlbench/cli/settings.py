@@ -34,6 +34,8 @@ def text_reference() -> str:
     for b in registry.backends().values():
         widths = "; ".join(f"{f} {','.join(map(str, w))}" for f, w in b.widths.items() if w)
         lines.append(f"  {b.name:<17} {b.summary} ({widths}{'; re-quantizes in place' if b.requantizes else ''})")
+        if b.deploys:  # a serving format: what `deploy: NAME:PRESET` may name
+            lines.append(f"  {'':<17} deploy presets: {', '.join(b.deploys)}")
     lines.append("tasks:")
     lines += [f"  {t.name:<17} {t.summary}" for t in registry.tasks().values()]
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """What leaves qlbench for other tools: a sensitivity recommendation as configs others load (`hqq`: an HQQ
-per-layer config; `llmc`: an llm-compressor recipe), and a study's finished cells as MLflow runs (`track`). No
-module here imports torch at its top: `qlbench export` and `qlbench track` never load a model; `hqq.load_hqq`
-imports torch and hqq when it is called."""
+per-layer config), a recommendation or one cell's merged model as files serving engines open (`gguf`;
+`compressed_tensors`: a compressed-tensors folder, which replaced the llm-compressor recipe), and a study's finished
+cells as MLflow runs (`track`). No module here imports torch at its top; `hqq.load_hqq` and the file writers import
+it when called."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """One row of a sensitivity recommendation (recommendation.parquet) and the width it gives every layer: what both
-exports (`hqq`, `llmc`) start from. Imports no torch, and polars only to read the table."""
+exports (`hqq`, `gguf`, `compressed_tensors`) start from. Imports no torch, and polars only to read the table."""
 
 from __future__ import annotations
 
@@ -49,6 +49,6 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def file_name(row: dict) -> str:
-    """<model>_r<rank>[_n<N>]_<level>: the exports' file names after their kind (hqq_..., llmc_...)."""
+    """<model>_r<rank>[_n<N>]_<level>: the exports' file names after their kind (hqq_..., gguf_..., ct_...)."""
     n = f"_n{row['n_train']}" if row.get("n_train") is not None else ""
     return _SAFE.sub("_", f"{row.get('model')}_r{row.get('rank')}{n}_{row.get('level', 'all')}")

@@ -1,5 +1,6 @@
 """Quantization backends, one file each: `fake` (simulated quantize-dequantize, any width), `bnb` (bitsandbytes),
-`hqq` (the hqq package's HQQLinear) and `torchao` (torchao's int8 and NF4 tensors).
+`hqq` (the hqq package's HQQLinear), `torchao` (torchao's int8 and NF4 tensors) and `compressed_tensors`
+(vLLM's W8A16 / W4A16, by compressed-tensors).
 
 A backend file declares what it can do (`BACKEND = qlbench.registry.Backend(...)`: formats and widths, whether it
 re-quantizes in place, its layout) and exposes `apply(model, plan, settings) -> list[dict]`: it quantizes, in

@@ -240,6 +240,10 @@ def load(config: dict, study: str | None = None) -> Study:
                     for m in masklang.expand(entry, lay)]
         for mask in expanded + list(settings["layer_bits"]):
             masklang.resolve(mask, lay)
+        if settings.get("deploy") is not None:  # a serving format: its backend and presets declared, masks real
+            from qlbench.study import deploy
+
+            deploy.check(settings["deploy"], lay, where)
         study_masks[model] = list(dict.fromkeys(expanded))
         for entry in [settings["targets"]] + targets_axis:  # a preset or a Q/K/V slice this arch lacks fails here
             try:

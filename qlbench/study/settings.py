@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from qlbench.study.targets import PRESET_NAMES
+from qlbench.study.deploy import SCHEMA as _DEPLOY
 
 REQUIRED = dataclasses.MISSING  # a setting every study must give (its dataset)
 
@@ -99,6 +100,11 @@ class Quant:
     layer_bits: Mapping[str, int] = setting(
         {}, "{mask: bits}: widths pinned per layer on top of the cell's mask (QaLoF's per-layer bit map)",
         {"type": "object", "additionalProperties": _BITS})
+    deploy: Any = setting(None, "a serving format the merged model is also requantized in (deployed_eval_* "
+                                "columns): BACKEND:PRESET (gguf:Q4_0, compressed_tensors:w4a16), a bare BACKEND (each "
+                                "layer at its width's type), {format: ..., layers: {mask: preset}}, or a list of names "
+                                "(a sweep: columns suffixed @NAME) (unset: none)",
+                          _DEPLOY, optional=True, data=False)
 
 
 @dataclass(frozen=True)
