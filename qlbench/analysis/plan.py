@@ -15,6 +15,7 @@ Without cells, the plan plants a nominal law and says so: the bound L = 2 + 0.5�
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -152,7 +153,8 @@ def plan(pts: pl.DataFrame, cells: pl.DataFrame | None = None, level: float = cl
         p_now = now.get(name, {}).get("power", float("nan"))
         row = {"claim": text, "power_now": p_now, "testable_now": name in now}
         if name in now and p_now >= level:
-            rows.append({**row, "addition": "none needed", "cells": 0, "cell_hours": 0.0, "power_after": p_now})
+            rows.append({**row, "addition": "none needed", "cells": 0, "cell_hours": 0.0, "power_after": p_now,
+                         "overlay": "{}"})
             continue
         best = None
         for label, g, (n_cells, hours) in tried:
@@ -160,14 +162,43 @@ def plan(pts: pl.DataFrame, cells: pl.DataFrame | None = None, level: float = cl
                 results[label] = powers_on(g)
             p = results[label].get(name, {}).get("power", float("nan"))
             if p >= level:
-                best = (label, n_cells, hours, p)
+                best = (label, n_cells, hours, p, g)
                 break
             if best is None or (p == p and p > best[3]):
-                best = (label + " (best tried; below the level)", n_cells, hours, p) if p == p else best
-        label, n_cells, hours, p = best or ("none of the tried additions", 0, float("nan"), float("nan"))
-        rows.append({**row, "addition": label, "cells": n_cells, "cell_hours": hours, "power_after": p})
+                best = (label + " (best tried; below the level)", n_cells, hours, p, g) if p == p else best
+        label, n_cells, hours, p, g = best or ("none of the tried additions", 0, float("nan"), float("nan"), base)
+        rows.append({**row, "addition": label, "cells": n_cells, "cell_hours": hours, "power_after": p,
+                     "overlay": overlay(g, base)})
     return pl.DataFrame(rows, schema_overrides={"cell_hours": pl.Float64, "power_now": pl.Float64,
                                                 "power_after": pl.Float64})
+
+
+def overlay(grid: dict, base: dict, seeds: list[int] | None = None) -> str:
+    """The study keys a config overlay sets to add `grid`'s cells to `base`'s, as studies/*.yaml write them (JSON):
+    `bits` (widest first), `ranks`, `n_train`, `seeds` — the whole list, the study's own values kept. Seeds are
+    the study's: the grid has no per-cell seeds, so more seeds run every cell of the study again (counted so)."""
+
+
+    out = {}
+    if grid["bits"] != base["bits"]:
+        out["bits"] = sorted(grid["bits"], reverse=True)
+    if grid["ranks"] != base["ranks"]:
+        out["ranks"] = sorted(grid["ranks"])
+    if grid["examples"] != base["examples"]:
+        out["n_train"] = sorted(int(n) for n in grid["examples"])
+    if grid["seeds"] != base["seeds"]:
+        out["seeds"] = more_seeds(seeds or list(range(base["seeds"])), grid["seeds"])
+    return json.dumps(out)
+
+
+def more_seeds(seeds: list[int], count: int) -> list[int]:
+    """The study's seeds, then the next integers up to `count` seeds in all."""
+    out = list(seeds)
+    nxt = max(out, default=-1) + 1
+    while len(out) < count:
+        out.append(nxt)
+        nxt += 1
+    return out
 
 
 def _testable(name: str, d: freefit.Design) -> bool:
@@ -199,3 +230,126 @@ def markdown(table: pl.DataFrame, study: str, level: float, nominal: bool, timed
     if not timed:
         notes.append("cell_hours: unknown until cells with a measured wall time exist.")
     return md(view, f"{study}: the cells that would decide each bounds claim") + "\n" + " ".join(notes) + "\n"
+
+
+# The contract `qlbench adapt` reads: one row per verdict, these columns (plan.parquet holds them).
+VERDICT_COLUMNS = {"kind": pl.String, "verdict": pl.String, "decided": pl.Boolean, "testable_now": pl.Boolean,
+                   "power_now": pl.Float64, "addition": pl.String, "overlay": pl.String, "cells": pl.Int64,
+                   "cell_hours": pl.Float64, "power_after": pl.Float64}
+KINDS = ("bounds", "sensitivity", "recommendation", "paired_gap", "backend")
+
+
+def verdict_plan(st, root, level: float = claims.POWER_LEVEL, replicates: int = 100) -> pl.DataFrame:
+    """verdict_plan(st: qlbench.study.config.Study, root: Path, level=0.8, replicates=100) -> pl.DataFrame
+
+    Every verdict of study `st` (its cells under root/st.name/cells.parquet; a nominal bounds plan before any),
+    one row each, the columns of VERDICT_COLUMNS:
+    - kind: bounds | sensitivity | recommendation | paired_gap | backend
+    - verdict: the claim or gap in words; decided: its power now ≥ level (bounds) or its interval already
+      decides it (seed-paired kinds); testable_now: the grid has what its test needs
+    - power_now, and power_after with `addition` (a label) made: the cheapest tried addition reaching `level`
+      (else the best tried, the label says so; "none needed" when decided)
+    - overlay: JSON of the study keys a config overlay sets to add those cells, as studies/*.yaml write them —
+      `bits`, `ranks`, `n_train`, `seeds` (whole lists, the study's own values first; `{}` when nothing is added).
+      Seeds are study-wide (the grid has no per-cell seeds): more seeds rerun every cell of the study with the new
+      seeds, and `cells`/`cell_hours` count them all.
+    - cells, cell_hours: what the addition adds, hours from the study's measured wall time per cell (NaN without).
+    The seed-paired kinds' power accounts for the measured seeds' own uncertainty (qlbench.analysis.seed_power);
+    the bounds plan's, for the fitted nuisance values' (`plan`, nuisance draws)."""
+    from pathlib import Path
+
+    from qlbench.analysis import bounds, seed_power, seed_verdicts
+
+    folder = Path(root) / st.name
+    cells_path = folder / "cells.parquet"
+    cells = pl.read_parquet(cells_path) if cells_path.exists() else None
+    rows: list[dict] = []
+    bounds_table = _bounds_table(st, cells, level, replicates)
+    if bounds_table is not None:
+        for r in bounds_table.iter_rows(named=True):
+            rows.append({"kind": "bounds", "verdict": r["claim"], "decided": r["addition"] == "none needed",
+                         "testable_now": r["testable_now"], "power_now": r["power_now"], "addition": r["addition"],
+                         "overlay": _study_overlay(r["overlay"], st, cells), "cells": r["cells"],
+                         "cell_hours": r["cell_hours"], "power_after": r["power_after"]})
+    if cells is not None and cells.height:
+        per_seed_cells, per_seed_hours = _seed_cost(cells)
+        for g in seed_verdicts.collect(cells, folder):
+            x = g["x"]
+            testable = len(x) >= 2
+            done = seed_power.decided(x)
+            p_now = seed_power.power_fresh(x, replicates=max(replicates, 400)) if testable else float("nan")
+            row = {"kind": g["kind"], "verdict": g["verdict"], "decided": done, "testable_now": testable,
+                   "power_now": 1.0 if done else p_now}
+            if done:
+                rows.append({**row, "addition": "none needed", "overlay": "{}", "cells": 0, "cell_hours": 0.0,
+                             "power_after": 1.0})
+                continue
+            n = len(x)
+            if not testable:  # one seed: the next seed gives it an interval
+                m, p = 1, float("nan")
+            else:
+                m, _, p = seed_power.seeds_needed(x, level, replicates=max(replicates, 400))
+            label = f"seeds {n + m} (+{m}) for {g['named']}" + ("" if p >= level else " (best tried; below the level)")
+            rows.append({**row, "addition": label, "overlay": json.dumps({"seeds": more_seeds(list(st.seeds), n + m)}),
+                         "cells": m * per_seed_cells, "cell_hours": m * per_seed_hours, "power_after": p})
+    return pl.DataFrame(rows, schema=VERDICT_COLUMNS)
+
+
+def _bounds_table(st, cells, level, replicates) -> pl.DataFrame | None:
+    """The bounds plan of the study's cells (its first model), a nominal one before any, None without a bounds
+    grid (16-bit cells and quantized cells of mask `all`)."""
+    from qlbench.analysis import bounds
+
+    pts = None
+    if cells is not None and cells.height:
+        one = cells.filter(pl.col("model") == sorted(cells["model"].unique().to_list())[0])
+        pts = bounds.points(one)
+        if pts.height < 4 or pts.filter(pl.col("bits") < 16).is_empty() or pts.filter(pl.col("bits") >= 16).is_empty():
+            return None
+        return plan(pts, one, level, replicates)
+    masks = {m for ms in st.masks.values() for m in ms}
+    if 16 not in st.bits or not [b for b in st.bits if b < 16] or "all" not in masks:
+        return None
+    examples = sorted({n or 1000 for n in st.n_train})
+    return plan(nominal_points(st.bits, st.ranks, examples, len(st.seeds)), None, level, replicates)
+
+
+def _study_overlay(text: str, st, cells) -> str:
+    """The bounds plan's overlay in the study's own values: its seeds, and `n_train` as the study writes it (an N
+    the study leaves at its default stays null, so its cells keep their identities)."""
+    o = json.loads(text)
+    if "seeds" in o:
+        o["seeds"] = more_seeds(list(st.seeds), len(o["seeds"]))
+    if "n_train" in o:
+        measured = set(cells["train_examples"].drop_nulls().unique().to_list()) if cells is not None and \
+            "train_examples" in cells.columns else set()
+        own = [n for n in st.n_train]
+        o["n_train"] = own + [n for n in o["n_train"] if n not in measured and n not in own]
+    return json.dumps(o)
+
+
+def _seed_cost(cells: pl.DataFrame) -> tuple[int, float]:
+    """Cells one more study-wide seed adds, and their hours (the mean wall time of each cell over its seeds)."""
+    keys = [k for k in ("model", "bits", "rank", "mask", "n_train") if k in cells.columns]
+    one = cells.group_by(keys).agg(pl.col("wall_s").mean() if "wall_s" in cells.columns else pl.lit(None))
+    hours = float(one["wall_s"].sum()) / 3600 if "wall_s" in one.columns and one["wall_s"].is_not_null().any() \
+        else float("nan")
+    return one.height, hours
+
+
+def verdict_markdown(table: pl.DataFrame, study: str, level: float) -> str:
+    """One table per kind."""
+    from qlbench.analysis.tables import markdown as md
+
+    titles = {"bounds": "the bounds claims", "sensitivity": "the sensitivity ranks and the top-k set",
+              "recommendation": "the recommendation's predicted degradation",
+              "paired_gap": "the paired gaps (QaLoF's, robustness's)", "backend": "the backend comparisons"}
+    parts = []
+    for kind in KINDS:
+        t = table.filter(pl.col("kind") == kind)
+        if t.is_empty():
+            continue
+        view = t.select("verdict", "decided", pl.col("power_now").round(2), "addition", "cells",
+                        pl.col("cell_hours").round(3), pl.col("power_after").round(2))
+        parts.append(md(view, f"{study}: what would decide {titles[kind]} (level {level})"))
+    return "\n".join(parts)
