@@ -288,7 +288,7 @@ def verdict_plan(st, root, level: float = claims.POWER_LEVEL, replicates: int = 
             if not testable:  # one seed: the next seed gives it an interval
                 m, p = 1, float("nan")
             else:
-                m, _, p = seed_power.seeds_needed(x, level, replicates=max(replicates, 400))
+                m, p = seed_power.seeds_needed(x, level, replicates=max(replicates, 400))
             label = f"seeds {n + m} (+{m}) for {g['named']}" + ("" if p >= level else " (best tried; below the level)")
             rows.append({**row, "addition": label, "overlay": json.dumps({"seeds": more_seeds(list(st.seeds), n + m)}),
                          "cells": m * per_seed_cells, "cell_hours": m * per_seed_hours, "power_after": p})

@@ -32,39 +32,6 @@ def _t975(dof: np.ndarray) -> np.ndarray:
     return np.vectorize(lambda d: table.get(int(d), np.nan), otypes=[float])(dof)
 
 
-def power_after(x: np.ndarray, added: np.ndarray, replicates: int = REPLICATES, rng_seed: int = 0,
-                naive: bool = False) -> np.ndarray:
-    """For the measured per-seed differences `x` (n ≥ 2) and each count in `added` (seeds to add): the chance that
-    the interval on all n + m seeds excludes 0 on the side of the gap's measured sign. With `naive`, the new seeds
-    are drawn at the measured mean and sd; else each replicate first draws its own (δ, σ) (see the module)."""
-    x = np.asarray(x, float)
-    n = len(x)
-    added = np.atleast_1d(np.asarray(added, int))
-    if n < 2:
-        return np.full(len(added), np.nan)
-    mean, sd = float(x.mean()), float(x.std(ddof=1))
-    sign = 1.0 if mean >= 0 else -1.0
-    rng = np.random.default_rng(rng_seed)
-    if naive or sd == 0:
-        delta, sigma = np.full(replicates, mean), np.full(replicates, sd)
-    else:
-        sigma = sd * np.sqrt((n - 1) / rng.chisquare(n - 1, replicates))
-        delta = mean + sigma * rng.standard_normal(replicates) / math.sqrt(n)
-    m_max = int(added.max()) if len(added) else 0
-    new = delta[:, None] + sigma[:, None] * rng.standard_normal((replicates, max(m_max, 1)))
-    cs, cs2 = np.cumsum(new, axis=1), np.cumsum(new**2, axis=1)
-    out = []
-    for m in added:  # a handful of candidate counts; the replicates are one array
-        total = n + m
-        s1 = x.sum() + (cs[:, m - 1] if m else 0.0)
-        s2 = (x**2).sum() + (cs2[:, m - 1] if m else 0.0)
-        mu = s1 / total
-        var = np.maximum(s2 - total * mu**2, 0.0) / (total - 1)
-        half = _t975(np.array([total - 1]))[0] * np.sqrt(var / total)
-        out.append(float(np.mean(sign * mu - half > 0)))
-    return np.array(out)
-
-
 def decided(x: np.ndarray) -> bool:
     """The gap's 95% t interval over the measured seeds excludes 0."""
     x = np.asarray(x, float)
@@ -75,35 +42,29 @@ def decided(x: np.ndarray) -> bool:
 
 
 def seeds_needed(x: np.ndarray, level: float, max_seeds: int = MAX_SEEDS, replicates: int = REPLICATES,
-                 rng_seed: int = 0, naive: bool = False) -> tuple[int, float, float]:
-    """(seeds to add, power now, power after): the fewest added seeds whose power reaches `level` (up to
-    `max_seeds` in all), else the most tried with its power. Power now: the chance the current interval decides
-    it as measured (1 or 0 for the measured one; for planning, the chance over a fresh set of n seeds)."""
-    n = len(x)
-    if n < 2:
-        return 0, float("nan"), float("nan")
-    counts = np.arange(0, max(max_seeds - n, 0) + 1)
-    p = power_after(x, counts, replicates, rng_seed, naive)
-    ok = np.flatnonzero(p[1:] >= level) + 1 if len(p) > 1 else np.array([], int)
-    m = int(ok[0]) if len(ok) else int(counts[-1])
-    return m, float(p[0]), float(p[m])
+                 rng_seed: int = 0, naive: bool = False) -> tuple[int, float]:
+    """(seeds to add, power after): the fewest added seeds whose power reaches `level` (up to `max_seeds` in
+    all), else the most tried with its power."""
+    added, power = plan_many(np.asarray(x, float)[None], level, max_seeds, replicates, rng_seed, naive)
+    return int(added[0]), float(power[0])
 
 
-def plan_many(xs: np.ndarray, level: float, max_seeds: int = MAX_SEEDS, replicates: int = 400,
-              rng_seed: int = 0, naive: bool = False) -> np.ndarray:
-    """`seeds_needed` for many gaps at once (rows of `xs`, each n measured differences), vectorised over gaps and
-    replicates: the seeds each plan adds (max_seeds − n where none reaches the level)."""
+def plan_many(xs: np.ndarray, level: float, max_seeds: int = MAX_SEEDS, replicates: int = REPLICATES,
+              rng_seed: int = 0, naive: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """For many gaps at once (rows of `xs`, each n ≥ 2 measured differences), vectorised over gaps, replicates and
+    added seeds: the seeds each plan adds (the fewest reaching `level`; max_seeds − n where none does) and the
+    power there. The m new seeds of a replicate are drawn at its (δ, σ) and the interval recomputed on all n + m."""
     xs = np.asarray(xs, float)
     g, n = xs.shape
     rng = np.random.default_rng(rng_seed)
     mean, sd = xs.mean(axis=1), xs.std(axis=1, ddof=1)
     sign = np.where(mean >= 0, 1.0, -1.0)
-    if naive:
+    if naive:  # the measured values taken for the truth: aims exactly at the level
         delta, sigma = np.repeat(mean[:, None], replicates, 1), np.repeat(sd[:, None], replicates, 1)
-    else:
+    else:  # each replicate's own truth, drawn from the measured seeds' sampling distribution
         sigma = sd[:, None] * np.sqrt((n - 1) / rng.chisquare(n - 1, (g, replicates)))
         delta = mean[:, None] + sigma * rng.standard_normal((g, replicates)) / math.sqrt(n)
-    m_max = max_seeds - n
+    m_max = max(max_seeds - n, 1)
     new = delta[..., None] + sigma[..., None] * rng.standard_normal((g, replicates, m_max))
     total = n + np.arange(1, m_max + 1)
     s1 = xs.sum(axis=1)[:, None, None] + np.cumsum(new, axis=2)
@@ -111,21 +72,23 @@ def plan_many(xs: np.ndarray, level: float, max_seeds: int = MAX_SEEDS, replicat
     mu = s1 / total
     var = np.maximum(s2 - total * mu**2, 0.0) / (total - 1)
     half = _t975(total - 1) * np.sqrt(var / total)
-    power = np.mean(sign[:, None, None] * mu - half > 0, axis=1)  # gaps × counts
+    power = np.mean(sign[:, None, None] * mu - half > 0, axis=1)  # gaps × added seeds
     reach = power >= level
-    return np.where(reach.any(axis=1), reach.argmax(axis=1) + 1, m_max)
+    idx = np.where(reach.any(axis=1), reach.argmax(axis=1), m_max - 1)
+    return idx + 1, power[np.arange(g), idx]
 
 
-def final_decided(xs: np.ndarray, added: np.ndarray, delta: float, sigma: float, rng_seed: int = 1) -> np.ndarray:
-    """Each gap's verdict after its plan's seeds are really run (drawn at the planted δ, σ): decided as planted
-    (the interval on all its seeds excludes 0 on δ's side)."""
+def final_decided(xs: np.ndarray, added: np.ndarray, delta, sigma, rng_seed: int = 1) -> np.ndarray:
+    """Each gap's verdict after its plan's seeds are really run (drawn at its planted δ, σ: scalars or one per
+    gap): decided as planted (the interval on all its seeds excludes 0 on δ's side)."""
     xs = np.asarray(xs, float)
     g, n = xs.shape
     added = np.asarray(added, int)
+    delta, sigma = (np.broadcast_to(np.asarray(v, float), (g,)) for v in (delta, sigma))
     rng = np.random.default_rng(rng_seed)
-    m_max = int(added.max()) if len(added) else 0
-    new = delta + sigma * rng.standard_normal((g, max(m_max, 1)))
-    use = np.arange(max(m_max, 1))[None] < added[:, None]
+    m_max = max(int(added.max()) if len(added) else 0, 1)
+    new = delta[:, None] + sigma[:, None] * rng.standard_normal((g, m_max))
+    use = np.arange(m_max)[None] < added[:, None]
     total = n + added
     s1 = xs.sum(axis=1) + np.where(use, new, 0).sum(axis=1)
     s2 = (xs**2).sum(axis=1) + np.where(use, new**2, 0).sum(axis=1)
@@ -133,6 +96,16 @@ def final_decided(xs: np.ndarray, added: np.ndarray, delta: float, sigma: float,
     var = np.maximum(s2 - total * mu**2, 0.0) / (total - 1)
     half = _t975(total - 1) * np.sqrt(var / total)
     return np.sign(delta) * mu - half > 0
+
+
+def wilson(successes: int, trials: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson score 95% interval of a proportion."""
+    if trials == 0:
+        return float("nan"), float("nan")
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return centre - half, centre + half
 
 
 def power_fresh(x: np.ndarray, replicates: int = REPLICATES, rng_seed: int = 0) -> float:
