@@ -26,6 +26,7 @@ from qlbench.analysis.bounds import REFERENCE_BITS, design_of
 
 EXTRA_WIDTHS = (2, 3, 5, 6)
 EXTRA_RANKS = (2, 64)
+DRAWS = 10  # parametric-bootstrap copies of the fit whose nuisance values the plan plants (0: the fit's alone)
 NOMINAL = {"L_star": 2.0, "c1": 0.5, "gap4_r8": 0.02, "seed_sd": 0.003}
 CLAIMS = {"kappa": "κ = 2 (bit term ∝ 2^(−2b))", "rho": "ρ = 1 (rank coupling)",
           "c1": "c1·√(r/N) > 0 (not a rank trend)", "ratio": "½ bit per doubling of r",
@@ -117,39 +118,52 @@ def _cost(grid: dict, base: dict, seconds: dict[int, float]) -> tuple[int, float
 
 
 def plan(pts: pl.DataFrame, cells: pl.DataFrame | None = None, level: float = claims.POWER_LEVEL,
-         replicates: int = 100, rng_seed: int = 0) -> pl.DataFrame:
+         replicates: int = 100, rng_seed: int = 0, draws: int = DRAWS, only: tuple[str, ...] | None = None,
+         additions: list[tuple[str, dict]] | None = None) -> pl.DataFrame:
     """One row per claim the grid cannot decide: its power now, and the cheapest addition (by cells, then
     cell-hours) whose power reaches `level`, or the best one tried. Claims the grid decides are listed with
-    `addition` = "none needed"."""
+    `addition` = "none needed".
+
+    `draws` > 0: the power accounts for the fitted nuisance values' uncertainty — the claim and its rival are
+    planted at the values fitted on `draws` parametric-bootstrap copies of the study's points (the free fit plus
+    its seed noise, refitted), `replicates` simulated data sets spread over them, and the chances averaged; 0 plants
+    them at the values fitted on the study's points alone (aiming exactly at the level). `only`: the claims to plan
+    (CLAIMS' keys); `additions`: (label, grid) pairs to try instead of `candidates`."""
     design = design_of(pts)
     y = pts["loss"].to_numpy()
-    observed = freefit.profile(design, y, freefit.grid_for(design))
+    observed, pairs = _truth_pairs(pts, y)
     exps = power._exps(observed)
-    x = claims.c1_columns(design, exps)
-    if x is not None:
-        observed.update(claims.c1_test(design, x, y))
-    pairs = power.truths(pts, observed)
-    if "c1" not in pairs:  # not identifiable here: plant it at the nominal c1 against 0 on the larger grids
-        pairs["c1"] = (power.Truth(*exps, (0, 0, 0), design.n0, linear=(float(np.mean(y)), NOMINAL["c1"], 0.0,
-                                                                         _c2(pts, observed))),
-                       power.Truth(*exps, (0, 0, 0), design.n0, linear=(float(np.mean(y)), 0.0, 0.0,
-                                                                         _c2(pts, observed))),
-                       NOMINAL["c1"], 0.0)
     floor = float(pts["var"].drop_nulls().median()) if pts["var"].drop_nulls().len() else float(observed["s2"][0])
     base = _grid(pts)
     seconds = cell_seconds(cells)
+    names = [n for n in CLAIMS if only is None or n in only]
+    pairs = {k: v for k, v in pairs.items() if k in names}
+    per_draw = max(replicates // draws, 10) if draws else replicates
+    scale = np.ones(max(draws, 1))
+    if draws:  # each bootstrap copy: a seed variance drawn, new points at it, the claims planted where a refit puts them
+        rng = np.random.default_rng(rng_seed + 1)
+        scale = _seed_scale(pts, floor, draws, rng)
+        free = freefit.predict(design, freefit.coefficients(design, y, *exps), *exps)
+        sd0 = power.noise_sd(pts, design, observed)
+        z = rng.standard_normal((draws, len(y)))
+        copies = [_truth_pairs(pts, free + np.maximum(sd0, scale[i] * sd0) * z[i])[1] for i in range(draws)]
+        pairs = {f"{k}@{i}": c[k] for i, c in enumerate(copies) for k in names if k in c}
 
     def powers_on(grid):
         d, sd = design_for(pts, grid, floor)
-        testable = {k: v for k, v in pairs.items() if _testable(k, d)}
-        return power.simulate(d, sd, testable, replicates, rng_seed, exps)
+        testable = {k: v for k, v in pairs.items() if _testable(k.split("@")[0], d)}
+        if not draws:
+            return power.simulate(d, sd, testable, per_draw, rng_seed, exps)
+        sds = {k: np.maximum(sd, scale[int(k.split("@")[1])] * sd) for k in testable}
+        return _pooled(power.simulate(d, sd, testable, per_draw, rng_seed, exps, sds))
 
     now = powers_on(base)
     rows = []
-    tried = [(label, g, _cost(g, base, seconds)) for label, g in candidates(base)]
+    tried = [(label, g, _cost(g, base, seconds)) for label, g in (additions or candidates(base))]
     tried.sort(key=lambda t: (t[2][0], t[2][1] if t[2][1] == t[2][1] else 0))
     results = {}
-    for name, text in CLAIMS.items():
+    for name in names:
+        text = CLAIMS[name]
         p_now = now.get(name, {}).get("power", float("nan"))
         row = {"claim": text, "power_now": p_now, "testable_now": name in now}
         if name in now and p_now >= level:
@@ -199,6 +213,53 @@ def more_seeds(seeds: list[int], count: int) -> list[int]:
         out.append(nxt)
         nxt += 1
     return out
+
+
+def _truth_pairs(pts: pl.DataFrame, y: np.ndarray) -> tuple[dict, dict]:
+    """The free fit of `y` on the study's points and every claim's (truth, rival truth, value, rival value); c1
+    where the grid cannot identify it: the nominal c1 against 0, to be planted on the larger grids."""
+    design = design_of(pts)
+    if not np.array_equal(y, pts["loss"].to_numpy()):
+        pts = pts.with_columns(pl.Series("loss", y))
+    observed = freefit.profile(design, y, freefit.grid_for(design))
+    exps = power._exps(observed)
+    x = claims.c1_columns(design, exps)
+    if x is not None:
+        observed.update(claims.c1_test(design, x, y))
+    pairs = power.truths(pts, observed)
+    if "c1" not in pairs:
+        c2 = _c2(pts, observed)
+        pairs["c1"] = (power.Truth(*exps, (0, 0, 0), design.n0, linear=(float(np.mean(y)), NOMINAL["c1"], 0.0, c2)),
+                       power.Truth(*exps, (0, 0, 0), design.n0, linear=(float(np.mean(y)), 0.0, 0.0, c2)),
+                       NOMINAL["c1"], 0.0)
+    return observed, pairs
+
+
+def _seed_scale(pts: pl.DataFrame, floor: float, draws: int, rng) -> np.ndarray:
+    """Per draw, how much larger the seed noise may be than the plan's per-point variances say: the points' pooled
+    seed variance (the mean, unbiased where the median of few seeds' variances is not) drawn from its sampling
+    distribution (σ² = pooled·dof/χ²_dof, dof = Σ(seeds − 1)), over the floor the weights use; 1 without seeds."""
+    var = pts["var"].to_numpy().astype(float) if "var" in pts.columns else np.array([])
+    seeds = pts["seeds"].to_numpy().astype(float) if "seeds" in pts.columns else np.ones(len(var))
+    ok = np.isfinite(var) & (seeds >= 2)
+    dof = float(np.sum(seeds[ok] - 1))
+    if not ok.any() or not floor > 0 or dof < 1:
+        return np.ones(draws)
+    pooled = float(np.sum((seeds[ok] - 1) * var[ok]) / dof)
+    return np.sqrt(pooled * dof / rng.chisquare(dof, draws) / floor)
+
+
+def _pooled(got: dict) -> dict:
+    """Per claim, its chances averaged over the nuisance draws (keys `claim@i`); the power is the smaller."""
+    out: dict = {}
+    for key, v in got.items():
+        out.setdefault(key.split("@")[0], []).append(v)
+    pooled = {}
+    for name, vs in out.items():
+        pc, pr = float(np.mean([v["power_if_claim"] for v in vs])), float(np.mean([v["power_if_rival"] for v in vs]))
+        pooled[name] = {**vs[0], "power_if_claim": pc, "power_if_rival": pr, "power": min(pc, pr),
+                        "replicates": sum(v["replicates"] for v in vs)}
+    return pooled
 
 
 def _testable(name: str, d: freefit.Design) -> bool:
