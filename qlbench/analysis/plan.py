@@ -139,14 +139,13 @@ def plan(pts: pl.DataFrame, cells: pl.DataFrame | None = None, level: float = cl
     names = [n for n in CLAIMS if only is None or n in only]
     pairs = {k: v for k, v in pairs.items() if k in names}
     per_draw = max(replicates // draws, 10) if draws else replicates
-    scale = np.ones(max(draws, 1))
     if draws:  # each bootstrap copy: a seed variance drawn, new points at it, the claims planted where a refit puts them
         rng = np.random.default_rng(rng_seed + 1)
-        scale = _seed_scale(pts, floor, draws, rng)
+        sigma2 = _seed_variances(pts, observed, design, draws, rng)
         free = freefit.predict(design, freefit.coefficients(design, y, *exps), *exps)
-        sd0 = power.noise_sd(pts, design, observed)
+        seeds0 = pts["seeds"].to_numpy().astype(float) if "seeds" in pts.columns else np.ones(len(y))
         z = rng.standard_normal((draws, len(y)))
-        copies = [_truth_pairs(pts, free + np.maximum(sd0, scale[i] * sd0) * z[i])[1] for i in range(draws)]
+        copies = [_truth_pairs(pts, free + np.sqrt(sigma2[i] / seeds0) * z[i])[1] for i in range(draws)]
         pairs = {f"{k}@{i}": c[k] for i, c in enumerate(copies) for k in names if k in c}
 
     def powers_on(grid):
@@ -154,8 +153,17 @@ def plan(pts: pl.DataFrame, cells: pl.DataFrame | None = None, level: float = cl
         testable = {k: v for k, v in pairs.items() if _testable(k.split("@")[0], d)}
         if not draws:
             return power.simulate(d, sd, testable, per_draw, rng_seed, exps)
-        sds = {k: np.maximum(sd, scale[int(k.split("@")[1])] * sd) for k in testable}
-        return _pooled(power.simulate(d, sd, testable, per_draw, rng_seed, exps, sds))
+        got = {}
+        k = grid["seeds"]
+        for i in range(draws):  # per draw: its seed variance, and weights estimated from k seeds as the refit's are
+            mine = {key: v for key, v in testable.items() if key.endswith(f"@{i}")}
+            wr = np.random.default_rng(rng_seed + 100 + i)
+            est = sigma2[i] * (wr.chisquare(k - 1, len(d.r)) / (k - 1) if k >= 2 else np.ones(len(d.r)))
+            w = k / np.maximum(est, np.median(est))
+            di = freefit.make_design(d.r, d.b, d.n, w)
+            got.update(power.simulate(di, np.full(len(d.r), math.sqrt(sigma2[i] / k)), mine, per_draw,
+                                      rng_seed + i, exps))
+        return _pooled(got)
 
     now = powers_on(base)
     rows = []
@@ -235,18 +243,20 @@ def _truth_pairs(pts: pl.DataFrame, y: np.ndarray) -> tuple[dict, dict]:
     return observed, pairs
 
 
-def _seed_scale(pts: pl.DataFrame, floor: float, draws: int, rng) -> np.ndarray:
-    """Per draw, how much larger the seed noise may be than the plan's per-point variances say: the points' pooled
-    seed variance (the mean, unbiased where the median of few seeds' variances is not) drawn from its sampling
-    distribution (σ² = pooled·dof/χ²_dof, dof = Σ(seeds − 1)), over the floor the weights use; 1 without seeds."""
-    var = pts["var"].to_numpy().astype(float) if "var" in pts.columns else np.array([])
+def _seed_variances(pts: pl.DataFrame, observed: dict, design: freefit.Design, draws: int, rng) -> np.ndarray:
+    """`draws` values of the seed variance of one cell, from its sampling distribution (σ² = pooled·dof/χ²_dof):
+    pooled over the points' seed variances (dof = Σ(seeds − 1)); with one seed, the free fit's residual variance
+    (dof = points − parameters)."""
+    var = pts["var"].to_numpy().astype(float) if "var" in pts.columns else np.full(len(pts), np.nan)
     seeds = pts["seeds"].to_numpy().astype(float) if "seeds" in pts.columns else np.ones(len(var))
     ok = np.isfinite(var) & (seeds >= 2)
-    dof = float(np.sum(seeds[ok] - 1))
-    if not ok.any() or not floor > 0 or dof < 1:
-        return np.ones(draws)
-    pooled = float(np.sum((seeds[ok] - 1) * var[ok]) / dof)
-    return np.sqrt(pooled * dof / rng.chisquare(dof, draws) / floor)
+    if ok.any():
+        dof = float(np.sum(seeds[ok] - 1))
+        pooled = float(np.sum((seeds[ok] - 1) * var[ok]) / dof)
+    else:
+        dof = float(max(len(design.r) - freefit.n_params(design), 1))
+        pooled = float(observed["s2"][0]) / float(np.mean(design.w))
+    return pooled * dof / rng.chisquare(dof, draws)
 
 
 def _pooled(got: dict) -> dict:
