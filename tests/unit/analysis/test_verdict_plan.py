@@ -10,7 +10,7 @@ import polars as pl
 from qlbench.analysis import plan, seed_power
 
 
-def sensitivity_cells(seeds=2, sd=0.01, rng=0):
+def sensitivity_cells(seeds=2, sd=0.05, rng=0):
     """An 8-bit model with one block at a time at 4 bits: blocks cost 0.4, 0.3, 0.2, 0.1 nats; each cell 60 s."""
     g = np.random.default_rng(rng)
     cost = {"none": 0.0, "b0": 0.4, "b1": 0.3, "b2": 0.2, "b3": 0.1}
@@ -29,16 +29,18 @@ def test_every_seed_paired_verdict_has_a_plan_in_the_contract_frame(tmp_path):
     assert set(table["kind"]) == {"sensitivity", "recommendation"}
     ranks = table.filter(pl.col("verdict").str.starts_with("rank "))
     assert ranks.height == 3  # b0 > b1 > b2 > b3: three adjacent pairs
-    for r in table.filter(~pl.col("decided")).iter_rows(named=True):
+    undecided = table.filter(~pl.col("decided"))
+    assert undecided.height >= 2  # two seeds at sd 0.05 cannot order blocks 0.1 nats apart
+    for r in undecided.iter_rows(named=True):
         seeds = json.loads(r["overlay"])["seeds"]
         added = len(seeds) - 2
         assert seeds[:2] == [0, 1] and added >= 1
         # seeds are the study's: every one of its 5 cells (none + 4 blocks) runs again per new seed, 60 s each
         assert r["cells"] == 5 * added and abs(r["cell_hours"] - 5 * added * 60 / 3600) < 1e-9
         assert r["power_after"] >= 0.8 or "below the level" in r["addition"]
-    # with many seeds, 0.1 nats apart at sd 0.01 is decided: nothing to add
+    # with twelve seeds, 0.1 nats apart at sd 0.05 is decided: nothing to add
     (tmp_path / "sens").joinpath("cells.parquet").unlink()
-    sensitivity_cells(seeds=6).write_parquet(tmp_path / "sens/cells.parquet")
+    sensitivity_cells(seeds=12).write_parquet(tmp_path / "sens/cells.parquet")
     decided = plan.verdict_plan(st, tmp_path)
     assert decided.filter(pl.col("kind") == "sensitivity")["decided"].all()
     assert (decided.filter(pl.col("decided"))["overlay"] == "{}").all()
