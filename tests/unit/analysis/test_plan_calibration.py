@@ -70,7 +70,7 @@ def bounds_calibration(studies: int, draws: int, start: int = 0) -> tuple[int, i
         noise = g.normal(0, sd, (len(RANKS), len(BITS), 12))
         row = plan.plan(bounds.points(_cells(noise, 2)), None, LEVEL, 100, draws=draws, only=("rho",),
                         additions=ADDITIONS).row(0, named=True)
-        if row["addition"] == "none needed" or not row["power_after"] >= LEVEL:
+        if row["addition"] == "none needed" or "best tried" in row["addition"]:
             continue
         promised += 1
         after = bounds.points(_cells(noise, int(row["addition"].split()[1])))
