@@ -30,7 +30,15 @@ def sensitivity(study) -> bool:
     return any(masklang.single_block_or_module(m) for m in found) and ("none" in found or 16 in study.bits)
 
 
-CONDITIONS = {"always": lambda study: True, "references": references, "bounds": bounds, "sensitivity": sensitivity}
+def adapted(study) -> bool:
+    """A record of `qlbench adapt`'s rounds (results/STUDY/adapt/rounds.parquet)."""
+    from pathlib import Path
+
+    return (Path(study.results) / study.name / "adapt" / "rounds.parquet").exists()
+
+
+CONDITIONS = {"always": lambda study: True, "references": references, "bounds": bounds, "sensitivity": sensitivity,
+              "adapted": adapted}
 
 
 def applies(condition: str, study) -> bool:
