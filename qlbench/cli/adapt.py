@@ -27,8 +27,10 @@ from qlbench.errors import QlbenchError
 @click.option("--profile", default="profiles/local", show_default=True,
               help="the Snakemake profile every round runs with (profiles/slurm: on the cluster)")
 @click.option("--level", default=0.8, show_default=True, help="the power a verdict's test must reach")
+@click.option("--plan", "plan_name", default="plan", show_default=True,
+              help="the declared analysis whose `plan` output (one row per verdict) the loop follows")
 @click.argument("snakemake_args", nargs=-1, type=click.UNPROCESSED)
-def adapt(config_files, study, budget, rounds, profile, level, snakemake_args):
+def adapt(config_files, study, budget, rounds, profile, level, plan_name, snakemake_args):
     """Run STUDY's grid through Snakemake, then, round by round, add the cells `qlbench plan` names for the
     undecided verdicts and run them, until every verdict is decided, the next addition would pass --budget, or
     --rounds rounds have run. Each round is a config overlay, results/STUDY/adapt/round-K.yaml (which verdict each
@@ -40,11 +42,14 @@ def adapt(config_files, study, budget, rounds, profile, level, snakemake_args):
     from qlbench.analysis import applies
 
     st = load_study(config_files, study)
-    declared = registry.analyses().get("plan")
-    if declared is None or not applies.applies(declared.applies, st):
-        raise QlbenchError(f"adapt: study {st.name!r} gets no plan (`qlbench plan` needs 16-bit cells and quantized "
-                           "cells of mask `all` at ≥3 (rank, bits) points)")
-    Loop(list(config_files), st, budget, rounds, _profile(profile), level, list(snakemake_args)).run()
+    declared = registry.analyses().get(plan_name)
+    if declared is None or "plan" not in declared.outputs:
+        raise QlbenchError(f"adapt --plan {plan_name}: no declared analysis of that name with a `plan` output")
+    if not applies.applies(declared.applies, st):
+        raise QlbenchError(f"adapt: study {st.name!r} gets no {plan_name} (its condition {declared.applies!r}; "
+                           "`qlbench plan` needs 16-bit cells and quantized cells of mask `all` at ≥3 (rank, bits) "
+                           "points)")
+    Loop(list(config_files), st, budget, rounds, _profile(profile), level, list(snakemake_args), declared).run()
 
 
 def _profile(profile: str) -> str:
@@ -57,14 +62,12 @@ def _profile(profile: str) -> str:
 
 
 class Loop:
-    def __init__(self, config_files, st, budget, rounds, profile, level, extra):
-        from qlbench import registry
-
+    def __init__(self, config_files, st, budget, rounds, profile, level, extra, declared):
         self.config_files, self.st, self.budget, self.rounds = config_files, st, budget, rounds
         self.profile, self.level, self.extra = profile, level, extra
         self.study_dir = Path(st.results) / st.name
         self.folder = self.study_dir / "adapt"
-        self.plan_path = self.study_dir / registry.analyses()["plan"].outputs["plan"]
+        self.plan_path = self.study_dir / declared.outputs["plan"]
 
     # files
     def path(self, k: int, suffix: str) -> Path:
