@@ -26,11 +26,10 @@ from qlbench.errors import QlbenchError
               help="at most this many rounds of additions")
 @click.option("--profile", default="profiles/local", show_default=True,
               help="the Snakemake profile every round runs with (profiles/slurm: on the cluster)")
-@click.option("--level", default=0.8, show_default=True, help="the power a verdict's test must reach")
 @click.option("--plan", "plan_name", default="plan", show_default=True,
               help="the declared analysis whose `plan` output (one row per verdict) the loop follows")
 @click.argument("snakemake_args", nargs=-1, type=click.UNPROCESSED)
-def adapt(config_files, study, budget, rounds, profile, level, plan_name, snakemake_args):
+def adapt(config_files, study, budget, rounds, profile, plan_name, snakemake_args):
     """Run STUDY's grid through Snakemake, then, round by round, add the cells `qlbench plan` names for the
     undecided verdicts and run them, until every verdict is decided, the next addition would pass --budget, or
     --rounds rounds have run. Each round is a config overlay, results/STUDY/adapt/round-K.yaml (which verdict each
@@ -40,6 +39,7 @@ def adapt(config_files, study, budget, rounds, profile, level, plan_name, snakem
     decide. Arguments after `--` go to snakemake (e.g. `-- --cores 2`)."""
     from qlbench import registry
     from qlbench.analysis import applies
+    from qlbench.analysis.claims import POWER_LEVEL as level  # the plan's level: an addition reaches it or not
 
     st = load_study(config_files, study)
     declared = registry.analyses().get(plan_name)
