@@ -83,7 +83,8 @@ def grown(axes: dict, overlay: dict, measured_n: list[int]) -> tuple[dict | None
                 seeds += [s for s in value if s not in seeds]
             new["seeds"] = seeds
         elif key in ("train_examples", "n_train"):
-            more = sorted(set(value) - set(measured_n))
+            # null: the study's default N (the whole split), whose cells are measured already
+            more = sorted({n for n in value if n is not None} - set(measured_n))
             if not more:
                 continue
             if axes.get("n_train") is None:

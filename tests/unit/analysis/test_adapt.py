@@ -94,6 +94,9 @@ def test_grown_axes():
     assert axes["n_train"] == [250, 500, 1000]
     assert "beyond the largest N" in A.grown({**AXES, "n_train": [500]}, {"train_examples": [2000]}, [500])[1]
     assert "cannot grow" in A.grown(AXES, {"lr": [0.1]}, [500])[1]
+    # the all-kinds plan writes a study's default N as null, first: already measured, only the rest is added
+    assert A.grown(AXES, {"n_train": [None, 2075]}, [2075]) == (AXES, None)
+    assert "no n_train axis" in A.grown(AXES, {"n_train": [None, 518]}, [2075])[1]
 
 
 def test_the_overlay_is_yaml_with_every_cell_and_says_what_each_addition_is_for():
