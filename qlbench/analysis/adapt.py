@@ -87,14 +87,15 @@ def grown(axes: dict, overlay: dict, measured_n: list[int]) -> tuple[dict | None
             more = sorted({n for n in value if n is not None} - set(measured_n))
             if not more:
                 continue
-            if axes.get("n_train") is None:
-                return None, (f"N {', '.join(map(str, more))}: the study has no n_train axis (every cell trains on "
-                              "the whole training split); adding one would move every finished cell")
             if max(more) > max(measured_n):
                 return None, (f"N {max(more)} is beyond the largest N measured ({max(measured_n)}): the dataset "
                               "may hold no more")
-            have = axes["n_train"] if isinstance(axes["n_train"], list) else [axes["n_train"]]
-            new["n_train"] = sorted(set(have) | set(more))
+            have = axes.get("n_train")
+            if have is None and None not in value:
+                return None, (f"N {', '.join(map(str, more))}: the study has no n_train axis (every cell trains on "
+                              "the whole training split); adding one would move every finished cell")
+            have = have if isinstance(have, list) else [have]  # [None]: the default N stays, its cells keep their path
+            new["n_train"] = have + [n for n in more if n not in have]
         else:
             return None, f"the addition sets {key!r}, which adapt cannot grow"
     return new, None

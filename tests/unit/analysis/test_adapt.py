@@ -52,7 +52,7 @@ def test_the_round_takes_the_fewest_cell_hours_per_verdict_it_decides():
     assert step.choice.verdicts == ("ratio", "rho")  # the same cells named twice: one option for both
     assert step.choice.addition == "ranks +2" and step.choice.axes["ranks"] == [2, 4, 16]
     assert len(step.choice.cells) == 10 and step.choice.hours == pytest.approx(0.05)
-    assert "beta" in step.blocked and "no n_train axis" in step.blocked["beta"]
+    assert "beta" in step.blocked and "beyond the largest N measured" in step.blocked["beta"]
     # with rank 2 dear enough, rank 64's single verdict is the cheaper per verdict
     dear = A.next_step(rows, cost_by_rank({2: 0.009, 64: 0.004}), 0.0, 10.0, 0, 5)
     assert dear.choice.verdicts == ("c1",)
@@ -73,7 +73,7 @@ def test_the_loop_stops_at_the_budget_the_rounds_and_when_nothing_is_left():
                                          "power_after": 0.6}]
     step = A.next_step(A.verdicts(plan_table(left), 0.8), cost_by_rank(HOURS), 0, 10, 0, 5)
     assert step.choice is None and step.stop.startswith("every verdict an addition can decide is decided")
-    assert "c1: no addition the plan tried reaches the level (best tried" in step.stop and "beta: N +8300" in step.stop
+    assert "c1: no addition the plan tried reaches the level (best tried" in step.stop and "beta: N +8300: N 8300 is beyond" in step.stop
 
 
 def test_the_bounds_plan_of_today_reads_as_verdicts():
@@ -91,12 +91,14 @@ def test_grown_axes():
     axes, why = A.grown({**AXES, "n_train": [500, 1000]}, {"bits": [6, 4], "seeds": 4, "train_examples": [250]},
                         [500, 1000])
     assert why is None and axes["bits"] == [16, 8, 6, 4, 3, 2] and axes["seeds"] == [0, 1, 2, 3]
-    assert axes["n_train"] == [250, 500, 1000]
+    assert axes["n_train"] == [500, 1000, 250]  # the study's own first
     assert "beyond the largest N" in A.grown({**AXES, "n_train": [500]}, {"train_examples": [2000]}, [500])[1]
     assert "cannot grow" in A.grown(AXES, {"lr": [0.1]}, [500])[1]
     # the all-kinds plan writes a study's default N as null, first: already measured, only the rest is added
     assert A.grown(AXES, {"n_train": [None, 2075]}, [2075]) == (AXES, None)
-    assert "no n_train axis" in A.grown(AXES, {"n_train": [None, 518]}, [2075])[1]
+    assert "no n_train axis" in A.grown(AXES, {"train_examples": [518, 2075]}, [2075])[1]
+    assert A.grown(AXES, {"n_train": [None, 518]}, [2075])[0]["n_train"] == [None, 518]  # the loader judges it
+    assert "beyond the largest N measured (2075)" in A.grown(AXES, {"n_train": [None, 518, 8300]}, [2075])[1]
 
 
 def test_the_overlay_is_yaml_with_every_cell_and_says_what_each_addition_is_for():
