@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -155,11 +156,28 @@ class Loop:
         cmd += ["--profile", self.profile, "--configfile", *self.config_files, str(self.path(k, "yaml")), *self.extra]
         log = self.path(k, "log")
         click.echo(f"adapt {self.st.name}: round {k}: {shlex.join(cmd)} (log: {log})")
+        stopped = []
+
+        def stop(signum, frame):  # killed: let snakemake end its jobs and free its lock before this exits
+            stopped.append(signum)
+            proc.send_signal(signal.SIGTERM)  # snakemake takes a second SIGTERM as the first
+
         with open(log, "a") as out:
-            rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            before = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+            try:
+                rc = proc.wait()
+            finally:
+                for s, handler in before.items():
+                    signal.signal(s, handler)
+        if stopped:
+            raise QlbenchError(f"adapt: round {k} stopped by signal {stopped[0]}; the same command continues it")
         if rc != 0:
-            raise QlbenchError(f"adapt: round {k}: snakemake failed (exit {rc}); see {log}; the same command "
-                               "continues once it is fixed")
+            locked = "cannot be locked" in log.read_text()[-5000:]
+            raise QlbenchError(f"adapt: round {k}: snakemake failed (exit {rc}); see {log}; " + (
+                "another snakemake holds the folder's lock (if none runs, a killed one left it: "
+                f"{shlex.join(cmd[:1] + ['--unlock'] + cmd[1:])})" if locked else
+                "the same command continues once it is fixed"))
 
     def refit(self, k: int):
         """The workflow's plan after round k (kept as plan-K.parquet) as verdict rows."""
