@@ -33,7 +33,7 @@ import math
 import numpy as np
 import polars as pl
 
-from qlbench.analysis import freefit
+from qlbench.analysis import freefit, heldout, powerbits
 from qlbench.analysis.stats import t_quantile
 
 REFERENCE_BITS = 16
@@ -219,7 +219,13 @@ def fit(pts: pl.DataFrame, seed_losses: pl.DataFrame | None = None, boots: int =
         rows.append(row)
     if free and npts > freefit.n_params(design_of(pts)):
         rows.append(_free_row(pts, y, w, boot_y, boot_w, n_seeds))
-    table = pl.DataFrame(rows)
+    if free and npts > 5 and len(np.unique(b[b < REFERENCE_BITS])) >= 2:
+        rows.append(_power_bits_row(pts, y, w, boot_y, boot_w, n_seeds))
+    held_out = heldout.errors(pts, [row["form"] for row in rows])
+    for row in rows:
+        row["heldout_width_rmse"], row["heldout_rank_rmse"] = held_out[row["form"]]["width"], \
+            held_out[row["form"]]["rank"]
+    table = pl.DataFrame(rows, infer_schema_length=None)
     best = table["aicc"].min()
     table = table.with_columns((pl.col("aicc") - best).alias("delta_aicc"))
     near = table.filter(pl.col("delta_aicc") <= 2).sort("params", "aicc")
@@ -241,7 +247,7 @@ def _row(name, coefs, c, fitted, loo, y, w, draws, n_seeds, over_seeds, extra_pa
            "bic": ll + k * math.log(npts), **(extra or {})}
     for i, cname in enumerate(coefs):
         row[cname] = float(c[i])
-        held = cname not in FREE_SIGN and not (name == FREE_FORM and cname != "c2")
+        held = cname not in FREE_SIGN and not (name in (FREE_FORM, powerbits.FORM) and cname != "c2")
         lo, hi, at_bound = _interval(float(c[i]), draws[:, i] if draws is not None else None, n_seeds,
                                      over_seeds, held)
         row[f"{cname}_lo"], row[f"{cname}_hi"], row[f"{cname}_at_bound"] = lo, hi, at_bound
@@ -364,6 +370,27 @@ def _bootstrap_means(pts: pl.DataFrame, seed_losses: pl.DataFrame | None, boots:
     return np.where(missing, fallback, m), np.where(missing, pts["weight"].to_numpy()[:, None], w)
 
 
+def _power_bits_row(pts, y, w, boot_y, boot_w, n_seeds) -> dict:
+    """The bit term as a power law in the width (qlbench.analysis.powerbits): the best (γ, ρ) node, its
+    coefficients, LOO refits on the nodes, bootstrap CIs of (L*, c1, c2) with γ, ρ held."""
+    design = design_of(pts)
+    fitter = powerbits.fitter(design)
+    f = powerbits.fit(design, y, fitter)
+    c = f["coef"]
+    fitted = powerbits.predict(c, design.r, design.b, design.n, f["rho"], f["gamma"])
+    loo = []
+    for i in range(len(y)):
+        node = fitter.loo_node(i, y)
+        loo.append(y[i] - fitter.predict_at(node, fitter.coef_at(node, y, drop=i), i))
+    draws = None
+    if boot_y is not None:
+        x = np.column_stack([np.ones_like(design.r), np.sqrt(design.r / design.n),
+                             powerbits.quant_term(design.r, design.b, f["rho"], f["gamma"])])
+        draws = nnls_weighted(x, boot_y, boot_w, free=[0, 1]).T
+    return _row(powerbits.FORM, ("L_star", "c1", "c2"), c, fitted, loo, y, w, draws, n_seeds, boot_y is not None,
+                extra_params=2, extra={"rho": f["rho"], "gamma": f["gamma"]})
+
+
 def supported(fits: pl.DataFrame) -> dict:
     return fits.filter(pl.col("supported")).row(0, named=True)
 
@@ -378,6 +405,8 @@ def verdict_on_form(form: str) -> str:
             "no_bit_term": "the bound's bit term is rejected: bits do not explain eval loss here",
             "rank_trend": "an N-independent rank trend (a·log₂ r) explains the rank effect better than √(r/N): the "
                           "bound's generalisation term is not what the data show",
+            powerbits.FORM: "a bit term that is a power law in the width (c2·r^ρ·b^(−γ)) is supported over the "
+                            "bound's exponential 2^(−2b): b* comes from the fitted power law",
             FREE_FORM: "the free-exponent form c2·r^ρ·2^(−κb) is supported: the bound's fixed exponents (κ = 2, ρ = 1) "
                        "are not; b* comes from the fitted exponents"}[form]
 
@@ -385,6 +414,8 @@ def verdict_on_form(form: str) -> str:
 def quant_scale(form: dict, r: float, n: float, bits: float, grad_var_rel: dict | None = None) -> float:
     """The supported form's bit term at (r, N) and `bits`, divided by c2."""
     name = form["form"]
+    if name == powerbits.FORM:
+        return float(powerbits.quant_term(r, bits, form["rho"], form["gamma"]))
     if name == FREE_FORM:
         return float(freefit.quant_term(np.array([r]), np.array([bits]), np.array([n]), form["kappa"], form["rho"],
                                         form["beta"], form["n0"])[0])
@@ -401,6 +432,8 @@ def predict(form: dict, r, b, n, g=1.0):
     name = form["form"]
     if name == FREE_FORM:
         bit = freefit.quant_term(r, b, n, form["kappa"], form["rho"], form["beta"], form["n0"])
+    elif name == powerbits.FORM:
+        bit = powerbits.quant_term(r, b, form["rho"], form["gamma"])
     else:
         bit = {"bound": r * bit_term(b), "no_rank_coupling": bit_term(b), "no_sqrt_term": r * bit_term(b),
                "rank_trend": r * bit_term(b), "bound_grad_var": r * bit_term(b) * g}.get(name, 0 * r)
@@ -425,6 +458,9 @@ def b_star(form: dict, ranks: list[int], examples: list[int], tolerance: float, 
     c1, c2, name = form.get("c1") or 0.0, form.get("c2") or 0.0, form["form"]
     kappa = form.get("kappa") if name == FREE_FORM else 2.0
     for r, n in itertools.product(ranks, examples):
+        if name == powerbits.FORM:  # c2·r^ρ·b^(−γ) ≤ ε  ->  b* = (c2·r^ρ/ε)^(1/γ)
+            rows.append(_power_b_star(form, r, n, tolerance, relative))
+            continue
         # the bit term at b = 0 (its scale): the term at b is scale·2^(−κb)
         scale = quant_scale(form, r, n, 0.0, grad_var_rel) if name != FREE_FORM or kappa else 0.0
         ok = c2 > 0 and scale > 0 and math.isfinite(scale) and kappa
@@ -435,6 +471,16 @@ def b_star(form: dict, ranks: list[int], examples: list[int], tolerance: float, 
                      "b_star": max(2, math.ceil(need)) if math.isfinite(need) else 2,
                      "relative": relative, "b_star_vs_sqrt": vs_sqrt})
     return pl.DataFrame(rows)
+
+
+def _power_b_star(form: dict, r: float, n: float, tolerance: float, relative: float) -> dict:
+    c1, c2, rho, gamma = form.get("c1") or 0.0, form.get("c2") or 0.0, form["rho"], form["gamma"]
+    ok = c2 > 0 and gamma > 0
+    need = (c2 * r**rho / tolerance) ** (1 / gamma) if ok else float("-inf")
+    vs = (c2 * r**rho / (relative * c1 * math.sqrt(r / n))) ** (1 / gamma) if ok and c1 > 0 else float("nan")
+    return {"rank": r, "train_examples": n, "form": powerbits.FORM, "tolerance": tolerance, "b_star_exact": need,
+            "b_star": max(2, math.ceil(need)) if math.isfinite(need) else 2, "relative": relative,
+            "b_star_vs_sqrt": vs}
 
 
 def gaps(cells: pl.DataFrame) -> pl.DataFrame:

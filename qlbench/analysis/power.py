@@ -109,15 +109,20 @@ def _linear_truth(design, x, y, exps, c1: float) -> Truth:
 
 
 def simulate(design: freefit.Design, sd: np.ndarray, pairs: dict, replicates: int, rng_seed: int,
-             c1_exps: tuple[float, float, float] | None) -> dict[str, dict]:
+             c1_exps: tuple[float, float, float] | None, sds: dict[str, np.ndarray] | None = None
+             ) -> dict[str, dict]:
     """Plant every (claim, rival) pair on `design`, refit each replicate with the verdicts' test, and return per
-    claim: power, power_if_claim, power_if_rival, rival, claim_value, replicates."""
+    claim: power, power_if_claim, power_if_rival, rival, claim_value, replicates. `sds`: a pair's own noise sd
+    (the plan's nuisance draws), else `sd`."""
     if not pairs:
         return {}
     z = np.random.default_rng(rng_seed).standard_normal((len(design.r), replicates))
     names = list(pairs)
-    y = np.concatenate([t.mean(design)[:, None] + sd[:, None] * z for n in names for t in pairs[n][:2]], axis=1)
-    c1_x = claims.c1_columns(design, c1_exps) if c1_exps is not None and "c1" in pairs else None
+    sds = sds or {}
+    y = np.concatenate([t.mean(design)[:, None] + sds.get(n, sd)[:, None] * z for n in names for t in pairs[n][:2]],
+                       axis=1)
+    c1_x = (claims.c1_columns(design, c1_exps)
+            if c1_exps is not None and any(n.split("@")[0] == "c1" for n in pairs) else None)
     got = claims.decide(design, y, freefit.grid_for(design, fine=False), c1_x)
     out = {}
     for i, name in enumerate(names):
@@ -125,14 +130,15 @@ def simulate(design: freefit.Design, sd: np.ndarray, pairs: dict, replicates: in
         parts = []
         for j in (0, 1):
             sl = slice((2 * i + j) * replicates, (2 * i + j + 1) * replicates)
-            if name == "c1":
+            if name.split("@")[0] == "c1":
                 if c1_x is None:
                     parts = None
                     break
                 lo = got["c1_lo"][sl]
                 parts.append(lo > 0 if j == 0 else ~(lo > 0))
             else:
-                ok = claims.interval_correct(got[f"{name}_lo"][sl], got[f"{name}_hi"][sl], got[f"{name}_edge"][sl],
+                key = name.split("@")[0]  # `claim@i`: the claim planted at the i-th nuisance draw
+                ok = claims.interval_correct(got[f"{key}_lo"][sl], got[f"{key}_hi"][sl], got[f"{key}_edge"][sl],
                                              claim_value, rival)
                 parts.append(ok[j])
         if parts is None:

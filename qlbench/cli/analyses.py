@@ -211,10 +211,13 @@ def backends_table(config_files, cells_parquets, out):
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="also write plan.md, plan.html and plan.parquet into this folder")
 def plan(config_files, study, results, level, replicates, out):
-    """Which cells would decide each bounds claim that STUDY's grid cannot (runs no cell): per claim, its power
-    now and the smallest addition (widths, ranks, N, seeds) that brings it above --level, by simulation with the
-    study's fitted values and seed noise (cells.parquet when it exists; a stated nominal law before), with the
-    cells it adds and their estimated cell-hours (from the measured wall time per cell)."""
+    """Which cells would decide each verdict STUDY's grid cannot (runs no cell), one table per kind: the bounds
+    claims, the sensitivity ranks and top-k set, the recommendation's predicted degradation, paired gaps (QaLoF's,
+    robustness's) and backend comparisons. Per verdict its power now and the cheapest addition (widths, ranks, N,
+    seeds) that brings it above --level, by simulation with the study's fitted values and seed noise, their own
+    uncertainty drawn in (cells.parquet when it exists; a stated nominal law before), with the cells it adds and
+    their estimated cell-hours (from the measured wall time per cell). --out writes plan.parquet: one row per
+    verdict, the columns of qlbench.analysis.plan.VERDICT_COLUMNS (what `qlbench adapt` reads)."""
     from qlbench.analysis.declared.plan import ANALYSIS, run_plan
     from qlbench.study import config as studylib
 

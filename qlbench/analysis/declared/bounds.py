@@ -166,8 +166,13 @@ def fits_view(fits: pl.DataFrame) -> pl.DataFrame:
     for row in fits.iter_rows(named=True):
         view = {"form": row["form"], **{c: coef(row, c) for c in ("L_star", "c1", "a", "c2") if c in row}}
         view["exponents"] = (f"κ {row['kappa']:.2f}, ρ {row['rho']:.2f}, β {row['beta']:.2f}"
-                             if row.get("kappa") is not None else "κ 2, ρ 1" if row["form"] != "no_bit_term" else "–")
-        view |= {k: row[k] for k in ("params", "r2", "loo_rmse", "aicc", "delta_aicc", "supported")}
+                             if row.get("kappa") is not None else
+                             f"γ {row['gamma']:.2f} (b^(−γ)), ρ {row['rho']:.2f}" if row.get("gamma") is not None else
+                             "κ 2, ρ 1" if row["form"] != "no_bit_term" else "–")
+        view |= {k: row[k] for k in ("params", "r2", "loo_rmse") if k in row}
+        # the error predicting a width (a rank) the fit did not see: qlbench.analysis.heldout
+        view |= {k: row.get(k, float("nan")) for k in ("heldout_width_rmse", "heldout_rank_rmse")}
+        view |= {k: row[k] for k in ("aicc", "delta_aicc", "supported")}
         rows.append(view)
     return pl.DataFrame(rows)
 

@@ -1,5 +1,6 @@
 """Verdicts that know their power: planted truths on named grids, decided (or not) as the grid allows."""
 
+import json
 import math
 import time
 
@@ -7,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from qlbench.analysis import bounds, claims, freefit, power
+from qlbench.analysis import bounds, claims, freefit, plan, power
 
 
 def cells_of(law, bits, ranks, examples, seeds, sd, rng=0):
@@ -132,12 +133,18 @@ def test_qlbench_plan_prints_the_cells_that_would_decide_each_undecided_claim(tm
                                        "--out", str(tmp_path / "plan")])
     assert result.exit_code == 0, result.output
     table = pl.read_parquet(tmp_path / "plan/plan.parquet")
-    kappa = table.filter(pl.col("claim").str.starts_with("κ")).row(0, named=True)
+    assert set(plan.VERDICT_COLUMNS) <= set(table.columns)  # the contract `qlbench adapt` reads
+    kappa = table.filter(pl.col("verdict").str.starts_with("κ")).row(0, named=True)
+    assert kappa["kind"] == "bounds" and not kappa["decided"]
+    assert "bits" in json.loads(kappa["overlay"]) and 16 in json.loads(kappa["overlay"])["bits"]
     assert kappa["power_now"] < 0.8 and kappa["power_after"] >= 0.8 and kappa["addition"].startswith("widths +")
     # a width adds one cell per rank and seed (4 × 3), at the measured 90 s each
     assert kappa["cells"] == 12 and kappa["cell_hours"] == pytest.approx(12 * 90 / 3600)
-    n_row = table.filter(pl.col("claim").str.contains("doubling of N")).row(0, named=True)
+    n_row = table.filter(pl.col("verdict").str.contains("doubling of N")).row(0, named=True)
     assert not n_row["testable_now"] and "N +" in n_row["addition"] and n_row["power_after"] >= 0.8
+    n_train = json.loads(n_row["overlay"])["n_train"]  # the study's own N (its default, null) kept first
+    added_n = n_row["addition"].split("N +")[1].split(",")
+    assert n_train == [None, *map(int, added_n)]
     assert "| κ = 2" in result.output and (tmp_path / "plan/plan.html").exists()
 
 
@@ -153,4 +160,4 @@ def test_qlbench_plan_without_cells_plants_a_stated_nominal_law(tmp_path):
     assert result.exit_code == 0, result.output
     assert "nominal law" in result.output and "unknown until cells" in result.output
     bad = CliRunner().invoke(main, ["plan", "-c", str(config), "sensitivity", "--results", str(tmp_path)])
-    assert bad.exit_code == 1 and "no bounds grid" in bad.output
+    assert bad.exit_code == 1 and "no verdict to plan" in bad.output
