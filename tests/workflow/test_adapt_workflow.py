@@ -68,7 +68,8 @@ def test_adapt_rounds_resume_after_a_kill_and_reproduce(workdir, monkeypatch):
     assert last == 2 and yaml.safe_load((folder / "round-1.yaml").read_text()) == record
     assert record["studies"]["adapt-micro"]["ranks"] == [2, 4, 16]  # c1's 4 cells before ratio's 8
     assert yaml.safe_load((folder / "round-2.yaml").read_text())["studies"]["adapt-micro"]["bits"] == [16, 5, 4, 3, 2]
-    assert (folder / "stopped.txt").read_text().startswith("adapt adapt-micro: stopped after round 2: every verdict is decided")
+    stopped = (folder / "stopped.txt").read_text()
+    assert stopped.startswith("adapt adapt-micro: stopped after round 2: every verdict is decided"), stopped
     # the last round's overlay defines every cell there is, each once
     cells = pl.read_parquet(workdir / "results/adapt-micro/cells.parquet")
     assert cells.height == len(after) == cells.select("bits", "rank", "seed", "mask").unique().height
