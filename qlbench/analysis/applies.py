@@ -35,8 +35,15 @@ def deploy(study) -> bool:
     return study.settings.get("deploy") is not None
 
 
+def adapted(study) -> bool:
+    """A record of `qlbench adapt`'s rounds (results/STUDY/adapt/rounds.parquet)."""
+    from pathlib import Path
+
+    return (Path(study.results) / study.name / "adapt" / "rounds.parquet").exists()
+
+
 CONDITIONS = {"always": lambda study: True, "references": references, "bounds": bounds, "sensitivity": sensitivity,
-              "deploy": deploy}
+              "deploy": deploy, "adapted": adapted}
 
 
 def applies(condition: str, study) -> bool:
