@@ -51,6 +51,9 @@ def after_training(ctx: Context, model, base: Base, quantized: Quantized, status
     peak_mem = measure.peak_mem_mb(ctx.device)  # before generation: the peak of training and evaluation
     generations = ctx.task.outputs(model, base.tokenizer, base.data, ctx.device, ctx.autocast)
     own = ctx.task.summary(generations)  # the task's metrics at the cell's own widths, from the same passes
+    if set(ctx.task.TASK.metrics) - set(own):  # declared metrics the generations do not give (sft's answer loss)
+        more = ctx.task.metrics(model, base.tokenizer, base.data, ctx.device, ctx.autocast, ctx.settings.train.batch_size)
+        own.update({k: v for k, v in more.items() if k not in own and k != "loss"})
     ctx.log.info(f"eval loss after training: {final:.4f} ({status})"
                  + "".join(f", {k} {v:.2f}" for k, v in own.items()) + f"; {len(generations)} outputs")
     return Evaluated(eval_loss=final, peak_mem_mb=peak_mem, generations=generations,

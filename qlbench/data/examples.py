@@ -40,6 +40,26 @@ def chatterbot_pairs(topics: list[str] | None = None) -> list[Example]:
     return pairs
 
 
+def chatterbot_conversations(topics: list[str] | None = None) -> list[tuple[str, list[str]]]:
+    """Every English chatterbot-corpus conversation of two or more turns, as (origin, turns): the offline chat data
+    of task sft (the corpus is BSD-3-Clause; its conversations alternate a user's line and a reply)."""
+    import yaml
+
+    folder = package_dir("chatterbot_corpus", "chatterbot-corpus") / "data" / "english"
+    paths = sorted(folder.glob("*.yml"))
+    if topics:
+        unknown = sorted(set(topics) - {p.stem for p in paths})
+        if unknown:
+            raise QlbenchError(f"chatterbot topics {unknown}: unknown; topics: {', '.join(p.stem for p in paths)}")
+        paths = [p for p in paths if p.stem in topics]
+    out = []
+    for path in paths:
+        for i, conv in enumerate(yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations", [])):
+            if isinstance(conv, list) and len(conv) >= 2:
+                out.append((f"chatterbot {path.name} conversation {i + 1}", [str(t).strip() for t in conv]))
+    return out
+
+
 def load_examples(spec: dict, name: str) -> tuple[list[Example], list[Example]]:
     """A dataset from config.yaml -> (train, eval) examples."""
     if spec["format"] == "classification":  # labelled texts: qlbench.data.labelled

@@ -77,8 +77,10 @@ def rows(spec: dict, name: str, split: str = "train") -> list[tuple[str, dict]]:
 
         ds = datasets_io.load_records(spec, name, split)
         return [(f"{spec['name']} split {split} row {i}", dict(r)) for i, r in enumerate(ds)]
+    if spec["source"] == "chatterbot":
+        return chatterbot_rows(spec)
     if spec["source"] != "path":
-        raise QlbenchError(f"dataset {name!r}: format {spec['format']} reads source path or hub, not "
+        raise QlbenchError(f"dataset {name!r}: format {spec['format']} reads source path, hub or chatterbot, not "
                            f"{spec['source']!r}")
     path = Path(spec.get("name") or "")
     if not path.exists():
@@ -98,6 +100,25 @@ def rows(spec: dict, name: str, split: str = "train") -> list[tuple[str, dict]]:
             out += list(_json_rows(file, name))
         else:
             raise QlbenchError(f"dataset {name!r}: {file} is not JSON, JSONL or parquet")
+    return out
+
+
+def chatterbot_rows(spec: dict) -> list[tuple[str, dict]]:
+    """chatterbot-corpus's conversations in a TRL format, offline: turns alternate user and assistant, cut to end on
+    an assistant turn; `conversational` keeps the whole conversation, `prompt_completion` makes the last reply the
+    completion (a message list) and the turns before it the prompt, `text` joins the turns one a line."""
+    from qlbench.data.examples import chatterbot_conversations
+
+    out = []
+    for origin, turns in chatterbot_conversations(spec.get("topics")):
+        turns = turns[: len(turns) // 2 * 2]
+        messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+        if spec["format"] == "conversational":
+            out.append((origin, {"messages": messages}))
+        elif spec["format"] == "prompt_completion":
+            out.append((origin, {"prompt": messages[:-1], "completion": messages[-1:]}))
+        else:
+            out.append((origin, {"text": "\n".join(turns)}))
     return out
 
 

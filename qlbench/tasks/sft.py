@@ -22,7 +22,7 @@ from qlbench.tasks import Batch, generate, packing
 TASK = Task(
     name="sft",
     summary="TRL's SFT: prompt-completion and chat data, the loss on the answer, packed examples; greedy answers",
-    metrics=(),
+    metrics=("answer_loss",),
 )
 NAME = TASK.name
 HEAD = "AutoModelForCausalLM"
@@ -39,6 +39,10 @@ class Data:
     probes: list  # {prompt_ids, reference, origin} of the first held-out examples that have a prompt
     template: str  # the chat template rendered with: `name:hash` (qlbench.study.chat_template)
     counts: list  # [train examples, eval examples, train label tokens]
+    # the held-out rows with labels on the answers only (completion, assistant turns), whatever the training loss
+    # covers: the one eval loss that compares completion-only with full-sequence training; None where the answers
+    # cannot be found (a conversation rendered by a template without generation markers)
+    answers: Batch | None = None
 
     def describe(self, n_train_examples: int) -> str:
         return (f"{self.counts[0]} train examples in {self.train.shape[0]} rows ({self.counts[2]} label tokens), "
@@ -93,7 +97,35 @@ def prepare(tokenizer, train_examples: list, eval_examples: list, settings) -> D
         eval_rows = eval_rows[: settings.eval.eval_batches * settings.train.batch_size]
     probes = [{"prompt_ids": e["prompt_ids"], "reference": e["reference"], "origin": e["origin"]}
               for e in held_out if e["prompt_ids"]][: generate.N_PROBES]
-    return Data(train_rows, eval_rows, probes, template, [len(train), len(held_out), packing.label_tokens(train_rows)])
+    answers = answer_rows(tokenizer, eval_examples, settings, pad)
+    if answers is not None and settings.eval.eval_batches:
+        answers = answers[: settings.eval.eval_batches * settings.train.batch_size]
+    return Data(train_rows, eval_rows, probes, template, [len(train), len(held_out), packing.label_tokens(train_rows)],
+                answers)
+
+
+def answer_rows(tokenizer, records: list, settings, pad: int) -> Batch | None:
+    """The held-out examples with the loss on their answers only: completion-only for prompt-completion data, the
+    assistant turns for conversations (found by the template's generation markers); None where neither applies."""
+    import dataclasses
+
+    from qlbench.data import sft
+    from qlbench.study import chat_template
+
+    if records and not isinstance(records[0], sft.Record):
+        records = sft.from_examples(records, "example")
+    kinds = {r.kind for r in records}
+    if kinds - {"prompt_completion", "conversational"}:
+        return None
+    if "conversational" in kinds and not chat_template.has_generation_markers(tokenizer.chat_template or ""):
+        return None
+    opts = dataclasses.replace(sft.options(settings), completion_only_loss=True,
+                               assistant_only_loss="conversational" in kinds)
+    examples = [e for e in (sft.tokenize(tokenizer, r, opts) for r in records) if e is not None]
+    if not examples:
+        return None
+    return packing.rows([(e["input_ids"], e["labels"]) for e in examples], settings.train.seq_len, pad,
+                        settings.sft.packing)
 
 
 def check(study) -> None:
@@ -150,7 +182,10 @@ def perplexity(loss: float) -> float:
 
 
 def metrics(model, tokenizer, data: Data, device, autocast_dtype=None, batch_size: int = 16) -> dict:
-    return {}
+    """The eval loss over the held-out answers only (NaN where they cannot be found)."""
+    if data.answers is None:
+        return {"answer_loss": float("nan")}
+    return {"answer_loss": eval_loss(model, data.answers, batch_size, device, autocast_dtype)}
 
 
 def summary(rows: list[dict]) -> dict:

@@ -78,3 +78,22 @@ def test_loss_eval_loss_and_generations(tokenizer, model):
 
 def test_answer_stops_at_the_end_of_turn():
     assert sft.answer(" 5.<|im_end|>\n<|im_start|>user") == "5."
+
+
+@pytest.mark.parametrize("only", [True, False])
+def test_answer_loss_covers_the_answers_whatever_the_training_loss_covers(tokenizer, model, only):
+    """Trained on the answers only, the answer loss is the eval loss (the same tokens); trained on every token, it
+    covers the assistant turns alone: fewer tokens than the eval loss, the loss over exactly those."""
+    settings = tree(task="sft", dataset="d", seq_len=96, batch_size=2, assistant_only_loss=only, template="chatml")
+    data = sft.prepare(tokenizer, *records(), settings)
+    device = torch.device("cpu")
+    answer = sft.metrics(model, tokenizer, data, device)["answer_loss"]
+    held_out = sft.tokenized(tokenizer, records()[1], tree(task="sft", dataset="d", seq_len=96,
+                                                            assistant_only_loss=True), "d")
+    by_hand = packing.eval_loss(model, packing.rows([(e["input_ids"], e["labels"]) for e in held_out], 96, 0, True),
+                                2, device)
+    assert answer == pytest.approx(by_hand, rel=1e-6)
+    if only:
+        assert answer == pytest.approx(sft.eval_loss(model, data.eval, 2, device), rel=1e-6)
+    else:
+        assert packing.label_tokens(data.answers) < packing.label_tokens(data.eval)
