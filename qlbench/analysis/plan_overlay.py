@@ -1,6 +1,8 @@
-"""Until `qlbench plan` gives each row its `overlay`: a bounds addition's label -> the study keys it sets, rebuilt
-from the same candidate grids the plan tried (`qlbench.analysis.plan.candidates`). `qlbench adapt` calls this only
-for a plan table without an `overlay` column: delete this file once plan.py writes one.
+"""For a bounds plan written before plan.py gave each row its `overlay` (a results folder of older code, whose plan
+rule Snakemake does not rerun for a code change): a bounds addition's label -> the study keys it sets, rebuilt from
+the same candidate grids the plan tried (`qlbench.analysis.plan.candidates`). `qlbench adapt` calls this only for a
+plan table without an `overlay` column; deletable (with its one call in qlbench/cli/adapt.py) once no such folder
+is left.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ def run(job) -> str:
     ranks, bits = set(cells["rank"]), set(cells["bits"])
     row = lambda verdict, decided, overlay, after: {
         "kind": "bounds", "verdict": verdict, "decided": decided, "testable_now": True, "power_now": 0.5,
-        "addition": json.dumps(overlay) if overlay else "none needed", "overlay": json.dumps(overlay) if overlay else None,
+        "addition": json.dumps(overlay) if overlay else "none needed",
+        "overlay": json.dumps(overlay) if overlay else None,
         "cells": 0, "cell_hours": 0.0, "power_after": after}
     if 2 not in ranks:
         rows = [row("c1", False, {"ranks": [2]}, 0.9), row("ratio", False, {"seeds": [0, 1]}, 0.9)]

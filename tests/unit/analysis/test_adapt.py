@@ -8,7 +8,9 @@ import polars as pl
 import pytest
 import yaml
 
-from qlbench.analysis import adapt as A, plan_overlay
+from qlbench import registry
+from qlbench.analysis import adapt as A, applies, plan_overlay
+from qlbench.study import config as studylib
 
 AXES = {"bits": [16, 8, 4, 3, 2], "ranks": [4, 16], "masks": ["all"], "seeds": [0, 1]}
 
@@ -126,3 +128,13 @@ def test_rounds_table_adds_the_rounds_hours_and_keeps_predictions_beside_measure
     assert table["power_before"].to_list()[1:] == [0.44, 0.9] and table["power_before"][0] is None
     assert table["power_predicted"].to_list() == [None, 0.97, None]
     assert table["cells_added"].to_list() == [20, 10, 10] and not math.isnan(table["cell_hours"][0])
+
+
+def test_the_report_section_applies_once_the_record_exists(repo_config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    st = studylib.load(repo_config, "demo")
+    condition = registry.analyses()["adapt_rounds"].applies
+    assert not applies.applies(condition, st)
+    (tmp_path / "results/demo/adapt").mkdir(parents=True)
+    A.rounds_table({}, {0: []}, {0: 0.0}, 20).write_parquet(tmp_path / "results/demo/adapt/rounds.parquet")
+    assert applies.applies(condition, st)
