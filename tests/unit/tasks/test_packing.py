@@ -42,6 +42,27 @@ def test_bins_are_trls_bfd():
         assert packing.bins(lengths, max_length) == trl_bins, (trial, max_length, lengths)
 
 
+def test_packed_rows_are_trls_packed_batches():
+    """TRL's `pack_dataset(..., "bfd")` and its padding-free collator, row by row: the same tokens, positions and
+    labels (TRL then flattens a batch into one row; ours pad each row to max_length)."""
+    datasets = pytest.importorskip("datasets")
+    from trl.data_utils import pack_dataset
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    examples = _examples(30, 32, seed=7)
+    ds = datasets.Dataset.from_dict({"input_ids": [e[0] for e in examples], "labels": [e[1] for e in examples]})
+    packed = pack_dataset(ds, 32, strategy="bfd")
+    collate = DataCollatorForLanguageModeling(pad_token_id=PAD, padding_free=True)
+    ours = packing.rows(examples, 32, PAD, packing=True)
+    assert ours.shape[0] == len(packed)
+    for r, row in enumerate(packed):
+        theirs = collate([row])
+        n = theirs["input_ids"].shape[1]
+        for key in ("input_ids", "labels", "position_ids"):
+            assert ours[key][r, :n].tolist() == theirs[key][0].tolist(), (r, key)
+        assert (ours["labels"][r, n:] == -100).all() and (ours["input_ids"][r, n:] == PAD).all()
+
+
 def test_bins_refuse_an_example_longer_than_a_row():
     with pytest.raises(AssertionError, match="example 1: 9 tokens"):
         packing.bins([3, 9], 8)
