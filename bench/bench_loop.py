@@ -21,6 +21,14 @@ includes the libraries). A compiled run's first step carries the compilation: it
                                             # GPT-2's vocabulary over 4 x 512 tokens: the chunked loss's memory
     python bench/bench_loop.py --small --ops --threads 1 --loops qlbench,qlbench-compile --shapes gpt2-medium
                                             # where each loop's step goes, op by op (torch.profiler)
+    python bench/bench_loop.py --small --shapes demo --precisions fp32 --loops qlbench --data blocks,packed
+                                            # the demo's own data: its block stream against packed examples
+
+`--data` picks the batches: `random` (random tokens, the default), or the demo's chatterbot pairs (prompt, newline,
+reply, EOS; tokenized with a BPE trained as the demo's base trains its own) as `blocks` (one EOS-separated stream cut
+into seq-long rows: `causal_lm`), `packed` (whole examples packed into rows, positions restarting at each, no
+attention mask: `qlbench.tasks.packing`) or `padded` (one example per row). Rows are drawn at random per step as a
+cell draws them. tokens/s counts the rows' non-padding tokens (prompt and reply, each example's EOS included).
 """
 
 from __future__ import annotations
@@ -121,6 +129,45 @@ def batches(vocab: int, batch: int, seq: int, n: int):
     return [torch.randint(0, vocab, (batch, seq), generator=g) for _ in range(n)]
 
 
+DATA = ("random", "blocks", "packed", "padded")
+
+
+def make_batches(kind: str, vocab: int, batch: int, seq: int, n: int) -> tuple[list, list[int] | None]:
+    """`n` batches of `kind` (DATA), and each one's non-padding tokens (None: every token)."""
+    if kind == "random":
+        return batches(vocab, batch, seq, n), None
+    if kind not in DATA:
+        raise SystemExit(f"--data {kind}: not one of {', '.join(DATA)}")
+    return demo_batches(kind, vocab, batch, seq, n)
+
+
+def demo_batches(kind: str, vocab: int, batch: int, seq: int, n: int) -> tuple[list, list[int]]:
+    """`n` batches of the demo's chatterbot pairs as `kind` rows, and each batch's non-padding tokens."""
+    import torch
+
+    from qlbench.data import examples as corpora
+    from qlbench.data.example import split
+    from qlbench.data.models import train_tokenizer
+    from qlbench.tasks import causal_lm, packing
+
+    tok = train_tokenizer(corpora.corpus_text(["pydoc", "chatterbot"]), vocab)
+    train, _ = split(corpora.chatterbot_pairs(), 0.1)
+    texts = [e.text for e in train]
+    if kind == "blocks":
+        rows, row_tokens = causal_lm.blocks(tok, texts, seq), None
+    else:
+        ids = [t[: seq - 1] + [tok.eos_token_id] for t in tok(texts, add_special_tokens=False)["input_ids"]]
+        rows = packing.rows([(t, t) for t in ids], seq, tok.eos_token_id, packing=kind == "packed")
+        groups = packing.bins([len(t) for t in ids], seq) if kind == "packed" else [[i] for i in range(len(ids))]
+        row_tokens = [sum(len(ids[i]) for i in g) for g in groups]
+    out, tokens = [], []
+    for step in range(n):  # rows drawn at random, as a cell's sampler draws them
+        picked = torch.randint(0, rows.shape[0], (batch,), generator=torch.Generator().manual_seed(step))
+        out.append(rows[picked])
+        tokens.append(batch * seq if row_tokens is None else sum(row_tokens[i] for i in picked.tolist()))
+    return out, tokens
+
+
 class Clock:
     """Stamps taken after every step, the same for every loop: wall time and the process's CPU time."""
 
@@ -145,13 +192,13 @@ class Clock:
 
 def run_qlbench(model, data, args, device, autocast, compile="off", loss=None) -> Clock:
     from qlbench.cell.loop import LoopSettings, train
-    from qlbench.tasks import causal_lm
+    from qlbench.tasks import Batch, causal_lm, packing
 
     s = LoopSettings(steps=len(data), lr=args.lr, warmup=0.0, final_lr=1.0, grad_clip=1.0, autocast_dtype=autocast,
                      compile=compile)
     clock = Clock(device)
-    train(model, lambda step: data[step], s, device=device, loss=loss or causal_lm.loss, log=lambda msg: None,
-          progress=clock)
+    loss = loss or (packing.loss if isinstance(data[0], Batch) else causal_lm.loss)
+    train(model, lambda step: data[step], s, device=device, loss=loss, log=lambda msg: None, progress=clock)
     return clock
 
 
@@ -170,6 +217,8 @@ def run_plain(model, data, args, device, autocast) -> Clock:
     """What a user writes: the usual four lines, the loss read once per step for logging."""
     import torch
 
+    from qlbench.tasks import Batch, packing
+
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr)
     model.train()
@@ -178,7 +227,10 @@ def run_plain(model, data, args, device, autocast) -> Clock:
     for x in data:
         x = x.to(device)
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            loss = model(input_ids=x, labels=x).loss
+            if isinstance(x, Batch):  # examples' rows: their own labels, positions or mask (TRL's collator's)
+                loss = model(**packing.inputs(x), labels=x["labels"]).loss
+            else:
+                loss = model(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -192,6 +244,8 @@ def run_trainer(model, data, args, device, autocast) -> Clock:
     """transformers' Trainer; a step ends at its on_step_end callback."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
+    if not isinstance(data[0], __import__("torch").Tensor):
+        raise SystemExit("the trainer loop takes --data random or blocks")
     rows = [{"input_ids": x[i], "labels": x[i]} for x in data for i in range(x.shape[0])]
     clock = Clock(device)
 
@@ -216,7 +270,7 @@ RUNNERS = {"qlbench": run_qlbench, "qlbench-compile": run_qlbench_compile, "qlbe
            "plain": run_plain, "trainer": run_trainer}
 
 
-def one(shape: str, precision: str, loop: str, base: Path, args) -> dict:
+def one(shape: str, precision: str, loop: str, data_kind: str, base: Path, args) -> dict:
     import torch
 
     if args.threads:
@@ -225,7 +279,8 @@ def one(shape: str, precision: str, loop: str, base: Path, args) -> dict:
     model = load_model(base, shape, precision, args.rank, device)
     cfg = model.config
     batch, seq = shape_batch(shape, args)
-    data = batches(cfg.vocab_size, batch, seq, args.warmup + args.steps)
+    data, tokens = make_batches(data_kind, cfg.vocab_size, batch, seq, args.warmup + args.steps)
+    per_step = batch * seq if tokens is None else statistics.mean(tokens[args.warmup:])  # non-padding tokens
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -244,9 +299,10 @@ def one(shape: str, precision: str, loop: str, base: Path, args) -> dict:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"shape": shape, "precision": precision, "loop": loop, "ms_per_step": ms,
+    return {"shape": shape, "precision": precision, "loop": loop, "data": data_kind, "ms_per_step": ms,
             "cpu_ms_per_step": 1000 * statistics.median(cpu[args.warmup:]), "first_step_ms": 1000 * wall[0],
-            "tokens_per_s": batch * seq / (ms / 1000), "peak_mem_mb": peak, "batch": batch, "seq": seq,
+            "tokens_per_s": per_step / (ms / 1000), "fill": per_step / (batch * seq), "peak_mem_mb": peak,
+            "batch": batch, "seq": seq,
             "trainable_params": trainable, "steps_timed": len(wall) - args.warmup, "threads": torch.get_num_threads(),
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
 
@@ -272,6 +328,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=None, help="untimed first steps (default 5; 1 with --small)")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
+    p.add_argument("--data", default="random",
+                   help=f"the batches, comma-separated, each timed apart: {', '.join(DATA)} (module docstring)")
     p.add_argument("--compile-mode", default="default", help="the qlbench-compile loop's torch.compile mode")
     p.add_argument("--profile", action="store_true",
                    help="instead of timing: each loop of the first shape and precision under cProfile, in one process; "
@@ -290,8 +348,8 @@ def main(argv=None):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     if args.one:
-        shape, precision, loop, base = args.one.split(",")
-        print("ROW " + json.dumps(one(shape, precision, loop, Path(base), args)), flush=True)
+        shape, precision, loop, data_kind, base = args.one.split(",")
+        print("ROW " + json.dumps(one(shape, precision, loop, data_kind, Path(base), args)), flush=True)
         return
     if args.profile or args.ops:
         return profile(args)
@@ -304,12 +362,14 @@ def main(argv=None):
         for shape in args.shapes.split(","):
             base = save_base(shape, args.small, Path(tmp), torch.bfloat16 if on_gpu else torch.float32)
             for precision in args.precisions.split(","):
-                for loop in [lp for _ in range(args.rounds) for lp in args.loops.split(",")]:
+                kinds, loops = args.data.split(","), args.loops.split(",")
+                runs = [(lp, d) for _ in range(args.rounds) for d in kinds for lp in loops]
+                for loop, data_kind in runs:
                     if on_gpu:  # one process: the allocator's peak is reset per run
-                        row = one(shape, precision, loop, base, args)
+                        row = one(shape, precision, loop, data_kind, base, args)
                     else:  # a process per run, so each peak RSS is its own
-                        row = _child(shape, precision, loop, base, argv)
-                    print(f"  {shape:12s} {precision:5s} {loop:8s} {row['ms_per_step']:8.1f} ms/step "
+                        row = _child(shape, precision, loop, data_kind, base, argv)
+                    print(f"  {shape:12s} {precision:5s} {loop:8s} {data_kind:7s} {row['ms_per_step']:8.1f} ms/step "
                           f"{row['tokens_per_s']:9.0f} tok/s {row['peak_mem_mb']:8.0f} MiB", flush=True)
                     rows.append(row)
     table = summarize(rows)
@@ -337,7 +397,8 @@ def profile(args) -> None:
         for loop in args.loops.split(","):
             model = load_model(base, shape, precision, args.rank, device)
             batch, seq = shape_batch(shape, args)
-            data = batches(model.config.vocab_size, batch, seq, args.warmup + args.steps)
+            data, _ = make_batches(args.data.split(",")[0], model.config.vocab_size, batch, seq,
+                                   args.warmup + args.steps)
             RUNNERS[loop](model, data[: args.warmup], args, device, autocast)  # warm-up (and compilation)
             if args.ops:
                 _ops(loop, lambda: RUNNERS[loop](model, data[args.warmup :], args, device, autocast), args.steps,
@@ -367,9 +428,9 @@ def _ops(loop: str, run, steps: int, what: str) -> None:
               f"{100 * e.self_cpu_time_total / total:5.1f} %")
 
 
-def _child(shape, precision, loop, base, argv) -> dict:
+def _child(shape, precision, loop, data_kind, base, argv) -> dict:
     cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]),
-           "--one", f"{shape},{precision},{loop},{base}"]
+           "--one", f"{shape},{precision},{loop},{data_kind},{base}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("ROW "):
@@ -381,30 +442,32 @@ BASES = {"nf4": "NF4 + DQ", "bf16": "bf16", "fp32": "fp32"}
 
 
 def summarize(rows: list[dict]) -> str:
-    """A Markdown table: per shape × precision × loop, the median over rounds of each run's median ms/step (wall,
-    and the process's CPU time), the wall range over rounds, speed relative to the plain loop (above 1: faster) by
-    each clock, and a compiled loop's first step (the compilation)."""
+    """A Markdown table: per shape × precision × batches × loop, the median over rounds of each run's median ms/step
+    (wall, and the process's CPU time), the wall range over rounds, tokens/s (non-padding) and the rows' fill, speed
+    relative to the plain loop on the same batches (above 1: faster) by each clock, and a compiled loop's first step
+    (the compilation)."""
     runs: dict[tuple, list[dict]] = {}
     for r in rows:
-        runs.setdefault((r["shape"], r["precision"], r["loop"]), []).append(r)
+        runs.setdefault((r["shape"], r["precision"], r.get("data", "random"), r["loop"]), []).append(r)
 
     def med(key, col):
         return statistics.median(r[col] for r in runs[key])
 
-    lines = ["| model shape | base | loop | ms/step (median of rounds) | range over rounds | CPU ms/step | tokens/s | "
-             "peak memory (MiB) | speed vs plain (wall) | speed vs plain (CPU) | first step (s) |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| model shape | base | batches | loop | ms/step (median of rounds) | range over rounds | CPU ms/step | "
+             "tokens/s | fill | peak memory (MiB) | speed vs plain (wall) | speed vs plain (CPU) | first step (s) |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for key, rs in runs.items():
-        shape, precision, loop = key
+        shape, precision, data_kind, loop = key
         m, c = med(key, "ms_per_step"), med(key, "cpu_ms_per_step")
-        plain = (shape, precision, "plain")
+        plain = (shape, precision, data_kind, "plain")
         rel = f"{med(plain, 'ms_per_step') / m:.2f}x" if plain in runs else ""
         rel_cpu = f"{med(plain, 'cpu_ms_per_step') / c:.2f}x" if plain in runs else ""
         lo, hi = min(r["ms_per_step"] for r in rs), max(r["ms_per_step"] for r in rs)
         peak = max(r["peak_mem_mb"] for r in rs)
         first = f"{med(key, 'first_step_ms') / 1000:.1f}" if "compile" in loop else ""
-        lines.append(f"| {shape} | {BASES[precision]} | {loop} | {m:.1f} | {lo:.1f}-{hi:.1f} | {c:.1f} | "
-                     f"{args_tokens(rs[0], m):,.0f} | {peak:,.0f} | {rel} | {rel_cpu} | {first} |")
+        lines.append(f"| {shape} | {BASES[precision]} | {data_kind} | {loop} | {m:.1f} | {lo:.1f}-{hi:.1f} | {c:.1f} | "
+                     f"{args_tokens(rs[0], m):,.0f} | {rs[0].get('fill', 1.0):.1%} | {peak:,.0f} | {rel} | {rel_cpu} | "
+                     f"{first} |")
     return "\n".join(lines)
 
 

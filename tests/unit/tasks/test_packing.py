@@ -42,6 +42,27 @@ def test_bins_are_trls_bfd():
         assert packing.bins(lengths, max_length) == trl_bins, (trial, max_length, lengths)
 
 
+def test_packed_rows_are_trls_packed_batches():
+    """TRL's `pack_dataset(..., "bfd")` and its padding-free collator, row by row: the same tokens, positions and
+    labels (TRL then flattens a batch into one row; ours pad each row to max_length)."""
+    datasets = pytest.importorskip("datasets")
+    from trl.data_utils import pack_dataset
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    examples = _examples(30, 32, seed=7)
+    ds = datasets.Dataset.from_dict({"input_ids": [e[0] for e in examples], "labels": [e[1] for e in examples]})
+    packed = pack_dataset(ds, 32, strategy="bfd")
+    collate = DataCollatorForLanguageModeling(pad_token_id=PAD, padding_free=True)
+    ours = packing.rows(examples, 32, PAD, packing=True)
+    assert ours.shape[0] == len(packed)
+    for r, row in enumerate(packed):
+        theirs = collate([row])
+        n = theirs["input_ids"].shape[1]
+        for key in ("input_ids", "labels", "position_ids"):
+            assert ours[key][r, :n].tolist() == theirs[key][0].tolist(), (r, key)
+        assert (ours["labels"][r, n:] == -100).all() and (ours["input_ids"][r, n:] == PAD).all()
+
+
 def test_bins_refuse_an_example_longer_than_a_row():
     with pytest.raises(AssertionError, match="example 1: 9 tokens"):
         packing.bins([3, 9], 8)
@@ -75,7 +96,8 @@ def _model(arch: str, attn: str):
 
 def _alone(model, examples) -> list[torch.Tensor]:
     with torch.no_grad():
-        return [model(input_ids=torch.tensor([ids]), use_cache=False).logits[0] for ids, _ in examples]
+        return [model(input_ids=torch.tensor([ids], device=model.device), use_cache=False).logits[0].cpu()
+                for ids, _ in examples]
 
 
 def _spans(batch):
@@ -92,7 +114,7 @@ def _packed_vs_alone(model, examples, batch, run=None) -> float:
     """The largest |Δ logit| between each example's logits in the packed batch (as `run`, if given, is fed to the
     model) and alone."""
     with torch.no_grad():
-        logits = model(**packing.inputs(run or batch)).logits
+        logits = model(**packing.inputs((run or batch).to(model.device))).logits.cpu()
     alone = {tuple(ids): lg for (ids, _), lg in zip(examples, _alone(model, examples))}
     worst, seen = 0.0, 0
     for r, a, k in _spans(batch):
@@ -104,15 +126,17 @@ def _packed_vs_alone(model, examples, batch, run=None) -> float:
 
 
 CASES = [("gpt2", "eager"), ("gpt2", "sdpa"), ("llama", "eager"), ("llama", "sdpa")]
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("arch,attn", CASES)
-def test_packed_logits_are_each_examples_logits_alone(arch, attn):
-    model, max_length = _model(arch, attn), 32
+def test_packed_logits_are_each_examples_logits_alone(arch, attn, device):
+    model, max_length = _model(arch, attn).to(device), 32
     examples = _examples(12, max_length)
     batch = packing.rows(examples, max_length, PAD, packing=True)
     assert batch.shape[0] > 1 and (batch["input_ids"] == PAD).any()  # several rows, and padding in them
-    assert _packed_vs_alone(model, examples, batch) < 1e-5
+    assert _packed_vs_alone(model, examples, batch) < {"cpu": 1e-5, "cuda": 1e-4}[device]
 
 
 @pytest.mark.parametrize("arch,attn", CASES)
@@ -192,3 +216,21 @@ def test_no_label_at_any_examples_first_token():
     b = packing.rows(examples, 64, PAD, packing=True)
     assert (b["labels"][b["position_ids"] == 0] == -100).all()
     assert (b["labels"][b["input_ids"] == PAD] == -100).all()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_peft_wrapped_model_passes_the_positions_on(arch):
+    """A cell trains a LoRA (peft) model: its forward must hand the position ids to the base."""
+    from peft import LoraConfig, get_peft_model
+
+    base = _model(arch, "sdpa")
+    targets = ["c_attn"] if arch == "gpt2" else ["q_proj", "v_proj"]
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=targets, fan_in_fan_out=arch == "gpt2")).eval()
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero: make the adapter change the logits
+            torch.nn.init.normal_(p, std=0.05)
+    examples = _examples(12, 32)
+    batch = packing.rows(examples, 32, PAD, packing=True)
+    assert _packed_vs_alone(model, examples, batch) < 1e-5
+    broken = packing.Batch(dict(batch) | {"position_ids": torch.arange(32).expand(batch.shape[0], -1).clone()})
+    assert _packed_vs_alone(model, examples, batch, broken) > 1e-2
