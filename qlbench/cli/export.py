@@ -59,18 +59,23 @@ def export(config_files, study, results, rec_path, model, rank, n_train, level, 
         if row.get("model") not in st.config["models"]:
             raise QlbenchError(f"model {row.get('model')!r} of the recommendation is not in the config")
     folder = Path(out) if out else root / "export"
+    rebuilt = None
+    if cell_id:  # the cell's merged model, as it measured it (the writers, a floor below, never import a cell)
+        from qlbench.cell.rebuild import rebuild
+
+        rebuilt = rebuild(st, root, cell_id)
     if fmt == "gguf":
         from qlbench.export import gguf
 
-        for line in gguf.export(st, root, folder, row=row, cell=cell_id, deploy=deploy_name):
+        for line in gguf.export(st, folder, row=row, cell=rebuilt, deploy=deploy_name):
             click.echo(line)
         return
-    if fmt == "compressed-tensors":  # the compressed-tensors writer's module (its own helper): the same arguments
+    if fmt == "compressed-tensors":  # the compressed-tensors writer's module: the same arguments as gguf's
         try:
             from qlbench.export import compressed_tensors
         except ImportError:
             raise QlbenchError("--format compressed-tensors: not available in this build") from None
-        for line in compressed_tensors.export(st, root, folder, row=row, cell=cell_id, deploy=deploy_name):
+        for line in compressed_tensors.export(st, folder, row=row, cell=rebuilt, deploy=deploy_name):
             click.echo(line)
         return
     lay = st.layout(row["model"])

@@ -219,19 +219,17 @@ def folder_model(folder: Path, like):
                          "compressed-tensors 0.20.1 leaves their zero points unpacked on the meta device)")
 
 
-def export(study, root: Path, folder: Path, row: dict | None = None, cell: str | None = None,
-           deploy: str | None = None) -> list[str]:
-    """`qlbench export --format compressed-tensors`: a recommendation row's widths on the base, or (`cell`) one
-    finished cell's merged model in its schemes, written as a folder under `folder`; each layer's stored scheme is
-    checked against the plan and, for a cell, the folder is loaded back and its eval loss put beside the measured
-    one. `deploy`: which of the cell's deploy formats, where it has several. Returns the lines to print."""
+def export(study, folder: Path, row: dict | None = None, cell=None, deploy: str | None = None) -> list[str]:
+    """`qlbench export --format compressed-tensors`: a recommendation row's widths on the base, or (`cell`: a rebuilt
+    cell, `qlbench.cell.rebuild.CellModel`) one finished cell's merged model in its schemes, written as a folder under
+    `folder`; each layer's stored scheme is checked against the plan and, for a cell, the folder is loaded back and its
+    eval loss put beside the measured one. `deploy`: which of the cell's deploy formats, where it has several.
+    Returns the lines to print."""
     import copy
     from collections import Counter
 
-    if cell is not None:
-        from qlbench.export import cell_model
-
-        cm = cell_model.rebuild(study, root, cell)
+    cm = cell
+    if cm is not None:
         lay, quant = cm.ctx.layout, cm.ctx.settings.quant
         plan, column = cell_widths(cm.ctx.settings, cm.plan, lay, deploy)
         model, tokenizer, stem = cm.merged, cm.base.tokenizer, cm.ctx.cell.path.replace("/", "_")
@@ -258,7 +256,7 @@ def export(study, root: Path, folder: Path, row: dict | None = None, cell: str |
              f"rest as they are{arch}; load with AutoModelForCausalLM.from_pretrained({str(path)!r}) or vllm serve"]
     if cell is not None:
         loaded, how = folder_model(path, like)
-        loss = cell_model.eval_loss(cm, loaded)
+        loss = cm.eval_loss(loaded)
         measured = f"the cell's {column}: {cm.row.get(column):.6f}" if column in cm.row else (
             "no column of the cell measured these schemes (set deploy: compressed_tensors... or backend: "
             "compressed_tensors)")

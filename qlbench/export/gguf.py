@@ -188,20 +188,17 @@ def cell_types(settings, plan: dict[str, int], lay, wanted: str | None = None) -
     return types, "merged_requant_eval_loss" if settings.quant.backend == "gguf" else None
 
 
-def export(study, root: Path, folder: Path, row: dict | None = None, cell: str | None = None,
-           deploy: str | None = None) -> list[str]:
-    """`qlbench export --format gguf`: a recommendation row's widths on the base, or (`cell`) one finished cell's
-    merged model in its GGUF types, written to `folder`; the file is loaded back by transformers and each tensor's
+def export(study, folder: Path, row: dict | None = None, cell=None, deploy: str | None = None) -> list[str]:
+    """`qlbench export --format gguf`: a recommendation row's widths on the base, or (`cell`: a rebuilt cell,
+    `qlbench.cell.rebuild.CellModel`) one finished cell's merged model in its GGUF types, written to `folder`; the file is loaded back by transformers and each tensor's
     stored type checked against the plan (and, for a cell, its eval loss put beside the measured one); `deploy`: which
     of the cell's deploy formats, where it has several. Returns the lines to print."""
     from collections import Counter
 
     from qlbench.quant.gguf import type_for
 
-    if cell is not None:
-        from qlbench.export import cell_model
-
-        cm = cell_model.rebuild(study, root, cell)
+    cm = cell
+    if cm is not None:
         lay, spec = cm.ctx.layout, cm.ctx.spec
         types, column = cell_types(cm.ctx.settings, cm.plan, lay, deploy)
         model, tokenizer, stem = cm.merged, cm.base.tokenizer, cm.ctx.cell.path.replace("/", "_")
@@ -228,7 +225,7 @@ def export(study, root: Path, folder: Path, row: dict | None = None, cell: str |
              f"load with AutoModelForCausalLM.from_pretrained({str(path.parent)!r}, gguf_file={path.name!r})"]
     if cell is not None:
         loaded, _ = load(path)
-        loss = cell_model.eval_loss(cm, loaded)
+        loss = cm.eval_loss(loaded)
         measured = f"the cell's {column}: {cm.row.get(column):.6f}" if column in cm.row else (
             "no column of the cell measured these types (set deploy: gguf... or backend: gguf)")
         lines.append(f"eval loss of the file as transformers loads it: {loss:.6f} ({measured})")

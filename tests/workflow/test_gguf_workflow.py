@@ -1,6 +1,6 @@
 """`backend: gguf` with `deploy: gguf:Q8_0` through the real snakemake on the micro base, on the CPU: one quantized
 cell whose base is rounded to Q4_0 by gguf-py, its merged model requantized in Q8_0 (`deployed_eval_loss`, the type
-of every layer recorded); then `qlbench export --format gguf --cell` writes that merged model as a .gguf that
+of every layer recorded, the deploy_cost table made by the workflow); then `qlbench export --format gguf --cell` writes that merged model as a .gguf that
 transformers loads offline, with Q8_0 in every planned layer and the eval loss the cell measured."""
 
 import copy
@@ -28,7 +28,7 @@ def test_a_gguf_study_runs_and_its_cell_exports_as_the_gguf_it_measured(workdir,
     path = write_config(workdir / "gguf.yaml", config)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     run = subprocess.run([BIN / "snakemake", "--snakefile", REPO / "Snakefile", "--directory", workdir, "--configfile",
-                          path, "--cores", "1", "results/micro_gguf/cells.parquet", "--config", "study=micro_gguf"],
+                          path, "--cores", "1", "results/micro_gguf/cells.parquet", "results/micro_gguf/deploy_cost.md", "--config", "study=micro_gguf"],
                          cwd=workdir, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:]
     row = pl.read_parquet(workdir / "results/micro_gguf/cells.parquet").row(0, named=True)
@@ -39,6 +39,7 @@ def test_a_gguf_study_runs_and_its_cell_exports_as_the_gguf_it_measured(workdir,
     # Q8_0 is closer to the merged float model than the cell's own Q4_0
     assert abs(row["deployed_eval_loss"] - row["merged_eval_loss"]) < abs(row["merged_requant_eval_loss"]
                                                                           - row["merged_eval_loss"])
+    assert "| micro-gpt2 | 4 | 4 | all | gguf:Q8_0 | 1 |" in (workdir / "results/micro_gguf/deploy_cost.md").read_text()
     out = subprocess.run([BIN / "qlbench", "export", "-c", path, "micro_gguf", "--format", "gguf", "--cell", CELL],
                          cwd=workdir, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -100,3 +100,21 @@ def test_the_deploy_setting_parses_refuses_and_stays_out_of_unset_identities():
             deploy.parse(bad)
     assert "deploy" not in identity({"deploy": None, "steps": 40})
     assert identity({"deploy": "gguf:Q4_0", "steps": 40})["deploy"] == "gguf:Q4_0"
+
+
+@pytest.mark.parametrize("value, says", [
+    ("gguf:Q4_K_M", "studies.x.deploy 'gguf:Q4_K_M': gguf has no preset 'Q4_K_M'"),
+    ("hqq:Q4_0", "'hqq' is not a deploy format"),
+    ({"format": "gguf", "layers": {"b9": "Q8_0"}}, "studies.x.deploy layers: mask 'b9'"),
+    (["gguf:Q8_0", {"format": "gguf"}], "deploy"),  # a sweep names formats, not per-layer maps (the schema)
+])
+def test_a_bad_deploy_is_one_line_before_any_job(value, says):
+    from conftest import full_config
+    from qlbench.study import config as studylib
+
+    config = full_config()
+    config["studies"]["x"] = {**config["studies"]["micro"], "deploy": value}
+    with pytest.raises(QlbenchError, match=says.replace("(", r"\(").replace("[", r"\[")):
+        studylib.load(config, "x")
+    config["studies"]["x"]["deploy"] = ["gguf:Q8_0", "gguf:Q4_0"]
+    assert studylib.load(config, "x").settings["deploy"] == ["gguf:Q8_0", "gguf:Q4_0"]

@@ -2,7 +2,8 @@
 and quantized as the cell did (for its plan), LoRA attached, the saved adapter loaded, and the adapter merged into a
 fresh 16-bit base exactly as the cell's as-deployed stage merged it (`qlbench.cell.deployed.merge_into`), so an
 exported file holds the weights the cell's `deployed_eval_*` / `merged_requant_eval_*` columns were measured on.
-Shared by every format's writer; torch is imported when it is called."""
+The command builds it and hands it to a format's writer (`qlbench/export/`, a floor below: it never imports a cell);
+torch is imported when it is called."""
 
 from __future__ import annotations
 
@@ -20,6 +21,12 @@ class CellModel:
     merged: object  # the adapter merged into the 16-bit base, float, on the cell's device
     plan: dict  # module -> width, as the cell quantized its base
     row: dict  # the cell's row (its measured columns)
+
+    def eval_loss(self, model) -> float:
+        """`model`'s eval loss on the cell's held-out blocks, as the cell measures it."""
+        from qlbench.cell.evaluate import eval_loss_of
+
+        return eval_loss_of(self.ctx, model.to(self.ctx.device), self.base.data.eval)
 
 
 def rebuild(study, results_root: Path, cell_path: str, threads: int = 1) -> CellModel:
@@ -61,10 +68,3 @@ def rebuild(study, results_root: Path, cell_path: str, threads: int = 1) -> Cell
             ctx.log.removeHandler(h)
             h.close()
     return CellModel(ctx=ctx, base=base, merged=merged.eval(), plan=dict(quantized.plan), row=row)
-
-
-def eval_loss(cm: CellModel, model) -> float:
-    """`model`'s eval loss on the cell's held-out blocks, as the cell measures it."""
-    from qlbench.cell.evaluate import eval_loss_of
-
-    return eval_loss_of(cm.ctx, model.to(cm.ctx.device), cm.base.data.eval)
