@@ -3,7 +3,9 @@
     python tests/tools/same_identities.py [REV]     # REV's config.yaml, studies/ and tests/config.yaml (default HEAD)
 
 Loads both layouts with this checkout's code, REV's from `git archive` and the working tree's as they are, and
-compares `cell_identity` of every cell of every study. Exits 1 naming the first differences; else prints the count.
+compares `cell_identity` of every cell of every study. Exits 1 naming the first differences (a study gone, a cell
+whose identity moved); else prints the count. A study only in the working tree is new, not a difference: it is named
+and counted apart.
 """
 
 from __future__ import annotations
@@ -48,13 +50,15 @@ def main() -> None:
         before = identities(at(rev, Path(tmp)))
     after = identities(REPO)
     problems = [f"study {s}: only in {rev}" for s in before if s not in after]
-    problems += [f"study {s}: only in the working tree" for s in after if s not in before]
+    new = [s for s in after if s not in before]
     for s in set(before) & set(after):
         problems += [f"{s}/{c}: {before[s].get(c)} -> {after[s].get(c)}"
                      for c in sorted(set(before[s]) | set(after[s])) if before[s].get(c) != after[s].get(c)]
     if problems:
         sys.exit("\n".join(problems[:20]) + (f"\n... {len(problems) - 20} more" if len(problems) > 20 else ""))
-    print(f"{len(after)} studies, {sum(map(len, after.values()))} cells: every identity as in {rev}")
+    kept = {s: c for s, c in after.items() if s in before}
+    print(f"{len(kept)} studies, {sum(map(len, kept.values()))} cells: every identity as in {rev}"
+          + (f"; new: {', '.join(new)} ({sum(len(after[s]) for s in new)} cells)" if new else ""))
 
 
 if __name__ == "__main__":
