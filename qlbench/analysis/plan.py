@@ -332,7 +332,7 @@ def verdict_plan(st, root, level: float = claims.POWER_LEVEL, replicates: int = 
     the bounds plan's, for the fitted nuisance values' (`plan`, nuisance draws)."""
     from pathlib import Path
 
-    from qlbench.analysis import bounds, seed_power, seed_verdicts
+    from qlbench.analysis import seed_power, seed_verdicts
 
     folder = Path(root) / st.name
     cells_path = folder / "cells.parquet"
