@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +139,3 @@ def collect(cells: pl.DataFrame, folder: Path) -> list[dict]:
     out += robustness_gains(folder)
     out += backends(cells)
     return out
-
-
-def dumps(value) -> str:
-    return json.dumps(value)
