@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 
 import numpy as np
 import polars as pl
@@ -221,7 +222,7 @@ def fit(pts: pl.DataFrame, seed_losses: pl.DataFrame | None = None, boots: int =
         rows.append(_free_row(pts, y, w, boot_y, boot_w, n_seeds))
     if free and npts > 5 and len(np.unique(b[b < REFERENCE_BITS])) >= 2:
         rows.append(_power_bits_row(pts, y, w, boot_y, boot_w, n_seeds))
-    held_out = heldout.errors(pts, [row["form"] for row in rows])
+    held_out = heldout.errors(pts, [row["form"] for row in rows], sys.modules[__name__])
     for row in rows:
         row["heldout_width_rmse"], row["heldout_rank_rmse"] = held_out[row["form"]]["width"], \
             held_out[row["form"]]["rank"]

@@ -16,10 +16,8 @@ from qlbench.analysis import freefit, powerbits
 FREE_RANK = {"free", powerbits.FORM}  # forms whose rank exponent is fitted
 
 
-def _predictor(name: str, form, train: pl.DataFrame):
+def _predictor(bounds, name: str, form, train: pl.DataFrame):
     """A function (r, b, n, g) -> predicted loss, fitted on `train`, or None where `train` cannot identify it."""
-    from qlbench.analysis import bounds
-
     r, b, n, g = bounds.point_arrays(train)
     y, w = train["loss"].to_numpy(), train["weight"].to_numpy()
     widths = len(np.unique(b[b < freefit.REFERENCE_BITS]))
@@ -48,10 +46,9 @@ def _predictor(name: str, form, train: pl.DataFrame):
     return lambda r_, b_, n_, g_: np.column_stack(design_fn(r_, b_, n_, g_)) @ c[:, 0]
 
 
-def errors(pts: pl.DataFrame, names: list[str]) -> dict[str, dict[str, float]]:
-    """Per form: {"width": RMSE leaving one quantized width out, "rank": RMSE leaving one rank out}."""
-    from qlbench.analysis import bounds
-
+def errors(pts: pl.DataFrame, names: list[str], bounds) -> dict[str, dict[str, float]]:
+    """Per form: {"width": RMSE leaving one quantized width out, "rank": RMSE leaving one rank out}. `bounds`: the
+    module that fits the forms (qlbench.analysis.bounds, which calls this and hands itself in: no import circle)."""
     forms = bounds.forms_for(pts)
     out = {}
     for name in names:
@@ -61,7 +58,7 @@ def errors(pts: pl.DataFrame, names: list[str]) -> dict[str, dict[str, float]]:
             resid = []
             for v in values:
                 test, train = pts.filter(pl.col(column) == v), pts.filter(pl.col(column) != v)
-                f = _predictor(name, forms.get(name), train)
+                f = _predictor(bounds, name, forms.get(name), train)
                 if f is None or test.is_empty():
                     continue
                 r, b, n, g = bounds.point_arrays(test)

@@ -59,6 +59,6 @@ def test_a_planted_exponential_bit_term_is_not_taken_for_a_power_law():
 def test_a_fold_that_cannot_identify_a_free_exponent_gives_no_prediction():
     # two ranks: leaving one out leaves one, where ρ is not identified; the fixed-coupling forms still predict
     two = cells_of(POWER).filter(pl.col("rank").is_in([4, 16]))
-    got = heldout.errors(bounds.points(two), ["bound", "free", powerbits.FORM])
+    got = heldout.errors(bounds.points(two), ["bound", "free", powerbits.FORM], bounds)
     assert math.isnan(got["free"]["rank"]) and math.isnan(got[powerbits.FORM]["rank"])
     assert np.isfinite(got["bound"]["rank"]) and np.isfinite(got[powerbits.FORM]["width"])
