@@ -39,6 +39,8 @@ class Backend:
     bytes_per_param: str = ""
     # width -> its quantizer's name in tables, where the format and the width do not say it (bnb's 8 bits: LLM.int8)
     names: dict[int, str] = field(default_factory=dict)
+    # the same with `symmetric: false`, where that names another quantizer (GGUF's Q4_1 beside Q4_0)
+    names_asymmetric: dict[int, str] = field(default_factory=dict)
     # format -> width -> why not: widths its library has that this backend cannot run here (as measured, e.g.
     # torchao's int4 on a CPU), so a table says so rather than leaving the row out
     unavailable: dict[str, dict[int, str]] = field(default_factory=dict)

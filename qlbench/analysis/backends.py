@@ -1,7 +1,8 @@
 """The backend table: one row per backend × format × width of a model's cells, from several studies at once (one
 per backend and format, the backend being a fixed setting), with the eval loss of the quantized base before
 training, after LoRA, and as deployed — the adapter merged into the 16-bit base, and that merged model quantized
-again with the cell's own backend (`qlbench.cell.deployed`). Means over seeds.
+again with the cell's own backend (`qlbench.cell.deployed`). Means over seeds, each with its 95% t interval's
+half-width (`<loss>_ci`, NaN for one seed); `symmetric: false` and a set `group_size` are rows of their own.
 
 The 16-bit cells are the reference row, labelled by what the model's weights really were (`REFERENCE`: SmolLM2's
 offline weights were Q4_1 before dequantization). A width the backend's library has but the backend cannot run here
@@ -14,6 +15,7 @@ from __future__ import annotations
 import polars as pl
 
 from qlbench import registry
+from qlbench.analysis.stats import ci95_halfwidth
 
 LOSSES = ("eval_loss_before", "eval_loss", "merged_eval_loss", "merged_requant_eval_loss")
 FORMAT_NAMES = {"int": "int", "nf": "NF", "fp": "FP"}
@@ -22,17 +24,31 @@ REFERENCE = {
     "smollm2": "16-bit reference: the Q4_1 GGUF dequantized to fp32 (not the original bf16)",
 }
 DEFAULT_REFERENCE = "16-bit reference (no quantization)"
-COLUMNS = {"model": pl.String, "backend": pl.String, "format": pl.String, "bits": pl.Int64, "quantizer": pl.String,
-           "status": pl.String, "seeds": pl.Int64, **{m: pl.Float64 for m in LOSSES}, "step_time_s": pl.Float64}
+COLUMNS = {"model": pl.String, "backend": pl.String, "format": pl.String, "bits": pl.Int64, "symmetric": pl.Boolean,
+           "group_size": pl.Int64, "quantizer": pl.String, "status": pl.String, "seeds": pl.Int64,
+           **{m: pl.Float64 for m in LOSSES}, **{f"{m}_ci": pl.Float64 for m in LOSSES}, "step_time_s": pl.Float64}
 
 
-def quantizer(backend: str, fmt: str, bits: int) -> str:
+def quantizer(backend: str, fmt: str, bits: int, symmetric: bool = True, group_size: int | None = None) -> str:
     """A row's name for its quantizer: `NF4`, `int3`, or the name its backend declares for the width (bitsandbytes'
-    8 bits: `LLM.int8`, its only 8-bit format)."""
+    8 bits: `LLM.int8`, its only 8-bit format; GGUF's Q4_0, or Q4_1 with `symmetric: false`), and its groups when
+    the study set them (`g64`)."""
     declared = registry.backends().get(backend)
-    if declared is not None and bits in declared.names:
-        return declared.names[bits]
-    return f"{FORMAT_NAMES.get(fmt, fmt)}{bits}"
+    names = {} if declared is None else declared.names_asymmetric if not symmetric else declared.names
+    name = names.get(bits) or f"{FORMAT_NAMES.get(fmt, fmt)}{bits}" + ("" if symmetric else " asym")
+    return name + (f" g{group_size}" if group_size is not None else "")
+
+
+def _setting(cells: pl.DataFrame, key: str, default, dtype) -> pl.Series:
+    """A setting per cell: its column, else its value in `settings_json`, else the default."""
+    import json
+
+    if key in cells.columns:
+        return cells[key].cast(dtype)
+    if "settings_json" in cells.columns:
+        return pl.Series([json.loads(j).get(key, default) if j else default for j in cells["settings_json"]],
+                         dtype=dtype)
+    return pl.Series([default] * cells.height, dtype=dtype)
 
 
 def table(cells: pl.DataFrame, unavailable: dict[str, dict[str, dict[int, str]]] | None = None,
@@ -42,20 +58,29 @@ def table(cells: pl.DataFrame, unavailable: dict[str, dict[str, dict[int, str]]]
     `source` (names the reference row)."""
     sources = sources or {}
     # every 16-bit cell is the one reference of its model, whichever study (backend) it ran in
-    keyed = cells.with_columns(pl.when(pl.col("bits") == 16).then(pl.lit("–")).otherwise(pl.col(c)).alias(f"_{c}")
-                               for c in ("backend", "format"))
+    keyed = cells.with_columns(_setting(cells, "symmetric", True, pl.Boolean).alias("_symmetric"),
+                               _setting(cells, "group_size", None, pl.Int64).alias("_group_size"))
+    sixteen = pl.col("bits") == 16
+    keyed = keyed.with_columns(*(pl.when(sixteen).then(pl.lit("–")).otherwise(pl.col(c)).alias(f"_{c}")
+                                 for c in ("backend", "format")),
+                               pl.when(sixteen).then(True).otherwise(pl.col("_symmetric")).alias("_symmetric"),
+                               pl.when(sixteen).then(None).otherwise(pl.col("_group_size")).alias("_group_size"))
     rows = []
-    for (model, backend, fmt, bits), group in keyed.group_by(["model", "_backend", "_format", "bits"],
-                                                             maintain_order=True):
+    for (model, backend, fmt, bits, sym, group_size), group in keyed.group_by(
+            ["model", "_backend", "_format", "bits", "_symmetric", "_group_size"], maintain_order=True):
         diverged = int((group["status"] != "ok").sum()) if "status" in group.columns else 0
-        row = {"model": model, "backend": backend, "format": fmt, "bits": bits, "seeds": group.height,
+        row = {"model": model, "backend": backend, "format": fmt, "bits": bits, "symmetric": sym,
+               "group_size": group_size, "seeds": group.height,
                "quantizer": REFERENCE.get(sources.get(model), DEFAULT_REFERENCE) if bits == 16
-               else quantizer(backend, fmt, bits),
+               else quantizer(backend, fmt, bits, sym, group_size),
                "status": "ok" if not diverged else f"diverged ({diverged} of {group.height} seeds)"}
         for m in (*LOSSES, "step_time_s"):
             row[m] = group[m].cast(pl.Float64).mean() if m in group.columns else None
+        for m in LOSSES:
+            values = group[m].cast(pl.Float64).drop_nans().drop_nulls() if m in group.columns else pl.Series([])
+            row[f"{m}_ci"] = ci95_halfwidth(values.std(), values.len()) if values.len() >= 2 else float("nan")
         rows.append(row)
-    seen = {(r["model"], r["backend"], r["format"], r["bits"]) for r in rows}
+    seen = {(r["model"], r["backend"], r["format"], r["bits"]) for r in rows if r["symmetric"]}
     for model in cells["model"].unique(maintain_order=True):
         for backend in cells.filter(pl.col("model") == model)["backend"].unique(maintain_order=True):
             for fmt, widths in (unavailable or {}).get(backend, {}).items():
@@ -63,23 +88,29 @@ def table(cells: pl.DataFrame, unavailable: dict[str, dict[str, dict[int, str]]]
                     # the table's widths: those qlbench simulates (the fake backend's, every backend's yardstick)
                     if bits in registry.simulated_widths() and (model, backend, fmt, bits) not in seen:
                         rows.append({"model": model, "backend": backend, "format": fmt, "bits": bits, "seeds": 0,
+                                     "symmetric": True,
                                      "quantizer": quantizer(backend, fmt, bits), "status": f"cannot run: {why}"})
     out = pl.DataFrame(rows, schema=COLUMNS) if rows else pl.DataFrame(schema=COLUMNS)
     # the reference first, then by backend, format and width (widest first)
-    return out.sort(["model", pl.col("bits") != 16, "backend", "format", "bits"],
-                    descending=[False, False, False, False, True], maintain_order=True)
+    return out.sort(["model", pl.col("bits") != 16, "backend", "format", "bits", "symmetric"],
+                    descending=[False, False, False, False, True, True], maintain_order=True)
 
 
 def markdown(table_: pl.DataFrame) -> str:
-    """The table as Markdown for the docs: losses to 4 decimals, a row that cannot run as its reason."""
+    """The table as Markdown for the docs: losses to 4 decimals (± the 95% interval over seeds), a row that cannot run
+    as its reason."""
     lines = ["| model | quantizer | backend | bits | before LoRA | after LoRA | merged, 16-bit | merged, requantized "
              "| s/step | status |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
 
     def num(v, digits=4):
         return "–" if v is None or v != v else f"{v:.{digits}f}"
 
+    def loss(r, m):  # the mean, and its 95% interval's half-width where seeds give one
+        ci = r.get(f"{m}_ci")
+        return num(r[m]) + (f" ± {ci:.4f}" if ci is not None and ci == ci and r[m] is not None else "")
+
     for r in table_.iter_rows(named=True):
-        lines.append(f"| {r['model']} | {r['quantizer']} | {r['backend']} | {r['bits']} | {num(r['eval_loss_before'])} "
-                     f"| {num(r['eval_loss'])} | {num(r['merged_eval_loss'])} | {num(r['merged_requant_eval_loss'])} "
+        lines.append(f"| {r['model']} | {r['quantizer']} | {r['backend']} | {r['bits']} | {loss(r, 'eval_loss_before')} "
+                     f"| {loss(r, 'eval_loss')} | {loss(r, 'merged_eval_loss')} | {loss(r, 'merged_requant_eval_loss')} "
                      f"| {num(r['step_time_s'], 2)} | {r['status']} |")
     return "\n".join(lines) + "\n"

@@ -169,6 +169,36 @@ def qalof_table(cells_parquets, out, metric):
     click.echo(text)
 
 
+@main.command("compare")
+@config_option
+@click.argument("cells_parquets", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--by", "by", multiple=True, required=True,
+              help="a column or setting to group by (repeat: --by completion_only_loss --by bits)")
+@click.option("--metric", "metrics", multiple=True, required=True, help="a column to compare (repeat)")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for compare.parquet and .md")
+def compare(config_files, cells_parquets, by, metrics, out):
+    """Cells of one or more studies' CELLS_PARQUETS side by side: one row per value of the --by keys (columns, or
+    settings, an unset one at its default), each --metric's mean over seeds ± its 95% t interval."""
+    import polars as pl
+
+    from qlbench.analysis import compare as cmp
+    from qlbench.results import write_parquet
+    from qlbench.study import settings as settings_tree
+
+    cells = pl.concat([pl.read_parquet(p) for p in cells_parquets], how="diagonal_relaxed")
+    defaults = {k: s.default for k, s in settings_tree.SPECS.items()}
+    try:
+        table = cmp.table(cells, list(by), list(metrics), defaults)
+    except KeyError as e:
+        raise QlbenchError(f"compare: {e.args[0]}") from None
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_parquet(table, folder / "compare.parquet")
+    text = cmp.markdown(table, list(by), list(metrics))
+    (folder / "compare.md").write_text(text)
+    click.echo(text)
+
+
 @main.command("backends-table")
 @config_option
 @click.argument("cells_parquets", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))

@@ -31,6 +31,8 @@ BACKEND = Backend(
     widths={"int": (4, 8)},
     linear_layout=True,
     group_sizes="unset: 8 bits per channel, 4 bits groups of 128; 0: per channel; N: groups of N inputs",
+    names={8: "W8A16", 4: "W4A16"},
+    names_asymmetric={8: "W8A16 asym", 4: "W4A16 asym"},
     deploys=("w8a16", "w4a16"),
 )
 

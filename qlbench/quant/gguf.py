@@ -27,6 +27,7 @@ BACKEND = Backend(
     widths={"int": (4, 5, 8)},
     group_sizes="the type's own blocks of 32 along each row (group_size is not read)",
     names={8: "Q8_0", 5: "Q5_0", 4: "Q4_0"},
+    names_asymmetric={8: "Q8_0", 5: "Q5_1", 4: "Q4_1"},
     unavailable={"int": {2: "gguf-py 0.19 cannot quantize Q2_K (it only dequantizes the K-quants)",
                          3: "gguf-py 0.19 cannot quantize Q3_K (it only dequantizes the K-quants)",
                          6: "gguf-py 0.19 cannot quantize Q6_K (it only dequantizes the K-quants)"}},

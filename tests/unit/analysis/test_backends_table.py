@@ -81,7 +81,8 @@ def test_a_present_cell_wins_over_the_declared_reason():
 def test_markdown_prints_missing_numbers_as_dashes():
     text = backends.markdown(backends.table(CELLS, UNAVAILABLE, {"m": "smollm2"}))
     lines = text.splitlines()
-    assert lines[2].startswith("| m | 16-bit reference") and "| 3.1000 | 2.9000 | – | – |" in lines[2]
+    # two seeds: 3.0 and 3.2 -> mean 3.1, sd 0.1414, half-width t(0.975, 1)·sd/√2 = 12.7062·0.1 = 1.2706
+    assert lines[2].startswith("| m | 16-bit reference") and "| 3.1000 ± 1.2706 | 2.9000 ± 1.2706 | – | – |" in lines[2]
     assert "| m | int4 | torchao | 4 | – | – | – | – | – | cannot run: no CPU kernel |" in lines
 
 
@@ -105,3 +106,21 @@ def test_the_command_reads_several_studies_and_the_models_sources(tmp_path):
     table = pl.read_parquet(tmp_path / "t" / "backends_table.parquet")
     assert table.height == 7 and "Q4_1" in table["quantizer"][0]
     assert "cannot run: no CPU path in torchao" in (tmp_path / "t" / "backends_table.md").read_text()
+
+
+def test_intervals_over_seeds_and_asymmetric_or_grouped_cells_are_rows_of_their_own():
+    import json
+
+    def served(backend, bits, seed, loss, symmetric=True, group=None):
+        row = cell(backend, "int", bits, seed, loss + 0.2, loss, loss - 0.1, loss + 0.05)
+        return {**row, "settings_json": json.dumps({"symmetric": symmetric, "group_size": group})}
+
+    cells = pl.DataFrame([served("gguf", 4, 0, 3.0), served("gguf", 4, 1, 3.2),
+                          served("gguf", 4, 0, 2.9, symmetric=False), served("gguf", 4, 1, 3.0, symmetric=False),
+                          served("compressed_tensors", 4, 0, 3.1, group=64)])
+    rows = {r["quantizer"]: r for r in backends.table(cells).iter_rows(named=True)}
+    assert set(rows) == {"Q4_0", "Q4_1", "W4A16 g64"}  # gguf's names, by symmetric; the study's group size
+    assert rows["Q4_0"]["eval_loss"] == pytest.approx(3.1)
+    assert rows["Q4_0"]["eval_loss_ci"] == pytest.approx(12.7062 * 0.1, rel=1e-4)  # sd 0.1414 of 3.0, 3.2; n 2
+    assert rows["Q4_1"]["eval_loss_ci"] == pytest.approx(12.7062 * 0.05, rel=1e-4)
+    assert math.isnan(rows["W4A16 g64"]["eval_loss_ci"])  # one seed: no interval
