@@ -76,9 +76,11 @@ def table(cells: pl.DataFrame, unavailable: dict[str, dict[str, dict[int, str]]]
                "status": "ok" if not diverged else f"diverged ({diverged} of {group.height} seeds)"}
         for m in (*LOSSES, "step_time_s"):
             row[m] = group[m].cast(pl.Float64).mean() if m in group.columns else None
-        for m in LOSSES:
-            values = group[m].cast(pl.Float64).drop_nans().drop_nulls() if m in group.columns else pl.Series([])
-            row[f"{m}_ci"] = ci95_halfwidth(values.std(), values.len()) if values.len() >= 2 else float("nan")
+        for m in LOSSES:  # over seeds: the 16-bit cells of several studies at one seed are one seed, not several
+            per_seed = (group.filter(pl.col(m).is_not_null() & pl.col(m).is_not_nan()).group_by("seed").agg(
+                pl.col(m).cast(pl.Float64).mean())[m] if m in group.columns and "seed" in group.columns
+                else pl.Series([], dtype=pl.Float64))
+            row[f"{m}_ci"] = ci95_halfwidth(per_seed.std(), per_seed.len()) if per_seed.len() >= 2 else float("nan")
         rows.append(row)
     seen = {(r["model"], r["backend"], r["format"], r["bits"]) for r in rows if r["symmetric"]}
     for model in cells["model"].unique(maintain_order=True):
