@@ -42,6 +42,8 @@ def _allowed(prop: dict, defs: dict) -> str:
         if key in prop:
             return " or ".join(_allowed(p, defs) for p in prop[key])
     kind = prop.get("type", "")
+    if isinstance(kind, list):  # {"type": ["boolean", "null"]}: one of several
+        kind = " or ".join(kind)
     if kind == "array" and "items" in prop:
         return f"list of {_allowed(prop['items'], defs)}"
     bounds = [f"≥ {prop['minimum']}" if "minimum" in prop else "", f"≤ {prop['maximum']}" if "maximum" in prop else "",
