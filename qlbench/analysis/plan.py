@@ -141,6 +141,10 @@ def plan(pts: pl.DataFrame, cells: pl.DataFrame | None = None, level: float = cl
     pairs = {k: v for k, v in pairs.items() if k in names}
     per_draw = max(replicates // draws, 10) if draws else replicates
     aim = level + AIM_ABOVE * (1 - level) if draws else level  # an addition must reach this power to be chosen
+    # power now: the verdicts' own (qlbench.analysis.power.claim_powers: the fit's values planted, the measured
+    # seed noise, its replicates and seed), so the plan and the bounds page print one power per claim
+    now = power.simulate(design, power.noise_sd(pts, design, observed),
+                         {k: v for k, v in pairs.items() if _testable(k, design)}, power.REPLICATES, rng_seed, exps)
     if draws:  # each bootstrap copy: a seed variance drawn, new points at it, the claims planted where a refit puts them
         rng = np.random.default_rng(rng_seed + 1)
         sigma2 = _seed_variances(pts, observed, design, draws, rng)
@@ -167,7 +171,6 @@ def plan(pts: pl.DataFrame, cells: pl.DataFrame | None = None, level: float = cl
                                       rng_seed + i, exps))
         return _pooled(got)
 
-    now = powers_on(base)
     rows = []
     tried = [(label, g, _cost(g, base, seconds)) for label, g in (additions or candidates(base))]
     tried.sort(key=lambda t: (t[2][0], t[2][1] if t[2][1] == t[2][1] else 0))
@@ -296,8 +299,11 @@ def markdown(table: pl.DataFrame, study: str, level: float, nominal: bool, timed
 
     view = table.select("claim", pl.col("power_now").round(2), "addition", "cells",
                         pl.col("cell_hours").round(2), pl.col("power_after").round(2))
-    notes = [f"Power: the chance of deciding the claim against its rival correctly (level {level}), by simulation "
-             "on the grid with the study's fitted values and seed noise."]
+    notes = [f"Power: the chance of deciding the claim against its rival correctly (level {level}). power_now is "
+             "the verdicts' own (the bounds page's: the fit's values planted with the measured seed noise); "
+             "power_after, the promise, also draws the fitted nuisance values and the seed variance from their "
+             "uncertainty (parametric-bootstrap copies of the fit), so it is the chance after refitting on the new "
+             "cells, not only in a simulation from the old fit."]
     if nominal:
         notes.append("No cells yet: the plan plants a nominal law (the bound, L* = 2, c1 = 0.5, a 4-bit gap of 0.02 "
                      "nats at rank 8, seed sd 0.003 nats); rerun it once cells exist.")
