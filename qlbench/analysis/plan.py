@@ -27,7 +27,9 @@ from qlbench.analysis.bounds import REFERENCE_BITS, design_of
 EXTRA_WIDTHS = (2, 3, 5, 6)
 EXTRA_RANKS = (2, 64)
 AIM_ABOVE = 0.0  # with draws, an addition aims at level + this share of (1 − level); 0.5 decided 21/25 as planted but promised a plan in few studies
-DRAWS = 10  # parametric-bootstrap copies of the fit whose nuisance values the plan plants (0: the fit's alone)
+DRAWS = 20  # parametric-bootstrap copies of the fit whose nuisance values the plan plants (0: the fit's alone)
+PER_DRAW = 20  # simulated data sets per copy at least
+MC_Z = 1.645  # with draws, an addition's simulated power must clear the level by this many Monte-Carlo sds
 NOMINAL = {"L_star": 2.0, "c1": 0.5, "gap4_r8": 0.02, "seed_sd": 0.003}
 CLAIMS = {"kappa": "κ = 2 (bit term ∝ 2^(−2b))", "rho": "ρ = 1 (rank coupling)",
           "c1": "c1·√(r/N) > 0 (not a rank trend)", "ratio": "½ bit per doubling of r",
@@ -139,8 +141,11 @@ def plan(pts: pl.DataFrame, cells: pl.DataFrame | None = None, level: float = cl
     seconds = cell_seconds(cells)
     names = [n for n in CLAIMS if only is None or n in only]
     pairs = {k: v for k, v in pairs.items() if k in names}
-    per_draw = max(replicates // draws, 10) if draws else replicates
-    aim = level + AIM_ABOVE * (1 - level) if draws else level  # an addition must reach this power to be chosen
+    per_draw = max(replicates // draws, PER_DRAW) if draws else replicates
+    # an addition must reach this power to be chosen: with draws, above the level by the simulation's own error (a
+    # power estimated from draws·per_draw data sets that only just reaches the level is short of it half the time)
+    aim = level + AIM_ABOVE * (1 - level) + MC_Z * math.sqrt(level * (1 - level) / (draws * per_draw)) \
+        if draws else level
     # power now: the verdicts' own (qlbench.analysis.power.claim_powers: the fit's values planted, the measured
     # seed noise, its replicates and seed), so the plan and the bounds page print one power per claim
     now = power.simulate(design, power.noise_sd(pts, design, observed),
