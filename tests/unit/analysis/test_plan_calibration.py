@@ -60,17 +60,17 @@ def _cells(noise, seeds):
                          for i, r in enumerate(RANKS) for j, b in enumerate(BITS) for s in range(seeds)])
 
 
-def bounds_calibration(studies: int, draws: int, start: int = 200, sds=SDS) -> tuple[int, int]:
+def bounds_calibration(studies, draws: int, replicates: int = 100, sds=SDS) -> tuple[int, int]:
     """(plans that promised the level for ρ = 1, of them decided as planted after their seeds ran); studies whose
     verdict power is at the level already ("none needed") or that no tried addition brings to the aim are not plans."""
     from qlbench.analysis import bounds, claims, freefit, plan
 
     promised = decided = 0
-    for m in range(start, start + studies):
+    for m in studies:
         g = np.random.default_rng(100 + m)
         sd = float(np.exp(g.uniform(np.log(sds[0]), np.log(sds[1]))))
         noise = g.normal(0, sd, (len(RANKS), len(BITS), MAX_SEEDS))
-        row = plan.plan(bounds.points(_cells(noise, 2)), None, LEVEL, 100, draws=draws, only=("rho",),
+        row = plan.plan(bounds.points(_cells(noise, 2)), None, LEVEL, replicates, draws=draws, only=("rho",),
                         additions=ADDITIONS).row(0, named=True)
         if row["addition"] == "none needed" or "best tried" in row["addition"]:
             continue
@@ -86,7 +86,7 @@ def test_bounds_plans_keep_their_promise_fast():
     # FAST_STUDIES planted studies: too few to bound the fraction tightly; the assertion is that the plan promised
     # something and that the level lies within the Wilson interval's reach (its upper bound)
     t0 = time.process_time()  # CPU seconds: the machine's cores are shared, its wall clock is not ours
-    plans, ok = bounds_calibration(FAST_STUDIES, plan_draws())
+    plans, ok = bounds_calibration(range(200, 200 + FAST_STUDIES), plan_draws())
     lo, hi = seed_power.wilson(ok, plans)
     print(f"bounds ρ = 1 (fast): {ok}/{plans} decided as planted (Wilson 95% {lo:.3f}–{hi:.3f})")
     assert plans >= 3 and hi >= LEVEL
@@ -94,6 +94,27 @@ def test_bounds_plans_keep_their_promise_fast():
 
 
 FAST_STUDIES = 8
+SLOW = 25  # planted studies 200.. and 300.. of each stream (the CPU of a few minutes)
+SLOW_STUDIES = [*range(200, 200 + SLOW), *range(300, 300 + SLOW)]
+
+
+@pytest.mark.slow
+def test_bounds_plans_keep_their_promise():
+    plans, ok = bounds_calibration(SLOW_STUDIES, plan_draws())
+    lo, hi = seed_power.wilson(ok, plans)
+    print(f"bounds ρ = 1, nuisance draws: {ok}/{plans} = {ok / plans:.3f} decided as planted (Wilson 95% {lo:.3f}–{hi:.3f})")
+    assert plans >= 15 and ok / plans >= LEVEL  # the point estimate at the level; its interval printed
+
+
+@pytest.mark.slow
+def test_bounds_plans_aimed_exactly_at_the_level_fall_short():
+    # the fitted values taken for the truth, the power estimated from as many data sets (400) and the first addition
+    # reaching the level chosen: the same population decides as planted less often than the level (point estimate;
+    # its interval still reaches the level at this count, so this is not a reliable shortfall: see bounds.md)
+    plans, ok = bounds_calibration(SLOW_STUDIES, 0, replicates=400)
+    lo, hi = seed_power.wilson(ok, plans)
+    print(f"bounds ρ = 1, naive: {ok}/{plans} = {ok / plans:.3f} decided as planted (Wilson 95% {lo:.3f}–{hi:.3f})")
+    assert plans >= 15 and ok / plans < LEVEL
 
 
 def plan_draws() -> int:
