@@ -127,10 +127,12 @@ def plan(pts: pl.DataFrame, cells: pl.DataFrame | None = None, level: float = cl
     cell-hours) whose power reaches `level`, or the best one tried. Claims the grid decides are listed with
     `addition` = "none needed".
 
-    `draws` > 0: the power accounts for the fitted nuisance values' uncertainty — the claim and its rival are
-    planted at the values fitted on `draws` parametric-bootstrap copies of the study's points (the free fit plus
-    its seed noise, refitted), `replicates` simulated data sets spread over them, and the chances averaged; 0 plants
-    them at the values fitted on the study's points alone (aiming exactly at the level). `only`: the claims to plan
+    power_now is the verdicts' own (power.claim_powers' simulation), so the plan and the bounds page agree.
+    `draws` > 0: power_after (the promise) accounts for the fitted nuisance values' uncertainty — the claim and its
+    rival are planted at the values fitted on `draws` parametric-bootstrap copies of the study's points (the free
+    fit plus its seed noise, refitted), `replicates` simulated data sets spread over them (PER_DRAW each at least),
+    the chances averaged, and an addition is chosen when that power clears the level by MC_Z Monte-Carlo sds; 0
+    plants them at the values fitted on the study's points alone (aiming exactly at the level). `only`: the claims to plan
     (CLAIMS' keys); `additions`: (label, grid) pairs to try instead of `candidates`."""
     design = design_of(pts)
     y = pts["loss"].to_numpy()
