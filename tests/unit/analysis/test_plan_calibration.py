@@ -41,13 +41,14 @@ def test_seed_plans_aimed_exactly_at_the_level_under_deliver():
     assert plans > 500 and hi < LEVEL  # the whole interval below the level: reliably short of its promise
 
 
-# The bounds claims: the bound planted (κ = 2, ρ = 1), its seed noise drawn per study (sd log-uniform in 0.02-0.12
-# nats: some grids decide ρ = 1 with 2 seeds, some need many), measured on bits 16/8/4/3 × ranks 4, 16 with 2 seeds;
-# the plan may add seeds (3-12); the plan's seeds are run (the same noise stream, so the 2 measured seeds stay) and
-# the verdict's own test decides ρ again on the fine grid.
-BITS, RANKS, N = (16, 8, 4, 3), (4, 16), 1000
+# The bounds claims: the bound planted (κ = 2, ρ = 1), its seed noise drawn per study (sd log-uniform in SDS nats:
+# with 2 seeds ρ = 1 is mostly undecided, and 3-16 seeds decide it for most), measured on bits 16/8/4/3 × ranks
+# 4, 16 with 2 seeds; the plan may add seeds (3-16); the plan's seeds are run (the same noise stream, so the 2
+# measured seeds stay) and the verdict's own test decides ρ again on the fine grid. Regenerate the figures of
+# docs/studies/bounds.md: pytest tests/unit/analysis/test_plan_calibration.py -m slow -s -p no:cacheprovider
+BITS, RANKS, N, SDS, MAX_SEEDS = (16, 8, 4, 3), (4, 16), 1000, (0.05, 0.13), 16
 ADDITIONS = [(f"seeds {k}", {"bits": sorted(BITS), "ranks": list(RANKS), "examples": [N], "seeds": k})
-             for k in range(3, 13)]
+             for k in range(3, MAX_SEEDS + 1)]
 
 
 def _cells(noise, seeds):
@@ -59,16 +60,17 @@ def _cells(noise, seeds):
                          for i, r in enumerate(RANKS) for j, b in enumerate(BITS) for s in range(seeds)])
 
 
-def bounds_calibration(studies: int, draws: int, start: int = 0, sds=(0.02, 0.12)) -> tuple[int, int]:
-    """(plans that promised the level for ρ = 1, of them decided as planted after their seeds ran)."""
+def bounds_calibration(studies, draws: int, replicates: int = 100, sds=SDS) -> tuple[int, int]:
+    """(plans that promised the level for ρ = 1, of them decided as planted after their seeds ran); studies whose
+    verdict power is at the level already ("none needed") or that no tried addition brings to the aim are not plans."""
     from qlbench.analysis import bounds, claims, freefit, plan
 
     promised = decided = 0
-    for m in range(start, start + studies):
+    for m in studies:
         g = np.random.default_rng(100 + m)
         sd = float(np.exp(g.uniform(np.log(sds[0]), np.log(sds[1]))))
-        noise = g.normal(0, sd, (len(RANKS), len(BITS), 12))
-        row = plan.plan(bounds.points(_cells(noise, 2)), None, LEVEL, 100, draws=draws, only=("rho",),
+        noise = g.normal(0, sd, (len(RANKS), len(BITS), MAX_SEEDS))
+        row = plan.plan(bounds.points(_cells(noise, 2)), None, LEVEL, replicates, draws=draws, only=("rho",),
                         additions=ADDITIONS).row(0, named=True)
         if row["addition"] == "none needed" or "best tried" in row["addition"]:
             continue
@@ -81,25 +83,38 @@ def bounds_calibration(studies: int, draws: int, start: int = 0, sds=(0.02, 0.12
 
 
 def test_bounds_plans_keep_their_promise_fast():
-    # 16 planted studies: too few to bound the fraction tightly; the honest assertion is that the level lies within
-    # the Wilson interval's reach (its upper bound), and that the plan promised something (seed sds of 0.03-0.08
-    # nats: below, 2 seeds decide already; above, 12 seeds do not reach the level, and the plan says so)
+    # FAST_STUDIES planted studies: too few to bound the fraction tightly; the assertion is that the plan promised
+    # something and that the level lies within the Wilson interval's reach (its upper bound)
     t0 = time.process_time()  # CPU seconds: the machine's cores are shared, its wall clock is not ours
-    plans, ok = bounds_calibration(12, plan_draws(), sds=(0.03, 0.08))  # where 3-12 seeds can reach the level
+    plans, ok = bounds_calibration(range(200, 200 + FAST_STUDIES), plan_draws())
     lo, hi = seed_power.wilson(ok, plans)
     print(f"bounds ρ = 1 (fast): {ok}/{plans} decided as planted (Wilson 95% {lo:.3f}–{hi:.3f})")
     assert plans >= 3 and hi >= LEVEL
     assert time.process_time() - t0 < 60
 
 
+FAST_STUDIES = 8
+SLOW = 25  # planted studies 200.. and 300.. of each stream (the CPU of a few minutes)
+SLOW_STUDIES = [*range(200, 200 + SLOW), *range(300, 300 + SLOW)]
+
+
 @pytest.mark.slow
 def test_bounds_plans_keep_their_promise():
-    plans, ok = bounds_calibration(150, plan_draws())
+    plans, ok = bounds_calibration(SLOW_STUDIES, plan_draws())
     lo, hi = seed_power.wilson(ok, plans)
-    print(f"bounds ρ = 1: {ok}/{plans} = {ok / plans:.3f} decided as planted (Wilson 95% {lo:.3f}–{hi:.3f})")
-    # measured (150 studies, 2026-12-07): 61/80 = 0.76, Wilson 0.66-0.84: the level is within the interval, not below
-    # the point estimate; the honest assertion at this count is the interval's upper bound
-    assert plans >= 30 and hi >= LEVEL
+    print(f"bounds ρ = 1, nuisance draws: {ok}/{plans} = {ok / plans:.3f} decided as planted (Wilson 95% {lo:.3f}–{hi:.3f})")
+    assert plans >= 15 and ok / plans >= LEVEL  # the point estimate at the level; its interval printed
+
+
+@pytest.mark.slow
+def test_bounds_plans_aimed_exactly_at_the_level_fall_short():
+    # the fitted values taken for the truth, the power estimated from as many data sets (400) and the first addition
+    # reaching the level chosen: the same population decides as planted less often than the level (point estimate;
+    # its interval still reaches the level at this count, so this is not a reliable shortfall: see bounds.md)
+    plans, ok = bounds_calibration(SLOW_STUDIES, 0, replicates=400)
+    lo, hi = seed_power.wilson(ok, plans)
+    print(f"bounds ρ = 1, naive: {ok}/{plans} = {ok / plans:.3f} decided as planted (Wilson 95% {lo:.3f}–{hi:.3f})")
+    assert plans >= 15 and ok / plans < LEVEL
 
 
 def plan_draws() -> int:

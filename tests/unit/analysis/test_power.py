@@ -161,3 +161,15 @@ def test_qlbench_plan_without_cells_plants_a_stated_nominal_law(tmp_path):
     assert "nominal law" in result.output and "unknown until cells" in result.output
     bad = CliRunner().invoke(main, ["plan", "-c", str(config), "sensitivity", "--results", str(tmp_path)])
     assert bad.exit_code == 1 and "no verdict to plan" in bad.output
+
+
+def test_the_plan_prints_the_verdicts_own_power_now():
+    # one power per claim on one grid: the plan's power_now is the bounds page's (claim_powers), not the
+    # nuisance-draw simulation, which only promises power_after
+    cells = cells_of(KAPPA3, (16, 8, 4), (4, 8, 16, 32), (1000,), 3, 0.003)
+    pts = bounds.points(cells)
+    verdicts = power.claim_powers(pts)
+    table = plan.plan(pts, None, 0.8, 40, draws=4, only=("kappa", "rho", "ratio"), additions=[])
+    for name in ("kappa", "rho", "ratio"):
+        row = table.filter(pl.col("claim") == plan.CLAIMS[name]).row(0, named=True)
+        assert row["power_now"] == pytest.approx(verdicts[name]["power"], abs=1e-12), name
