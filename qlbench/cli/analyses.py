@@ -244,8 +244,8 @@ def plan(config_files, study, results, level, replicates, out):
     """Which cells would decide each verdict STUDY's grid cannot (runs no cell), one table per kind: the bounds
     claims, the sensitivity ranks and top-k set, the recommendation's predicted degradation, paired gaps (QaLoF's,
     robustness's) and backend comparisons. Per verdict its power now and the cheapest addition (widths, ranks, N,
-    seeds) that brings it above --level, by simulation with the study's fitted values and seed noise, their own
-    uncertainty drawn in (cells.parquet when it exists; a stated nominal law before), with the cells it adds and
+    seeds) that brings it above --level (power now: the verdicts' own simulation; after: with the fitted values'
+    own uncertainty drawn in) from cells.parquet when it exists (a stated nominal law before), with the cells it adds and
     their estimated cell-hours (from the measured wall time per cell). --out writes plan.parquet: one row per
     verdict, the columns of qlbench.analysis.plan.VERDICT_COLUMNS (what `qlbench adapt` reads)."""
     from qlbench.analysis.declared.plan import ANALYSIS, run_plan

@@ -48,8 +48,10 @@ def run_plan(st, root: Path, level: float, replicates: int, outputs: dict[str, P
                          "mask `all` — and no seed-paired verdict in its cells)")
     cells_path = root / st.name / "cells.parquet"
     cells = pl.read_parquet(cells_path) if cells_path.exists() else None
-    notes = [f"Power: the chance of deciding the verdict correctly (level {level}), by simulation with the study's "
-             "fitted values and seed noise, their own uncertainty drawn in."]
+    notes = [f"Power: the chance of deciding the verdict correctly (level {level}). power_now is the verdicts' own "
+             "(the simulation the verdicts table prints, from the study's fitted values and seed noise); power_after "
+             "is the promise: the fitted values' own uncertainty drawn in, and an addition must clear the level by "
+             "its Monte-Carlo error."]
     if cells is None:
         notes.append("No cells yet: the plan plants a nominal law (the bound, L* = 2, c1 = 0.5, a 4-bit gap of 0.02 "
                      "nats at rank 8, seed sd 0.003 nats); rerun it once cells exist.")
