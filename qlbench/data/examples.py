@@ -19,10 +19,8 @@ def pydoc_text() -> str:
     return "\n\n".join(topics[k] for k in sorted(topics))
 
 
-def chatterbot_pairs(topics: list[str] | None = None) -> list[Example]:
-    """Consecutive (utterance, reply) pairs of every English chatterbot-corpus conversation (or those `topics`)."""
-    import yaml
-
+def chatterbot_files(topics: list[str] | None = None) -> list:
+    """The corpus's English topic files (or those `topics`; an unknown one is one line naming the known)."""
     folder = package_dir("chatterbot_corpus", "chatterbot-corpus") / "data" / "english"
     paths = sorted(folder.glob("*.yml"))
     if topics:
@@ -30,6 +28,14 @@ def chatterbot_pairs(topics: list[str] | None = None) -> list[Example]:
         if unknown:
             raise QlbenchError(f"chatterbot topics {unknown}: unknown; topics: {', '.join(p.stem for p in paths)}")
         paths = [p for p in paths if p.stem in topics]
+    return paths
+
+
+def chatterbot_pairs(topics: list[str] | None = None) -> list[Example]:
+    """Consecutive (utterance, reply) pairs of every English chatterbot-corpus conversation (or those `topics`)."""
+    import yaml
+
+    paths = chatterbot_files(topics)
     pairs = []
     for path in paths:
         for conv in yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations", []):
@@ -45,13 +51,7 @@ def chatterbot_conversations(topics: list[str] | None = None) -> list[tuple[str,
     of task sft (the corpus is BSD-3-Clause; its conversations alternate a user's line and a reply)."""
     import yaml
 
-    folder = package_dir("chatterbot_corpus", "chatterbot-corpus") / "data" / "english"
-    paths = sorted(folder.glob("*.yml"))
-    if topics:
-        unknown = sorted(set(topics) - {p.stem for p in paths})
-        if unknown:
-            raise QlbenchError(f"chatterbot topics {unknown}: unknown; topics: {', '.join(p.stem for p in paths)}")
-        paths = [p for p in paths if p.stem in topics]
+    paths = chatterbot_files(topics)
     out = []
     for path in paths:
         for i, conv in enumerate(yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations", [])):
