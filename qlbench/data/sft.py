@@ -23,11 +23,11 @@ an example with no label left is dropped, as TRL drops it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from qlbench.errors import QlbenchError
+from qlbench.study import local as local_inputs
 from qlbench.study.local import SAVED, SFT_FORMATS as FORMATS  # TRL's names; a save_to_disk folder's own files
 
 IGNORE = -100
@@ -97,7 +97,7 @@ def rows(spec: dict, name: str, split: str = "train") -> list[tuple[str, dict]]:
 
             out += [(f"{file} row {i}", r) for i, r in enumerate(pq.read_table(file).to_pylist())]
         elif file.suffix in (".json", ".jsonl"):
-            out += list(_json_rows(file, name))
+            out += list(local_inputs.records(file, f"dataset {name!r}", limit=None, empty_ok=True))
         else:
             raise QlbenchError(f"dataset {name!r}: {file} is not JSON, JSONL or parquet")
     return out
@@ -132,25 +132,6 @@ def _saved(path: Path, name: str, split: str) -> list[tuple[str, dict]]:
             raise QlbenchError(f"dataset {name!r}: {path} has splits {', '.join(ds)}, not {split!r}")
         ds, path = ds[split], path / split
     return [(f"{path} row {i}", dict(r)) for i, r in enumerate(ds)]
-
-
-def _json_rows(file: Path, name: str):
-    with open(file, encoding="utf-8") as f:
-        head = f.read(4096).lstrip()[:1]
-    if head == "[":
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except ValueError as e:
-            raise QlbenchError(f"dataset {name!r}: {file}: not JSON ({e})") from None
-        yield from ((f"{file} record {i + 1}", r) for i, r in enumerate(data))
-        return
-    with open(file, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield f"{file} line {number}", json.loads(line)
-                except ValueError as e:
-                    raise QlbenchError(f"dataset {name!r}: {file} line {number}: not JSON ({e})") from None
 
 
 def record(origin: str, row, fmt: str, name: str) -> Record:

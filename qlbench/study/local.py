@@ -68,7 +68,7 @@ def check_dataset(spec: dict, what: str) -> None:
 
             _check_fields(pq.read_schema(file).names, needs, spec["format"], f"{what}: {file}")
         elif file.suffix in (".json", ".jsonl"):
-            for where, record in _records(file, what):
+            for where, record in records(file, what):
                 if not isinstance(record, dict):
                     raise QlbenchError(f"{what}: {where}: a record must be a JSON object, not {type(record).__name__}")
                 _check_fields(record, needs, spec["format"], f"{what}: {where}")
@@ -91,8 +91,9 @@ def _check_fields(names, needs, fmt: str, where: str) -> None:
                                f"{', '.join('/'.join(o) for o in needs)})")
 
 
-def _records(file: Path, what: str):
-    """(where, record) for the first SCAN records of a JSON array or a JSON-lines file."""
+def records(file: Path, what: str, limit: int | None = SCAN, empty_ok: bool = False):
+    """(where, record) for the first `limit` records (None: all) of a JSON array or a JSON-lines file; `what` starts
+    each error line."""
     with open(file, encoding="utf-8") as f:
         head = f.read(4096).lstrip()[:1]
     if head == "[":
@@ -100,7 +101,7 @@ def _records(file: Path, what: str):
             data = json.loads(file.read_text(encoding="utf-8"))
         except ValueError as e:
             raise QlbenchError(f"{what}: {file}: not JSON ({e})") from None
-        yield from ((f"{file} record {i + 1}", r) for i, r in enumerate(data[:SCAN]))
+        yield from ((f"{file} record {i + 1}", r) for i, r in enumerate(data[:limit]))
         return
     with open(file, encoding="utf-8") as f:
         seen = 0
@@ -113,7 +114,7 @@ def _records(file: Path, what: str):
                 raise QlbenchError(f"{what}: {file} line {number}: not JSON ({e})") from None
             yield f"{file} line {number}", record
             seen += 1
-            if seen >= SCAN:
+            if limit is not None and seen >= limit:
                 return
-    if seen == 0:
+    if seen == 0 and not empty_ok:
         raise QlbenchError(f"{what}: {file}: no records")
