@@ -3,6 +3,10 @@ per backend and format, the backend being a fixed setting), with the eval loss o
 training, after LoRA, and as deployed — the adapter merged into the 16-bit base, and that merged model quantized
 again with the cell's own backend (`qlbench.cell.deployed`). Means over seeds, each with its 95% t interval's
 half-width (`<loss>_ci`, NaN for one seed); `symmetric: false` and a set `group_size` are rows of their own.
+Each loss also as a cost over the 16-bit reference paired by seed (`<loss>_cost`, `<loss>_cost_ci`): the seed's
+difference to the reference cell of the same seed (before LoRA against the reference before LoRA, every later
+column against the reference after LoRA: what the run would have scored unquantized), then its mean and interval
+over the seeds both have. Seeds share their batches, so the paired interval is what tells two widths apart.
 
 The 16-bit cells are the reference row, labelled by what the model's weights really were (`REFERENCE`: SmolLM2's
 offline weights were Q4_1 before dequantization). A width the backend's library has but the backend cannot run here
@@ -26,7 +30,12 @@ REFERENCE = {
 DEFAULT_REFERENCE = "16-bit reference (no quantization)"
 COLUMNS = {"model": pl.String, "backend": pl.String, "format": pl.String, "bits": pl.Int64, "symmetric": pl.Boolean,
            "group_size": pl.Int64, "quantizer": pl.String, "status": pl.String, "seeds": pl.Int64,
-           **{m: pl.Float64 for m in LOSSES}, **{f"{m}_ci": pl.Float64 for m in LOSSES}, "step_time_s": pl.Float64}
+           **{m: pl.Float64 for m in LOSSES}, **{f"{m}_ci": pl.Float64 for m in LOSSES}, "step_time_s": pl.Float64,
+           **{f"{m}_cost": pl.Float64 for m in LOSSES}, **{f"{m}_cost_ci": pl.Float64 for m in LOSSES}}
+# each loss's reference column for its paired cost: before LoRA against before; after, merged, requantized against
+# the unquantized run after LoRA
+COST_AGAINST = {"eval_loss_before": "eval_loss_before", "eval_loss": "eval_loss", "merged_eval_loss": "eval_loss",
+                "merged_requant_eval_loss": "eval_loss"}
 
 
 def quantizer(backend: str, fmt: str, bits: int, symmetric: bool = True, group_size: int | None = None) -> str:
@@ -51,6 +60,21 @@ def _setting(cells: pl.DataFrame, key: str, default, dtype) -> pl.Series:
     return pl.Series([default] * cells.height, dtype=dtype)
 
 
+def _per_seed(group: pl.DataFrame, m: str) -> pl.DataFrame:
+    """seed -> the mean of `m` over the group's cells of that seed (NaN and missing values left out)."""
+    if m not in group.columns or "seed" not in group.columns:
+        return pl.DataFrame(schema={"seed": pl.Int64, m: pl.Float64})
+    return (group.filter(pl.col(m).is_not_null() & pl.col(m).cast(pl.Float64).is_not_nan())
+            .group_by("seed").agg(pl.col(m).cast(pl.Float64).mean()).with_columns(pl.col("seed").cast(pl.Int64)))
+
+
+def _mean_ci(values: pl.Series) -> tuple[float | None, float]:
+    """The mean of per-seed values and its 95% interval's half-width (NaN below two seeds)."""
+    if values.len() == 0:
+        return None, float("nan")
+    return values.mean(), ci95_halfwidth(values.std(), values.len()) if values.len() >= 2 else float("nan")
+
+
 def table(cells: pl.DataFrame, unavailable: dict[str, dict[str, dict[int, str]]] | None = None,
           sources: dict[str, str] | None = None) -> pl.DataFrame:
     """`cells`: rows of one or more studies (their cells.parquet, concatenated); `unavailable`: backend -> format ->
@@ -65,6 +89,7 @@ def table(cells: pl.DataFrame, unavailable: dict[str, dict[str, dict[int, str]]]
                                  for c in ("backend", "format")),
                                pl.when(sixteen).then(True).otherwise(pl.col("_symmetric")).alias("_symmetric"),
                                pl.when(sixteen).then(None).otherwise(pl.col("_group_size")).alias("_group_size"))
+    reference = {model: group for (model,), group in keyed.filter(sixteen).group_by(["model"])}
     rows = []
     for (model, backend, fmt, bits, sym, group_size), group in keyed.group_by(
             ["model", "_backend", "_format", "bits", "_symmetric", "_group_size"], maintain_order=True):
@@ -77,10 +102,11 @@ def table(cells: pl.DataFrame, unavailable: dict[str, dict[str, dict[int, str]]]
         for m in (*LOSSES, "step_time_s"):
             row[m] = group[m].cast(pl.Float64).mean() if m in group.columns else None
         for m in LOSSES:  # over seeds: the 16-bit cells of several studies at one seed are one seed, not several
-            per_seed = (group.filter(pl.col(m).is_not_null() & pl.col(m).is_not_nan()).group_by("seed").agg(
-                pl.col(m).cast(pl.Float64).mean())[m] if m in group.columns and "seed" in group.columns
-                else pl.Series([], dtype=pl.Float64))
-            row[f"{m}_ci"] = ci95_halfwidth(per_seed.std(), per_seed.len()) if per_seed.len() >= 2 else float("nan")
+            _, row[f"{m}_ci"] = _mean_ci(_per_seed(group, m)[m])
+            if bits != 16:  # paired with the reference cell of the same seed
+                ref = _per_seed(reference.get(model, keyed.clear()), COST_AGAINST[m]).rename({COST_AGAINST[m]: "_ref"})
+                paired = _per_seed(group, m).join(ref, on="seed")
+                row[f"{m}_cost"], row[f"{m}_cost_ci"] = _mean_ci(paired[m] - paired["_ref"])
         rows.append(row)
     seen = {(r["model"], r["backend"], r["format"], r["bits"]) for r in rows if r["symmetric"]}
     for model in cells["model"].unique(maintain_order=True):
@@ -115,4 +141,22 @@ def markdown(table_: pl.DataFrame) -> str:
         lines.append(f"| {r['model']} | {r['quantizer']} | {r['backend']} | {r['bits']} | {loss(r, 'eval_loss_before')} "
                      f"| {loss(r, 'eval_loss')} | {loss(r, 'merged_eval_loss')} | {loss(r, 'merged_requant_eval_loss')} "
                      f"| {num(r['step_time_s'], 2)} | {r['status']} |")
+    return "\n".join(lines) + "\n"
+
+
+def cost_markdown(table_: pl.DataFrame) -> str:
+    """The quantized rows as costs over the 16-bit reference paired by seed, in nats (± the 95% interval over the
+    seeds; a row of one seed has none); the reference row and rows that cannot run are left out."""
+    lines = ["| model | quantizer | backend | bits | before LoRA | after LoRA | merged, 16-bit | merged, requantized "
+             "| seeds |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+    def cost(r, m):
+        v, ci = r.get(f"{m}_cost"), r.get(f"{m}_cost_ci")
+        if v is None or v != v:
+            return "–"
+        return f"{v:+.4f}" + (f" ± {ci:.4f}" if ci is not None and ci == ci else "")
+
+    for r in table_.filter((pl.col("bits") != 16) & (pl.col("seeds") > 0)).iter_rows(named=True):
+        lines.append(f"| {r['model']} | {r['quantizer']} | {r['backend']} | {r['bits']} | "
+                     + " | ".join(cost(r, m) for m in LOSSES) + f" | {r['seeds']} |")
     return "\n".join(lines) + "\n"

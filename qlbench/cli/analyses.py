@@ -208,7 +208,8 @@ def backends_table(config_files, cells_parquets, out):
     """One row per backend x format x width of one or more studies' CELLS_PARQUETS (e.g.
     results/backends-smollm2-*/cells.parquet): eval loss before LoRA, after it, merged into the 16-bit base and
     merged then quantized again; the 16-bit reference first, named for what its weights were; and, without numbers,
-    each width a backend present cannot run here (its declaration's `unavailable`) with the reason."""
+    each width a backend present cannot run here (its declaration's `unavailable`) with the reason. Then each
+    quantized row's cost over the reference, paired by seed, with its 95% interval."""
     import polars as pl
 
     from qlbench import registry
@@ -227,7 +228,9 @@ def backends_table(config_files, cells_parquets, out):
     folder.mkdir(parents=True, exist_ok=True)
     write_parquet(table, folder / "backends_table.parquet")
     text = ("## Eval loss per backend and width: before LoRA, after it, merged at 16 bits, merged and requantized\n\n"
-            + backends.markdown(table))
+            + backends.markdown(table)
+            + "\n## Cost over the 16-bit reference, paired by seed (nats; after LoRA and later against the reference "
+              "after LoRA)\n\n" + backends.cost_markdown(table))
     (folder / "backends_table.md").write_text(text)
     click.echo(text)
 

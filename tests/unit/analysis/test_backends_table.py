@@ -126,3 +126,23 @@ def test_intervals_over_seeds_and_asymmetric_or_grouped_cells_are_rows_of_their_
     assert rows["Q4_0"]["eval_loss_ci"] == pytest.approx(12.7062 * 0.1, rel=1e-4)  # sd 0.1414 of 3.0, 3.2; n 2
     assert rows["Q4_1"]["eval_loss_ci"] == pytest.approx(12.7062 * 0.05, rel=1e-4)
     assert math.isnan(rows["W4A16 g64"]["eval_loss_ci"])  # one seed: no interval
+
+
+def test_costs_are_paired_with_the_reference_of_the_same_seed():
+    # reference after LoRA 3.0 (seed 0), 3.2 (seed 1); Q4 after 3.1, 3.4: costs 0.1, 0.2 -> 0.15, sd 0.0707, n 2;
+    # unpaired the Q4 row's interval would be 12.7 x 0.15 (its losses' sd 0.212 / sqrt 2), the paired one 12.7 x 0.05
+    cells = pl.DataFrame([cell("gguf", "int", 16, 0, 3.5, 3.0), cell("gguf", "int", 16, 1, 3.5, 3.2),
+                          cell("gguf", "int", 4, 0, 3.9, 3.1, 3.05, 3.3), cell("gguf", "int", 4, 1, 3.9, 3.4, 3.2, 3.35),
+                          cell("gguf", "int", 8, 2, 3.6, 3.3, 3.3, 3.3)])  # a seed the reference lacks: no cost
+    rows = {r["bits"]: r for r in backends.table(cells).iter_rows(named=True)}
+    q4 = rows[4]
+    assert q4["eval_loss_before_cost"] == pytest.approx(0.4) and q4["eval_loss_before_cost_ci"] == pytest.approx(0.0)
+    assert q4["eval_loss_cost"] == pytest.approx(0.15)
+    assert q4["eval_loss_cost_ci"] == pytest.approx(12.7062 * 0.05, rel=1e-4)
+    assert q4["eval_loss_ci"] == pytest.approx(12.7062 * 0.15, rel=1e-4)
+    assert q4["merged_eval_loss_cost"] == pytest.approx(0.025)  # merged (3.05, 3.2) against after LoRA (3.0, 3.2)
+    assert q4["merged_requant_eval_loss_cost"] == pytest.approx(0.225)  # requantized (3.3, 3.35): 0.3, 0.15
+    assert q4["merged_requant_eval_loss_cost_ci"] == pytest.approx(12.7062 * 0.075, rel=1e-4)
+    assert rows[8]["eval_loss_cost"] is None and rows[16]["eval_loss_cost"] is None
+    text = backends.cost_markdown(backends.table(cells))
+    assert "| m | Q4_0 | gguf | 4 | +0.4000 ± 0.0000 | +0.1500 ± 0.6353 |" in text and "| 16 |" not in text
