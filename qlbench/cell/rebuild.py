@@ -2,6 +2,7 @@
 and quantized as the cell did (for its plan), LoRA attached, the saved adapter loaded, and the adapter merged into a
 fresh 16-bit base exactly as the cell's as-deployed stage merged it (`qlbench.cell.deployed.merge_into`), so an
 exported file holds the weights the cell's `deployed_eval_*` / `merged_requant_eval_*` columns were measured on.
+A recommendation's export measures its file against the 16-bit base with the study's eval data (`base_for`).
 The command builds it and hands it to a format's writer (`qlbench/export/`, a floor below: it never imports a cell);
 torch is imported when it is called."""
 
@@ -68,3 +69,23 @@ def rebuild(study, results_root: Path, cell_path: str, threads: int = 1) -> Cell
             ctx.log.removeHandler(h)
             h.close()
     return CellModel(ctx=ctx, base=base, merged=merged.eval(), plan=dict(quantized.plan), row=row)
+
+
+def base_for(study, row: dict, threads: int = 1) -> CellModel:
+    """The 16-bit base of a recommendation row's model, with the eval blocks its cells are scored on (the study's
+    first seed; the row's rank and N where it has them), as a CellModel whose `merged` is the base itself (no
+    adapter) and whose plan and row are empty: what `qlbench export` measures a recommendation's file against."""
+    from qlbench.cell.context import begin
+    from qlbench.cell.load import load
+    from qlbench.study import config as studylib, grid
+
+    n = f"/n{int(row['n_train'])}" if row.get("n_train") is not None else ""
+    rank = int(row["rank"]) if row.get("rank") is not None else study.ranks[0]
+    cell = grid.parse(f"{row['model']}{n}/b16/r{rank}/none/s{study.seeds[0]}")
+    with tempfile.TemporaryDirectory(prefix="qlbench-export-") as scratch:  # begin() writes a log: not a cell's
+        ctx = begin(study, cell, Path(scratch), studylib.cell_settings(study, bits=16), threads)
+        base = load(ctx)
+        for h in list(ctx.log.handlers):
+            ctx.log.removeHandler(h)
+            h.close()
+    return CellModel(ctx=ctx, base=base, merged=base.model.eval(), plan={}, row={})

@@ -39,7 +39,8 @@ def export(config_files, study, results, rec_path, model, rank, n_train, level, 
     `qlbench.export.load_hqq(model_or_folder, path)`).
     --format gguf: a .gguf file (llama.cpp, Ollama; transformers loads it) of the recommendation's widths on the base,
     or with --cell one finished cell's merged model in its GGUF types (its `deploy: gguf...`, or its own backend's),
-    loaded back and its eval loss printed beside the cell's measured one. --format compressed-tensors: a model
+    loaded back and its eval loss printed beside the measured one (the cell's; for a recommendation, the base in
+    those types by qlbench's backend, as its cells measure it before LoRA). --format compressed-tensors: a model
     folder (vLLM, SGLang; transformers loads it) the same way: W8A16 / W4A16 per layer, GPT-2 written as OPT."""
     import polars as pl
 
@@ -59,15 +60,19 @@ def export(config_files, study, results, rec_path, model, rank, n_train, level, 
         if row.get("model") not in st.config["models"]:
             raise QlbenchError(f"model {row.get('model')!r} of the recommendation is not in the config")
     folder = Path(out) if out else root / "export"
-    rebuilt = None
+    rebuilt = base = None
     if cell_id:  # the cell's merged model, as it measured it (the writers, a floor below, never import a cell)
         from qlbench.cell.rebuild import rebuild
 
         rebuilt = rebuild(st, root, cell_id)
+    elif fmt != "hqq":  # the base and its eval blocks: the recommendation's file scored against qlbench's backend
+        from qlbench.cell.rebuild import base_for
+
+        base = base_for(st, row)
     if fmt == "gguf":
         from qlbench.export import gguf
 
-        for line in gguf.export(st, folder, row=row, cell=rebuilt, deploy=deploy_name):
+        for line in gguf.export(st, folder, row=row, cell=rebuilt, deploy=deploy_name, base=base):
             click.echo(line)
         return
     if fmt == "compressed-tensors":  # the compressed-tensors writer's module: the same arguments as gguf's
@@ -75,7 +80,8 @@ def export(config_files, study, results, rec_path, model, rank, n_train, level, 
             from qlbench.export import compressed_tensors
         except ImportError:
             raise QlbenchError("--format compressed-tensors: not available in this build") from None
-        for line in compressed_tensors.export(st, folder, row=row, cell=rebuilt, deploy=deploy_name):
+        for line in compressed_tensors.export(st, folder, row=row, cell=rebuilt, deploy=deploy_name,
+                                                   base=base):
             click.echo(line)
         return
     lay = st.layout(row["model"])

@@ -219,12 +219,14 @@ def folder_model(folder: Path, like):
                          "compressed-tensors 0.20.1 leaves their zero points unpacked on the meta device)")
 
 
-def export(study, folder: Path, row: dict | None = None, cell=None, deploy: str | None = None) -> list[str]:
+def export(study, folder: Path, row: dict | None = None, cell=None, deploy: str | None = None,
+           base=None) -> list[str]:
     """`qlbench export --format compressed-tensors`: a recommendation row's widths on the base, or (`cell`: a rebuilt
     cell, `qlbench.cell.rebuild.CellModel`) one finished cell's merged model in its schemes, written as a folder under
-    `folder`; each layer's stored scheme is checked against the plan and, for a cell, the folder is loaded back and its
-    eval loss put beside the measured one. `deploy`: which of the cell's deploy formats, where it has several.
-    Returns the lines to print."""
+    `folder`; each layer's stored scheme is checked against the plan, and the folder loaded back is scored beside the
+    measured loss: the cell's column, or for a recommendation (`base`: `qlbench.cell.rebuild.base_for`) the base in
+    the same schemes by qlbench's compressed_tensors backend, as a cell of that backend measures it before LoRA.
+    `deploy`: which of the cell's deploy formats, where it has several. Returns the lines to print."""
     import copy
     from collections import Counter
 
@@ -240,9 +242,17 @@ def export(study, folder: Path, row: dict | None = None, cell=None, deploy: str 
 
         lay, quant = study.layout(row["model"]), study.tree.quant
         plan = {m: w for m, w in widths(row, lay, quant.high_bits).items() if w < 16}
-        model, tokenizer = models.load(study.model(row["model"]), row["model"], study.resources)
+        model, tokenizer = ((base.merged, base.base.tokenizer) if base is not None
+                            else models.load(study.model(row["model"]), row["model"], study.resources))
         column, stem = None, file_name(row)
-    like = linear_model(copy.deepcopy(model), plan)[0] if cell is not None else None  # written consumes a Llama
+    scored = cell if cell is not None else base
+    like = linear_model(copy.deepcopy(model), plan)[0] if scored is not None else None  # written consumes a Llama
+    ours = None
+    if cell is None and base is not None:  # the recommendation as a cell of this backend measures its base
+        from qlbench.quant import compressed_tensors as backend
+
+        ours = copy.deepcopy(model)
+        backend.apply(ours, plan, base.ctx.settings)
     path = write(model, plan, quant, folder / f"ct_{stem}", tokenizer)
     names = {g: opt_names(g) if model.config.model_type == "gpt2" else (g,) for g in plan}
     expected = {n: f"w{b}a16" for g, b in plan.items() for n in names[g]}
@@ -261,4 +271,9 @@ def export(study, folder: Path, row: dict | None = None, cell=None, deploy: str 
             "no column of the cell measured these schemes (set deploy: compressed_tensors... or backend: "
             "compressed_tensors)")
         lines.append(f"eval loss of the folder ({how}): {loss:.6f} ({measured})")
+    elif ours is not None:
+        loaded, how = folder_model(path, like)
+        lines.append(f"eval loss of the folder ({how}): {base.eval_loss(loaded):.6f} (the base in these schemes by "
+                     f"qlbench's compressed_tensors backend, as a cell measures it before LoRA: "
+                     f"{base.eval_loss(ours):.6f})")
     return lines

@@ -188,11 +188,14 @@ def cell_types(settings, plan: dict[str, int], lay, wanted: str | None = None) -
     return types, "merged_requant_eval_loss" if settings.quant.backend == "gguf" else None
 
 
-def export(study, folder: Path, row: dict | None = None, cell=None, deploy: str | None = None) -> list[str]:
+def export(study, folder: Path, row: dict | None = None, cell=None, deploy: str | None = None,
+           base=None) -> list[str]:
     """`qlbench export --format gguf`: a recommendation row's widths on the base, or (`cell`: a rebuilt cell,
-    `qlbench.cell.rebuild.CellModel`) one finished cell's merged model in its GGUF types, written to `folder`; the file is loaded back by transformers and each tensor's
-    stored type checked against the plan (and, for a cell, its eval loss put beside the measured one); `deploy`: which
-    of the cell's deploy formats, where it has several. Returns the lines to print."""
+    `qlbench.cell.rebuild.CellModel`) one finished cell's merged model in its GGUF types, written to `folder`; each
+    tensor's stored type is checked against the plan, and the file loaded back by transformers is scored beside the
+    measured loss: the cell's column, or for a recommendation (`base`: `qlbench.cell.rebuild.base_for`) the base in
+    the same types by qlbench's gguf backend, as a `backend: gguf` cell measures it before LoRA. `deploy`: which of
+    the cell's deploy formats, where it has several. Returns the lines to print."""
     from collections import Counter
 
     from qlbench.quant.gguf import type_for
@@ -210,7 +213,8 @@ def export(study, folder: Path, row: dict | None = None, cell=None, deploy: str 
         lay, spec = study.layout(row["model"]), study.model(row["model"])
         types = {m: type_for(w, study.tree.quant.symmetric) for m, w in widths(row, lay, study.tree.quant.high_bits).items()
                  if w < 16}
-        model, tokenizer = models.load(spec, row["model"], study.resources)
+        model, tokenizer = ((base.merged, base.base.tokenizer) if base is not None
+                            else models.load(spec, row["model"], study.resources))
         column, stem = None, file_name(row)
     path = folder / f"gguf_{stem}.gguf"
     got = write(model, tokenizer, types, path, name=f"{study.name}/{stem}")
@@ -229,4 +233,16 @@ def export(study, folder: Path, row: dict | None = None, cell=None, deploy: str 
         measured = f"the cell's {column}: {cm.row.get(column):.6f}" if column in cm.row else (
             "no column of the cell measured these types (set deploy: gguf... or backend: gguf)")
         lines.append(f"eval loss of the file as transformers loads it: {loss:.6f} ({measured})")
+    elif base is not None:  # the recommendation, measured the way a cell of the gguf backend measures its base
+        import copy
+
+        from qlbench.quant import gguf as backend
+
+        planned = widths(row, lay, study.tree.quant.high_bits)
+        ours = copy.deepcopy(model)
+        backend.deploy(ours, {m: (planned[m], t) for m, t in types.items()}, base.ctx.settings)
+        loaded, _ = load(path)
+        lines.append(f"eval loss of the file as transformers loads it: {base.eval_loss(loaded):.6f} (the base in "
+                     f"these types by qlbench's gguf backend, as a cell measures it before LoRA: "
+                     f"{base.eval_loss(ours):.6f})")
     return lines

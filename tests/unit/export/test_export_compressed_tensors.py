@@ -179,3 +179,34 @@ def test_deploy_rows_name_each_layers_scheme():
                                                       "transformer.h.1.mlp.c_fc": "w4a16"}
     with pytest.raises(QlbenchError, match="no scheme for 3 bits"):
         ct.deploy(model, {"transformer.h.0.attn.c_attn": (3, None)}, settings())
+
+
+def test_qlbench_export_format_compressed_tensors_scores_the_recommendation_as_the_backend(
+        tmp_path, micro_resources, monkeypatch):
+    """`qlbench export micro --format compressed-tensors` on a recommendation: each layer's scheme as recommended,
+    and the folder transformers loads scores what qlbench's backend gives the base in those schemes."""
+    import re
+    import shutil
+
+    import polars as pl
+    from click.testing import CliRunner
+
+    from conftest import full_config, write_config
+    from qlbench.cli import main
+
+    shutil.copytree(micro_resources, tmp_path / "resources")
+    monkeypatch.chdir(tmp_path)
+    config = full_config()
+    config["studies"]["micro_ct"] = {**config["studies"]["micro"], "group_size": 32}  # W4A16 groups of the 64 inputs
+    path = write_config(tmp_path / "ct.yaml", config)
+    rec = pl.DataFrame([{"model": "micro-gpt2", "n_train": None, "rank": 4, "level": "block",
+                         "bit_map": json.dumps({"b0": 8, "b1": 4})}])
+    (tmp_path / "results/micro_ct/sensitivity").mkdir(parents=True)
+    rec.write_parquet(tmp_path / "results/micro_ct/sensitivity/recommendation.parquet")
+    res = CliRunner().invoke(main, ["export", "-c", str(path), "micro_ct", "--format", "compressed-tensors"])
+    assert res.exit_code == 0, res.output
+    schemes = export.layer_schemes(tmp_path / "results/micro_ct/export/ct_micro-gpt2_r4_block")
+    assert schemes["model.decoder.layers.0.self_attn.q_proj"] == "w8a16"
+    assert schemes["model.decoder.layers.1.fc2"] == "w4a16"
+    folder_loss, ours = map(float, re.search(r"default load\): ([0-9.]+) \(.*: ([0-9.]+)\)", res.output).groups())
+    assert folder_loss == pytest.approx(ours, abs=1e-5) and folder_loss > 0

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import re
+
 import pytest
 import torch
 
@@ -135,6 +137,9 @@ def test_qlbench_export_format_gguf_writes_the_recommendations_types(tmp_path, m
         "blk.1.attn_output.weight": "Q5_0"}
     loaded, _ = eg.load(path)
     assert loaded.config.n_layer == 2
+    # the file's eval loss equals the base in these types by qlbench's own backend (what a gguf cell measures)
+    file_loss, ours = map(float, re.search(r"transformers loads it: ([0-9.]+) \(.*: ([0-9.]+)\)", res.output).groups())
+    assert file_loss == pytest.approx(ours, abs=1e-5) and file_loss > 0
     rec.with_columns(bit_map=pl.lit(json.dumps({"b0": 2}))).write_parquet(
         tmp_path / "results/micro/sensitivity/recommendation.parquet")
     res = CliRunner().invoke(main, ["export", *map(str, CONFIG_ARGS), "micro", "--format", "gguf"])
