@@ -44,6 +44,7 @@ def export(config_files, study, results, rec_path, model, rank, n_train, level, 
     folder (vLLM, SGLang; transformers loads it) the same way: W8A16 / W4A16 per layer, GPT-2 written as OPT."""
     import polars as pl
 
+    from qlbench.analysis import applies
     from qlbench.export import hqq, recommendation
 
     st = load_study(config_files, study)
@@ -53,6 +54,12 @@ def export(config_files, study, results, rec_path, model, rank, n_train, level, 
     row = None
     if not cell_id:
         path = Path(rec_path) if rec_path else root / "sensitivity" / "recommendation.parquet"
+        if not path.exists() and not rec_path and not applies.sensitivity(st):
+            others = [n for n in st.config["studies"] if n != st.name and applies.sensitivity(load_study(
+                config_files, n)) and set(st.config["studies"][n].get("models", [])) & set(st.models)]
+            raise QlbenchError(f"study {st.name} has no recommendation (no single-block or single-module masks to "
+                               f"rank): export one of its cells (--cell), or a study on its models that ranks layers"
+                               f"{' (' + ', '.join(others) + ')' if others else ''}")
         if not path.exists():
             raise QlbenchError(f"no recommendation at {path}: run the study's sensitivity (snakemake, or qlbench "
                                "sensitivity) first, give --recommendation, or export one cell (--cell)")

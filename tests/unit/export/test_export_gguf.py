@@ -144,3 +144,17 @@ def test_qlbench_export_format_gguf_writes_the_recommendations_types(tmp_path, m
         tmp_path / "results/micro/sensitivity/recommendation.parquet")
     res = CliRunner().invoke(main, ["export", *map(str, CONFIG_ARGS), "micro", "--format", "gguf"])
     assert res.exit_code != 0 and "no type gguf-py can quantize at 2 bits" in res.output
+
+
+def test_a_study_that_ranks_no_layers_says_where_a_recommendation_comes_from(tmp_path, monkeypatch):
+    """The demo masks every block at once: nothing to recommend; the error names its cells and the studies on its
+    base that rank layers, in one line, before loading anything."""
+    from click.testing import CliRunner
+
+    from conftest import CONFIG_ARGS
+    from qlbench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["export", *map(str, CONFIG_ARGS), "demo", "--format", "gguf"])
+    assert res.exit_code != 0 and "study demo has no recommendation" in res.output
+    assert "(--cell)" in res.output and "sensitivity" in res.output.split("ranks layers")[1]
