@@ -242,9 +242,10 @@ def run_plain(model, data, args, device, autocast) -> Clock:
 
 def run_trainer(model, data, args, device, autocast) -> Clock:
     """transformers' Trainer; a step ends at its on_step_end callback."""
+    import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    if not isinstance(data[0], __import__("torch").Tensor):
+    if not isinstance(data[0], torch.Tensor):
         raise SystemExit("the trainer loop takes --data random or blocks")
     rows = [{"input_ids": x[i], "labels": x[i]} for x in data for i in range(x.shape[0])]
     clock = Clock(device)

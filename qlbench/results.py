@@ -142,6 +142,16 @@ def probe_frame(coords: dict, rows: list[dict]) -> pl.DataFrame:
     return pl.DataFrame([{**coords, **r} for r in rows], schema=PROBE_SCHEMA)
 
 
+def setting_values(rows: pl.DataFrame, key: str, default=None) -> list:
+    """Each row's value of a setting as its `settings_json` holds it (the cell's identity: an unset setting is absent
+    there and reads as `default`; rows without the column read as `default` too)."""
+    import json
+
+    if "settings_json" not in rows.columns:
+        return [default] * rows.height
+    return [json.loads(j).get(key, default) if j else default for j in rows["settings_json"]]
+
+
 @contextmanager
 def atomic_path(path: Path):
     """Yield a temporary name beside `path`; rename it into place only if the block finishes."""

@@ -20,6 +20,7 @@ import polars as pl
 
 from qlbench import registry
 from qlbench.analysis.stats import ci95_halfwidth
+from qlbench.results import setting_values
 
 LOSSES = ("eval_loss_before", "eval_loss", "merged_eval_loss", "merged_requant_eval_loss")
 FORMAT_NAMES = {"int": "int", "nf": "NF", "fp": "FP"}
@@ -49,15 +50,10 @@ def quantizer(backend: str, fmt: str, bits: int, symmetric: bool = True, group_s
 
 
 def _setting(cells: pl.DataFrame, key: str, default, dtype) -> pl.Series:
-    """A setting per cell: its column, else its value in `settings_json`, else the default."""
-    import json
-
+    """A setting per cell as `dtype`: its column, else its value in `settings_json`, else the default."""
     if key in cells.columns:
         return cells[key].cast(dtype)
-    if "settings_json" in cells.columns:
-        return pl.Series([json.loads(j).get(key, default) if j else default for j in cells["settings_json"]],
-                         dtype=dtype)
-    return pl.Series([default] * cells.height, dtype=dtype)
+    return pl.Series(setting_values(cells, key, default), dtype=dtype)
 
 
 def _per_seed(group: pl.DataFrame, m: str) -> pl.DataFrame:

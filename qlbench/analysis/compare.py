@@ -8,11 +8,10 @@ as its mean over the group's seeds with the half-width of its 95% t interval (Na
 
 from __future__ import annotations
 
-import json
-
 import polars as pl
 
 from qlbench.analysis.stats import ci95_halfwidth
+from qlbench.results import setting_values
 
 
 def _key(cells: pl.DataFrame, key: str, defaults: dict) -> pl.Series:
@@ -21,13 +20,14 @@ def _key(cells: pl.DataFrame, key: str, defaults: dict) -> pl.Series:
         return cells[key].cast(pl.String)
     if "settings_json" not in cells.columns:
         raise KeyError(key)
-    values = [json.loads(j).get(key, defaults.get(key)) if j else defaults.get(key) for j in cells["settings_json"]]
+    values = setting_values(cells, key, defaults.get(key))
     return pl.Series(key, ["–" if v is None else str(v) for v in values], dtype=pl.String)
 
 
 def table(cells: pl.DataFrame, by: list[str], metrics: list[str], defaults: dict | None = None) -> pl.DataFrame:
-    """One row per group of `by`, in the order the groups first come: `seeds` (cells in it), each metric's mean and `<metric>_ci` (95% half-width);
-    diverged cells (status other than ok) are counted in `diverged` and left out of the means."""
+    """One row per group of `by`, in the order the groups first come: `seeds` (cells in it), each metric's mean and
+    `<metric>_ci` (95% half-width); diverged cells (status other than ok) are counted in `diverged` and left out of
+    the means."""
     missing = [m for m in metrics if m not in cells.columns]
     if missing:
         raise KeyError(f"no column {', '.join(missing)} in the cells")

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qlbench.errors import QlbenchError
-from qlbench.study import local as local_inputs
-from qlbench.study.local import SAVED, SFT_FORMATS as FORMATS  # TRL's names; a save_to_disk folder's own files
+# TRL's format names; a save_to_disk folder's own files; the JSON / JSON-lines reader local inputs use
+from qlbench.study.local import SAVED, SFT_FORMATS as FORMATS, records as json_records
 
 IGNORE = -100
 FILES = (".json", ".jsonl", ".parquet")
@@ -97,7 +97,7 @@ def rows(spec: dict, name: str, split: str = "train") -> list[tuple[str, dict]]:
 
             out += [(f"{file} row {i}", r) for i, r in enumerate(pq.read_table(file).to_pylist())]
         elif file.suffix in (".json", ".jsonl"):
-            out += list(local_inputs.records(file, f"dataset {name!r}", limit=None, empty_ok=True))
+            out += list(json_records(file, f"dataset {name!r}", limit=None, empty_ok=True))
         else:
             raise QlbenchError(f"dataset {name!r}: {file} is not JSON, JSONL or parquet")
     return out

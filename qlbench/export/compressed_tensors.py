@@ -247,12 +247,13 @@ def export(study, folder: Path, row: dict | None = None, cell=None, deploy: str 
         column, stem = None, file_name(row)
     scored = cell if cell is not None else base
     like = linear_model(copy.deepcopy(model), plan)[0] if scored is not None else None  # written consumes a Llama
-    ours = None
     if cell is None and base is not None:  # the recommendation as a cell of this backend measures its base
         from qlbench.quant import compressed_tensors as backend
 
         ours = copy.deepcopy(model)
         backend.apply(ours, plan, base.ctx.settings)
+        measured = (f"the base in these schemes by qlbench's compressed_tensors backend, as a cell measures it "
+                    f"before LoRA: {base.eval_loss(ours):.6f}")
     path = write(model, plan, quant, folder / f"ct_{stem}", tokenizer)
     names = {g: opt_names(g) if model.config.model_type == "gpt2" else (g,) for g in plan}
     expected = {n: f"w{b}a16" for g, b in plan.items() for n in names[g]}
@@ -264,16 +265,12 @@ def export(study, folder: Path, row: dict | None = None, cell=None, deploy: str 
     arch = " (GPT-2 written as OPT: c_attn split into q/k/v_proj)" if model.config.model_type == "gpt2" else ""
     lines = [f"{path}: {len(plan)} of {len(lay.all_names())} linears in compressed-tensors schemes ({counts}), the "
              f"rest as they are{arch}; load with AutoModelForCausalLM.from_pretrained({str(path)!r}) or vllm serve"]
+    if scored is None:
+        return lines
     if cell is not None:
-        loaded, how = folder_model(path, like)
-        loss = cm.eval_loss(loaded)
         measured = f"the cell's {column}: {cm.row.get(column):.6f}" if column in cm.row else (
             "no column of the cell measured these schemes (set deploy: compressed_tensors... or backend: "
             "compressed_tensors)")
-        lines.append(f"eval loss of the folder ({how}): {loss:.6f} ({measured})")
-    elif ours is not None:
-        loaded, how = folder_model(path, like)
-        lines.append(f"eval loss of the folder ({how}): {base.eval_loss(loaded):.6f} (the base in these schemes by "
-                     f"qlbench's compressed_tensors backend, as a cell measures it before LoRA: "
-                     f"{base.eval_loss(ours):.6f})")
+    loaded, how = folder_model(path, like)
+    lines.append(f"eval loss of the folder ({how}): {scored.eval_loss(loaded):.6f} ({measured})")
     return lines

@@ -211,8 +211,8 @@ def export(study, folder: Path, row: dict | None = None, cell=None, deploy: str 
         from qlbench.export.recommendation import file_name, widths
 
         lay, spec = study.layout(row["model"]), study.model(row["model"])
-        types = {m: type_for(w, study.tree.quant.symmetric) for m, w in widths(row, lay, study.tree.quant.high_bits).items()
-                 if w < 16}
+        planned = widths(row, lay, study.tree.quant.high_bits)
+        types = {m: type_for(w, study.tree.quant.symmetric) for m, w in planned.items() if w < 16}
         model, tokenizer = ((base.merged, base.base.tokenizer) if base is not None
                             else models.load(spec, row["model"], study.resources))
         column, stem = None, file_name(row)
@@ -227,22 +227,21 @@ def export(study, folder: Path, row: dict | None = None, cell=None, deploy: str 
     counts = ", ".join(f"{t} x{n}" for t, n in sorted(Counter(got.values()).items()))
     lines = [f"{path}: {len(got)} of {len(lay.all_names())} linears in GGUF types ({counts}), the rest F32; "
              f"load with AutoModelForCausalLM.from_pretrained({str(path.parent)!r}, gguf_file={path.name!r})"]
+    scored = cell if cell is not None else base
+    if scored is None:
+        return lines
     if cell is not None:
-        loaded, _ = load(path)
-        loss = cm.eval_loss(loaded)
         measured = f"the cell's {column}: {cm.row.get(column):.6f}" if column in cm.row else (
             "no column of the cell measured these types (set deploy: gguf... or backend: gguf)")
-        lines.append(f"eval loss of the file as transformers loads it: {loss:.6f} ({measured})")
-    elif base is not None:  # the recommendation, measured the way a cell of the gguf backend measures its base
+    else:  # the recommendation, measured the way a cell of the gguf backend measures its base
         import copy
 
         from qlbench.quant import gguf as backend
 
-        planned = widths(row, lay, study.tree.quant.high_bits)
         ours = copy.deepcopy(model)
         backend.deploy(ours, {m: (planned[m], t) for m, t in types.items()}, base.ctx.settings)
-        loaded, _ = load(path)
-        lines.append(f"eval loss of the file as transformers loads it: {base.eval_loss(loaded):.6f} (the base in "
-                     f"these types by qlbench's gguf backend, as a cell measures it before LoRA: "
-                     f"{base.eval_loss(ours):.6f})")
+        measured = (f"the base in these types by qlbench's gguf backend, as a cell measures it before LoRA: "
+                    f"{base.eval_loss(ours):.6f}")
+    loaded, _ = load(path)
+    lines.append(f"eval loss of the file as transformers loads it: {scored.eval_loss(loaded):.6f} ({measured})")
     return lines

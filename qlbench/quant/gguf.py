@@ -26,16 +26,14 @@ BACKEND = Backend(
     summary="GGUF (llama.cpp's types, by gguf-py): Q8_0, Q5_0/Q5_1, Q4_0/Q4_1 quantize-dequantized, float weights",
     widths={"int": (4, 5, 8)},
     group_sizes="the type's own blocks of 32 along each row (group_size is not read)",
-    names={8: "Q8_0", 5: "Q5_0", 4: "Q4_0"},
-    names_asymmetric={8: "Q8_0", 5: "Q5_1", 4: "Q4_1"},
+    names={8: "Q8_0", 5: "Q5_0", 4: "Q4_0"},  # bits -> the type a width takes (type_for), and its name in tables
+    names_asymmetric={8: "Q8_0", 5: "Q5_1", 4: "Q4_1"},  # `symmetric: false`: the types with a minimum per block
     unavailable={"int": {2: "gguf-py 0.19 cannot quantize Q2_K (it only dequantizes the K-quants)",
                          3: "gguf-py 0.19 cannot quantize Q3_K (it only dequantizes the K-quants)",
                          6: "gguf-py 0.19 cannot quantize Q6_K (it only dequantizes the K-quants)"}},
     deploys=("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0", "F16", "BF16"),
 )
 
-SYMMETRIC = {8: "Q8_0", 5: "Q5_0", 4: "Q4_0"}  # bits -> type
-ASYMMETRIC = {8: "Q8_0", 5: "Q5_1", 4: "Q4_1"}  # with `symmetric: false`: the types that keep a minimum per block
 # llama.cpp's fallback for a row its type's block does not divide (llama-quant.cpp), then F16
 FALLBACK = {"Q2_K": "IQ4_NL", "Q3_K": "IQ4_NL", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 
@@ -52,7 +50,7 @@ def _gguf():
 
 def type_for(bits: int, symmetric: bool = True) -> str:
     """The GGUF type a width takes (module docstring)."""
-    table = SYMMETRIC if symmetric else ASYMMETRIC
+    table = BACKEND.names if symmetric else BACKEND.names_asymmetric
     if bits not in table:
         from qlbench.errors import QlbenchError
 

@@ -46,7 +46,7 @@ def main() -> None:
         print(f"base + {c:g}·delta: eval loss {cell.eval_loss(scaled):.4f}")
     rounded_merged, rounded_base = copy.deepcopy(cell.merged), base
     for model in (rounded_merged, rounded_base):
-        gguf._round(model, {n: (16, args.type) for n in names})
+        gguf.deploy(model, {n: (16, args.type) for n in names}, cell.ctx.settings)
     moved = sum(float(((rounded_merged.get_submodule(n).weight - rounded_base.get_submodule(n).weight) * delta[n]).sum())
                 for n in names)
     size = sum(float((delta[n] * delta[n]).sum()) for n in names)
