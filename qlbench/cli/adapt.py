@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import click
 
 from qlbench.cli.group import config_option, load_study, main
+from qlbench.cluster import drive
 from qlbench.errors import QlbenchError
 
 
@@ -156,22 +155,9 @@ class Loop:
         cmd += ["--profile", self.profile, "--configfile", *self.config_files, str(self.path(k, "yaml")), *self.extra]
         log = self.path(k, "log")
         click.echo(f"adapt {self.st.name}: round {k}: {shlex.join(cmd)} (log: {log})")
-        stopped = []
-
-        def stop(signum, frame):  # killed: let snakemake end its jobs and free its lock before this exits
-            stopped.append(signum)
-            proc.send_signal(signal.SIGTERM)  # snakemake takes a second SIGTERM as the first
-
-        with open(log, "a") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-            before = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-            try:
-                rc = proc.wait()
-            finally:
-                for s, handler in before.items():
-                    signal.signal(s, handler)
+        rc, stopped = drive.run(cmd, log, say=lambda m: click.echo(f"adapt {self.st.name}: round {k}: {m}"))
         if stopped:
-            raise QlbenchError(f"adapt: round {k} stopped by signal {stopped[0]}; the same command continues it")
+            raise QlbenchError(f"adapt: round {k} stopped by signal {stopped}; the same command continues it")
         if rc != 0:
             locked = "cannot be locked" in log.read_text()[-5000:]
             raise QlbenchError(f"adapt: round {k}: snakemake failed (exit {rc}); see {log}; " + (
