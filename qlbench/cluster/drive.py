@@ -3,8 +3,8 @@
 Killed (SIGTERM, SIGINT), the command passes SIGTERM on, so snakemake finishes its running jobs and frees its lock
 before the command exits. Snakemake can miss that SIGTERM: its handler takes the scheduler's lock, and a signal that
 comes while the scheduler itself holds it (selecting jobs) waits on it for ever (snakemake 9.27,
-`JobScheduler.exit_gracefully`; seen here in about one kill in twenty on a 400-job workflow). A snakemake that has not
-said it heard within HEARD_S gets SIGINT, which interrupts that wait: it cancels its running jobs and exits.
+`JobScheduler.exit_gracefully`; seen here on a 400-job workflow and in the adapt workflow test). A snakemake that
+has not said it heard within HEARD_S gets SIGINT, which interrupts that wait: it cancels its running jobs and exits.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Killing a command that drives snakemake (`qlbench adapt`): snakemake is asked to finish its jobs (SIGTERM), and one
 that missed the ask (snakemake 9.27 can, when the signal comes while it selects jobs: cluster/drive.py) is
 interrupted (SIGINT) instead of being waited on for ever. The stand-ins print what snakemake prints; the real
-snakemake's miss is a race (about one kill in twenty), so these pin the driver's side of it."""
+snakemake's miss is a race (a signal in the moment it selects jobs), so these pin the driver's side of it."""
 
 import os
 import signal
